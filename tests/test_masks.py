@@ -1,0 +1,75 @@
+"""Training masks: guaranteed area bounds, grown object masks, the removal rule of training cases."""
+
+import numpy as np
+import pytest
+
+from lazyedit.training.masks import (
+    MAX_AREA, MIN_AREA, area, fill_holes, fit_area, full_or_lama_mask, grow, make_case, object_mask, random_mask,
+)
+from lazyedit.training.world import make_sample
+
+
+@pytest.mark.parametrize("size", [64, 128, (200, 120), 256])
+def test_random_masks_respect_area_bounds(size):
+    rng = np.random.default_rng(0)
+    for _ in range(60):
+        for kind in ("strokes", "box"):
+            a = area(random_mask(rng, size, kind))
+            assert MIN_AREA <= a <= MAX_AREA
+
+
+def test_fit_area_bounds_on_extremes():
+    rng = np.random.default_rng(1)
+    for m in (np.zeros((100, 100), bool), np.ones((100, 100), bool), np.eye(100, dtype=bool)):
+        for lo, hi in ((0.01, 0.6), (0.05, 0.2), (0.2, 0.45)):
+            a = area(fit_area(m, rng, lo, hi))
+            assert lo <= a <= hi
+
+
+def test_object_masks_cover_the_object_and_respect_bounds():
+    rng = np.random.default_rng(2)
+    for i in range(30):
+        s = make_sample(3, i, size=128)
+        m = object_mask(s.mask, rng)
+        assert MIN_AREA <= area(m) <= MAX_AREA
+        assert not np.any(s.mask & ~m), "the grown mask must cover the whole object"
+        assert np.count_nonzero(m) > np.count_nonzero(s.mask)
+
+
+def test_grow_and_fill_holes():
+    m = np.zeros((21, 21), bool)
+    m[10, 10] = True
+    g = grow(m, 2)
+    assert g[10, 8] and g[8, 10] and not g[10, 7]
+    ring = np.zeros((21, 21), bool)
+    ring[5:16, 5:16] = True
+    ring[8:13, 8:13] = False
+    assert fill_holes(ring)[10, 10] and not fill_holes(ring)[0, 0]
+
+
+def test_cases_follow_the_rule():
+    kinds = set()
+    for i in range(40):
+        c = make_case(5, i, size=128)
+        kinds.add(c.kind)
+        assert MIN_AREA <= area(c.mask) <= MAX_AREA
+        img, tgt = np.asarray(c.image), np.asarray(c.target)
+        changed = np.any(img != tgt, axis=-1)
+        assert not np.any(changed & ~c.mask), "target must equal the canvas outside the mask"
+        if c.kind == "removal":
+            assert c.caption == "" and changed.any()
+        if c.kind == "object":
+            assert c.caption == c.sample.caption and c.sketch is not None
+    assert {"object", "removal", "strokes", "box"} <= kinds
+
+
+def test_cases_are_deterministic():
+    a, b = make_case(9, 4, size=96), make_case(9, 4, size=96)
+    assert np.array_equal(a.mask, b.mask) and a.caption == b.caption
+    assert np.array_equal(np.asarray(a.target), np.asarray(b.target))
+
+
+def test_full_or_lama():
+    rng = np.random.default_rng(3)
+    full = [full_or_lama_mask(rng, 64).all() for _ in range(200)]
+    assert 0.35 < np.mean(full) < 0.65
