@@ -1,0 +1,97 @@
+"""Named model sizes. `tiny` is for tests, `demo` is the model shipped for CPUs, `base` is PixArt-alpha-XL/2
+scale with the SD-1.x VAE (the speed benchmark's reference configuration)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str
+    resolution: int  # the canvas size the config is meant for (benchmarks, training)
+    transformer: dict
+    context_encoder: dict
+    text_encoder: dict | None  # ByteTextEncoder config; None = CLIP/T5 loaded from a folder
+    text_dim: int
+    vae: dict
+    asym_vae: dict
+    sketch_tuner: dict = field(default_factory=dict)
+    default_steps: int = 20
+    default_guidance: float = 3.0
+
+
+def _vae(blocks, layers, groups, latent=4):
+    return dict(
+        block_out_channels=tuple(blocks),
+        down_block_types=("DownEncoderBlock2D",) * len(blocks),
+        up_block_types=("UpDecoderBlock2D",) * len(blocks),
+        layers_per_block=layers,
+        norm_num_groups=groups,
+        latent_channels=latent,
+    )
+
+
+def _asym(down, layers_down, up, layers_up, groups, latent=4):
+    return dict(
+        down_block_out_channels=tuple(down),
+        down_block_types=("DownEncoderBlock2D",) * len(down),
+        layers_per_down_block=layers_down,
+        up_block_out_channels=tuple(up),
+        up_block_types=("UpDecoderBlock2D",) * len(up),
+        layers_per_up_block=layers_up,
+        norm_num_groups=groups,
+        latent_channels=latent,
+    )
+
+
+def _lazy(width, depth, heads, ctx_width, ctx_depth, ctx_heads, text_dim, tuner_bottleneck, cond_channels):
+    return dict(
+        transformer=dict(width=width, depth=depth, heads=heads, context_dim=width, text_dim=text_dim),
+        context_encoder=dict(width=ctx_width, depth=ctx_depth, heads=ctx_heads, out_dim=width),
+        sketch_tuner=dict(width=width, num_skips=depth // 2, bottleneck=tuner_bottleneck, encoder_channels=cond_channels),
+    )
+
+
+CONFIGS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(
+        name="tiny",
+        resolution=64,
+        text_encoder=dict(width=32, depth=1, heads=2, max_length=32),
+        text_dim=32,
+        vae=_vae((8, 8, 16, 16), 1, 4),
+        asym_vae=_asym((8, 8, 16, 16), 1, (8, 8, 16, 16), 1, 4),
+        default_steps=4,
+        default_guidance=2.0,
+        **_lazy(32, 2, 2, 32, 1, 2, 32, 8, 16),
+    ),
+    "demo": ModelConfig(
+        name="demo",
+        resolution=512,
+        text_encoder=dict(width=128, depth=2, heads=4, max_length=48),
+        text_dim=128,
+        vae=_vae((32, 64, 64, 64), 1, 16),
+        asym_vae=_asym((32, 64, 64, 64), 1, (48, 96, 96, 96), 1, 16),
+        default_steps=8,
+        default_guidance=2.0,
+        **_lazy(256, 8, 4, 192, 4, 3, 128, 32, 32),
+    ),
+    "base": ModelConfig(
+        name="base",
+        resolution=1024,
+        text_encoder=None,  # T5-XXL (4096-d) from a local folder, as in PixArt-alpha
+        text_dim=4096,
+        vae=_vae((128, 256, 512, 512), 2, 32),  # SD-1.x VAE
+        asym_vae=_asym((128, 256, 512, 512), 2, (192, 384, 768, 768), 3, 32),  # asymmetric-autoencoder-kl-x-1-5
+        default_steps=20,
+        default_guidance=4.5,
+        **_lazy(1152, 28, 16, 1152, 6, 16, 4096, 64, 64),
+    ),
+}
+
+
+def get_config(name: str) -> ModelConfig:
+    try:
+        return CONFIGS[name]
+    except KeyError:
+        raise ValueError(f"unknown model config {name!r}: choose one of {', '.join(CONFIGS)}") from None

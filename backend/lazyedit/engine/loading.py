@@ -1,0 +1,98 @@
+"""Building pipelines from named configs and loading them from folders."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from diffusers import AsymmetricAutoencoderKL, AutoencoderKL, FlowMatchEulerDiscreteScheduler
+
+from .configs import get_config
+from .models import ByteTextEncoder, ContextEncoder, CSCTuner, LazyDiffusionTransformer
+from .pipeline import LazyEditPipeline
+
+logger = logging.getLogger("lazyedit.engine")
+
+# The demo model trained by `lazyedit train` and shipped with the package.
+DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "demo"
+
+
+def build_pipeline(config_name: str, seed: int = 0, text_encoder=None, tokenizer=None) -> LazyEditPipeline:
+    """A pipeline of the named config with freshly initialised (random) weights."""
+    cfg = get_config(config_name)
+    torch.manual_seed(seed)
+    if text_encoder is None:
+        if cfg.text_encoder is None:
+            raise ValueError(f"config {config_name!r} uses a CLIP/T5 text encoder: pass one loaded from a folder")
+        text_encoder = ByteTextEncoder(**cfg.text_encoder)
+    vae = AutoencoderKL(**cfg.vae)
+    asym_vae = AsymmetricAutoencoderKL(**cfg.asym_vae)
+    # The asymmetric VAE shares the SD encoder: keep one latent space.
+    asym_vae.encoder.load_state_dict(vae.encoder.state_dict())
+    asym_vae.quant_conv.load_state_dict(vae.quant_conv.state_dict())
+    pipe = LazyEditPipeline(
+        vae=vae,
+        asym_vae=asym_vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        context_encoder=ContextEncoder(**cfg.context_encoder),
+        transformer=LazyDiffusionTransformer(**cfg.transformer),
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0),
+        sketch_tuner=CSCTuner(**cfg.sketch_tuner),
+        model_name=config_name,
+        default_steps=cfg.default_steps,
+        default_guidance=cfg.default_guidance,
+    )
+    return pipe
+
+
+def load_pipeline(
+    model: str = "demo",
+    device: str = "cpu",
+    dtype: torch.dtype | None = None,
+    vae: str | None = None,
+    asym_vae: str | None = None,
+    text_encoder: str | None = None,
+) -> LazyEditPipeline:
+    """model: "tiny" (random weights, for tests), "demo" (the shipped demo model, or random demo weights
+    with a warning when none is shipped), "base" (random, benchmarks only) or a folder saved by
+    save_pretrained. vae / asym_vae / text_encoder: optional local folders with real weights (an SD-1.x
+    AutoencoderKL, an asymmetric-autoencoder-kl checkpoint, a CLIP or T5 text encoder) that replace the
+    pipeline's own."""
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    text = None
+    if text_encoder:
+        from .models import HFTextEncoder
+
+        text = HFTextEncoder.from_folder(text_encoder)
+    path = Path(model)
+    random_weights = False
+    if model == "demo" and (DEMO_MODEL_DIR / "model_index.json").is_file():
+        path = DEMO_MODEL_DIR
+    if (path / "model_index.json").is_file():
+        pipe = LazyEditPipeline.from_pretrained(str(path))
+        pipe.register_to_config(model_name=pipe.config.model_name if model != "demo" else "demo")
+    elif model in ("tiny", "demo", "base"):
+        if model != "tiny":
+            logger.warning("no trained %s weights found (looked in %s): running with RANDOM weights", model, DEMO_MODEL_DIR)
+        random_weights = model != "tiny"
+        pipe = build_pipeline(
+            model,
+            text_encoder=None if text is None else text.model,
+            tokenizer=None if text is None else text.tokenizer,
+        )
+    else:
+        raise FileNotFoundError(f"model {model!r} is neither tiny, demo, base nor a folder with a model_index.json")
+    if text is not None and model not in ("tiny", "demo", "base"):
+        pipe.register_modules(text_encoder=text.model, tokenizer=text.tokenizer)
+    if vae:
+        pipe.register_modules(vae=AutoencoderKL.from_pretrained(vae, local_files_only=True))
+    if asym_vae:
+        pipe.register_modules(asym_vae=AsymmetricAutoencoderKL.from_pretrained(asym_vae, local_files_only=True))
+    pipe.random_weights = random_weights
+    pipe = pipe.to(device)
+    if dtype is not None:
+        pipe = pipe.to(dtype=dtype)
+    return pipe

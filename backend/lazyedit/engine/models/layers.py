@@ -1,0 +1,129 @@
+"""Building blocks shared by the context encoder and the diffusion transformer."""
+
+from __future__ import annotations
+
+import math
+from functools import lru_cache
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+try:  # xformers runs on CUDA only; on a CPU we always take torch SDPA.
+    import xformers.ops as xops
+except Exception:  # pragma: no cover - depends on the machine
+    xops = None
+
+# "auto" uses xformers when the tensors are on CUDA and xformers is importable, else SDPA.
+ATTENTION_BACKEND = "auto"
+
+
+def set_attention_backend(name: str) -> None:
+    """Choose "auto", "sdpa" or "xformers" for every attention layer."""
+    global ATTENTION_BACKEND
+    if name not in ("auto", "sdpa", "xformers"):
+        raise ValueError(f"unknown attention backend {name!r}: use auto, sdpa or xformers")
+    if name == "xformers" and xops is None:
+        raise RuntimeError("xformers is not installed")
+    ATTENTION_BACKEND = name
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, key_mask: torch.Tensor | None) -> torch.Tensor:
+    """Multi-head attention on (B, heads, L, Dh) tensors; key_mask (B, Lk) is True for real keys."""
+    use_xformers = ATTENTION_BACKEND == "xformers" or (
+        ATTENTION_BACKEND == "auto" and xops is not None and q.is_cuda
+    )
+    if use_xformers:
+        bias = None
+        if key_mask is not None:
+            bias = torch.zeros(q.shape[0], 1, 1, k.shape[2], dtype=q.dtype, device=q.device)
+            bias = bias.masked_fill(~key_mask[:, None, None, :], float("-inf"))
+            bias = bias.expand(q.shape[0], q.shape[1], q.shape[2], k.shape[2])
+        out = xops.memory_efficient_attention(
+            q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), attn_bias=bias
+        )
+        return out.transpose(1, 2)
+    attn_mask = None if key_mask is None else key_mask[:, None, None, :]
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)
+
+
+class Attention(nn.Module):
+    """Self- or cross-attention with a key padding mask (packed variable-length batches)."""
+
+    def __init__(self, dim: int, heads: int, kv_dim: int | None = None):
+        super().__init__()
+        self.heads = heads
+        self.to_q = nn.Linear(dim, dim)
+        self.to_kv = nn.Linear(kv_dim or dim, 2 * dim)
+        self.to_out = nn.Linear(dim, dim)
+
+    def forward(self, x: torch.Tensor, kv: torch.Tensor | None = None, key_mask: torch.Tensor | None = None):
+        kv = x if kv is None else kv
+        b, n, d = x.shape
+        q = self.to_q(x).view(b, n, self.heads, -1).transpose(1, 2)
+        k, v = self.to_kv(kv).view(b, kv.shape[1], 2, self.heads, -1).permute(2, 0, 3, 1, 4)
+        out = attention(q, k, v, key_mask)
+        return self.to_out(out.transpose(1, 2).reshape(b, n, d))
+
+
+class Mlp(nn.Sequential):
+    def __init__(self, dim: int, ratio: float = 4.0):
+        hidden = int(dim * ratio)
+        super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
+
+
+class TimestepEmbedder(nn.Module):
+    """Scalar timesteps (0..1000) -> vectors: sinusoidal features then a small MLP (as in DiT)."""
+
+    def __init__(self, dim: int, freq_dim: int = 256):
+        super().__init__()
+        self.freq_dim = freq_dim
+        self.mlp = nn.Sequential(nn.Linear(freq_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+        nn.init.normal_(self.mlp[0].weight, std=0.02)
+        nn.init.normal_(self.mlp[2].weight, std=0.02)
+
+    def forward(self, t: torch.Tensor) -> torch.Tensor:
+        half = self.freq_dim // 2
+        freqs = torch.exp(-math.log(10000) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+        args = t.float()[:, None] * freqs[None]
+        emb = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
+        return self.mlp(emb.to(self.mlp[0].weight.dtype))
+
+
+@lru_cache(maxsize=32)
+def _sincos_table(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
+    def axis(d: int, pos: torch.Tensor) -> torch.Tensor:
+        omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d / 2))
+        out = pos.reshape(-1, 1).double() * omega[None]
+        return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
+
+    ys, xs = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
+    return torch.cat([axis(dim // 2, ys), axis(dim // 2, xs)], dim=1).float()
+
+
+def sincos_positions(dim: int, grid: tuple[int, int], index: torch.Tensor) -> torch.Tensor:
+    """2-D sin-cos embeddings of the token grid, gathered at flat token indices (B, L) -> (B, L, dim).
+
+    Positions are absolute grid coordinates, so a hole keeps its place on any canvas size.
+    """
+    table = _sincos_table(dim, grid[0], grid[1]).to(index.device)
+    return table[index]
+
+
+def patchify(latent: torch.Tensor, p: int) -> torch.Tensor:
+    """(B, C, H, W) -> (B, H/p * W/p, C*p*p), row-major over the token grid."""
+    b, c, h, w = latent.shape
+    x = latent.reshape(b, c, h // p, p, w // p, p).permute(0, 2, 4, 1, 3, 5)
+    return x.reshape(b, (h // p) * (w // p), c * p * p)
+
+
+def unpatchify(tokens: torch.Tensor, p: int, c: int, grid: tuple[int, int]) -> torch.Tensor:
+    b = tokens.shape[0]
+    gh, gw = grid
+    x = tokens.reshape(b, gh, gw, c, p, p).permute(0, 3, 1, 4, 2, 5)
+    return x.reshape(b, c, gh * p, gw * p)
+
+
+def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """tokens (B, N, D), index (B, L) -> (B, L, D)."""
+    return torch.gather(tokens, 1, index[..., None].expand(-1, -1, tokens.shape[-1]))

@@ -1,0 +1,106 @@
+"""Text encoders: a small byte-level transformer built in (the demo model needs no download), and
+CLIP or T5 encoders loaded from a local folder through transformers.
+
+Both expose encode(prompts, device) -> (embeddings (B, T, D), mask (B, T) True for real tokens).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+
+from .layers import Attention, Mlp
+
+BOS = 256  # byte values are 0..255; the start token keeps the empty prompt non-empty.
+PAD = 257
+
+
+class ByteTextBlock(nn.Module):
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim)
+
+    def forward(self, x, mask):
+        x = x + self.attn(self.norm1(x), key_mask=mask)
+        return x + self.mlp(self.norm2(x))
+
+
+class ByteTextEncoder(ModelMixin, ConfigMixin):
+    @register_to_config
+    def __init__(self, width: int = 256, depth: int = 2, heads: int = 4, max_length: int = 64):
+        super().__init__()
+        self.token_embedding = nn.Embedding(258, width)
+        self.position_embedding = nn.Parameter(torch.randn(max_length, width) * 0.02)
+        self.blocks = nn.ModuleList(ByteTextBlock(width, heads) for _ in range(depth))
+        self.norm = nn.LayerNorm(width)
+
+    @property
+    def hidden_size(self) -> int:
+        return self.config.width
+
+    def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        n = self.config.max_length
+        ids = torch.full((len(prompts), n), PAD, dtype=torch.long)
+        for row, prompt in enumerate(prompts):
+            data = [BOS] + list(prompt.strip().lower().encode("utf-8"))[: n - 1]
+            ids[row, : len(data)] = torch.tensor(data)
+        return ids, ids != PAD
+
+    def forward(self, ids: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        x = self.token_embedding(ids) + self.position_embedding[: ids.shape[1]]
+        for block in self.blocks:
+            x = block(x, mask)
+        return self.norm(x)
+
+    def encode(self, prompts: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        ids, mask = self.tokenize(prompts)
+        ids, mask = ids.to(device or self.device), mask.to(device or self.device)
+        return self(ids, mask), mask
+
+
+class HFTextEncoder:
+    """A CLIP or T5 text encoder and its tokenizer from a local folder (transformers' own loaders)."""
+
+    def __init__(self, tokenizer, model, max_length: int = 120):
+        self.tokenizer = tokenizer
+        self.model = model
+        self.max_length = max_length
+
+    @classmethod
+    def from_folder(cls, path: str | Path, max_length: int | None = None, dtype=None) -> "HFTextEncoder":
+        from transformers import AutoConfig, AutoTokenizer, CLIPTextModel, T5EncoderModel
+
+        path = Path(path)
+        tok_dir = path / "tokenizer" if (path / "tokenizer").is_dir() else path
+        model_dir = path / "text_encoder" if (path / "text_encoder").is_dir() else path
+        kind = AutoConfig.from_pretrained(model_dir, local_files_only=True).model_type
+        model_cls = {"clip_text_model": CLIPTextModel, "clip": CLIPTextModel, "t5": T5EncoderModel}.get(kind)
+        if model_cls is None:
+            raise ValueError(f"{model_dir}: text encoder type {kind!r} is not CLIP or T5")
+        tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
+        model = model_cls.from_pretrained(model_dir, local_files_only=True, torch_dtype=dtype).eval()
+        default_len = 77 if model_cls is CLIPTextModel else 120
+        return cls(tokenizer, model, max_length or min(default_len, tokenizer.model_max_length))
+
+    @property
+    def hidden_size(self) -> int:
+        return self.model.config.hidden_size
+
+    @property
+    def device(self):
+        return self.model.device
+
+    @torch.no_grad()
+    def encode(self, prompts: list[str], device=None) -> tuple[torch.Tensor, torch.Tensor]:
+        batch = self.tokenizer(prompts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt")
+        ids = batch.input_ids.to(self.model.device)
+        mask = batch.attention_mask.to(self.model.device).bool()
+        out = self.model(input_ids=ids, attention_mask=mask).last_hidden_state
+        return out.to(device or out.device), mask.to(device or out.device)

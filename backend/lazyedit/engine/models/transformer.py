@@ -1,0 +1,143 @@
+"""LazyDiffusion's diffusion decoder: a PixArt-style DiT that only ever sees the hole tokens.
+
+Per token the input is the noisy latent patch concatenated (hidden dimension) with the context token
+the context encoder produced for that position. Positions are 2-D sin-cos embeddings gathered at the
+hole indices, timesteps enter through adaLN-single, text through cross-attention, and U-ViT long skips
+join block i of the first half to block depth-1-i of the second half. SCEdit tuners act on those skips.
+Batches may pack holes of different sizes: `token_mask` marks the real tokens of each row.
+"""
+
+from __future__ import annotations
+
+from typing import Callable
+
+import torch
+import torch.nn as nn
+from diffusers import ConfigMixin, ModelMixin
+from diffusers.configuration_utils import register_to_config
+
+from .layers import Attention, Mlp, TimestepEmbedder, sincos_positions
+
+# skip_adapter(skip_index, skip_tokens) -> skip_tokens: where SC-/CSC-Tuners plug in.
+SkipAdapter = Callable[[int, torch.Tensor], torch.Tensor]
+
+
+def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    return x * (1 + scale) + shift
+
+
+class DiTBlock(nn.Module):
+    """Self-attention, cross-attention to text, MLP; adaLN-single modulation from a shared timestep vector."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float, long_skip: bool):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.attn = Attention(dim, heads)
+        self.norm_cross = nn.LayerNorm(dim)
+        self.cross_attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.mlp = Mlp(dim, mlp_ratio)
+        # adaLN-single: one global timestep projection, plus a learned per-block offset table.
+        self.scale_shift_table = nn.Parameter(torch.randn(6, dim) / dim**0.5)
+        if long_skip:
+            self.skip_norm = nn.LayerNorm(2 * dim)
+            self.skip_linear = nn.Linear(2 * dim, dim)
+        else:
+            self.skip_norm = self.skip_linear = None
+        nn.init.zeros_(self.cross_attn.to_out.weight)
+        nn.init.zeros_(self.cross_attn.to_out.bias)
+
+    def forward(self, x, t_mod, token_mask, text, text_mask, skip=None):
+        if skip is not None:
+            x = self.skip_linear(self.skip_norm(torch.cat([x, skip], dim=-1)))
+        shift_msa, scale_msa, gate_msa, shift_mlp, scale_mlp, gate_mlp = (
+            self.scale_shift_table[None] + t_mod.reshape(x.shape[0], 6, -1)
+        ).chunk(6, dim=1)
+        x = x + gate_msa * self.attn(modulate(self.norm1(x), shift_msa, scale_msa), key_mask=token_mask)
+        x = x + self.cross_attn(self.norm_cross(x), text, key_mask=text_mask)
+        return x + gate_mlp * self.mlp(modulate(self.norm2(x), shift_mlp, scale_mlp))
+
+
+class FinalLayer(nn.Module):
+    def __init__(self, dim: int, out_dim: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, elementwise_affine=False, eps=1e-6)
+        self.scale_shift_table = nn.Parameter(torch.randn(2, dim) / dim**0.5)
+        self.linear = nn.Linear(dim, out_dim)
+        nn.init.zeros_(self.linear.weight)
+        nn.init.zeros_(self.linear.bias)
+
+    def forward(self, x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        shift, scale = (self.scale_shift_table[None] + t[:, None]).chunk(2, dim=1)
+        return self.linear(modulate(self.norm(x), shift, scale))
+
+
+class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
+    @register_to_config
+    def __init__(
+        self,
+        latent_channels: int = 4,
+        patch_size: int = 2,
+        width: int = 1152,
+        depth: int = 28,
+        heads: int = 16,
+        mlp_ratio: float = 4.0,
+        context_dim: int = 1152,
+        text_dim: int = 4096,
+    ):
+        super().__init__()
+        if depth % 2:
+            raise ValueError("depth must be even: blocks pair up across the long skips")
+        token_dim = latent_channels * patch_size**2
+        self.x_embedder = nn.Linear(token_dim + context_dim, width)
+        self.t_embedder = TimestepEmbedder(width)
+        self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+        self.caption_proj = nn.Sequential(nn.Linear(text_dim, width), nn.GELU(approximate="tanh"), nn.Linear(width, width))
+        half = depth // 2
+        self.in_blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, long_skip=False) for _ in range(half))
+        self.out_blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, long_skip=True) for _ in range(half))
+        self.final_layer = FinalLayer(width, token_dim)
+        nn.init.xavier_uniform_(self.x_embedder.weight)
+        nn.init.zeros_(self.t_block[1].weight)
+        nn.init.zeros_(self.t_block[1].bias)
+
+    @property
+    def num_skips(self) -> int:
+        return len(self.in_blocks)
+
+    def first_half_parameters(self):
+        """Parameters that feed the skips; SCEdit tuning freezes them and never backpropagates into them."""
+        for module in (self.x_embedder, self.t_embedder, self.t_block, self.caption_proj, self.in_blocks):
+            yield from module.parameters()
+
+    def forward(
+        self,
+        noisy_tokens: torch.Tensor,
+        context: torch.Tensor,
+        token_index: torch.Tensor,
+        grid: tuple[int, int],
+        timestep: torch.Tensor,
+        text: torch.Tensor,
+        text_mask: torch.Tensor | None = None,
+        token_mask: torch.Tensor | None = None,
+        skip_adapter: SkipAdapter | None = None,
+    ) -> torch.Tensor:
+        """noisy_tokens (B, L, C*p*p) and context (B, L, context_dim) at flat grid indices token_index (B, L);
+        timestep (B,) in 0..1000; text (B, T, text_dim). Returns the prediction per token (B, L, C*p*p)."""
+        frozen = not any(p.requires_grad for p in self.first_half_parameters())
+        # With the first half frozen (SCEdit tuning) no gradient may flow back through it: run it without a graph.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
+            x = self.x_embedder(torch.cat([noisy_tokens, context], dim=-1))
+            x = x + sincos_positions(x.shape[-1], grid, token_index).to(x.dtype)
+            t = self.t_embedder(timestep)
+            t_mod = self.t_block(t)
+            text = self.caption_proj(text)
+            skips = []
+            for block in self.in_blocks:
+                x = block(x, t_mod, token_mask, text, text_mask)
+                skips.append(x)
+        for i, block in enumerate(self.out_blocks):
+            j = len(skips) - 1 - i
+            skip = skips[j] if skip_adapter is None else skip_adapter(j, skips[j])
+            x = block(x, t_mod, token_mask, text, text_mask, skip=skip)
+        return self.final_layer(x, t)
