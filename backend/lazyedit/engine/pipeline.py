@@ -274,15 +274,18 @@ class LazyEditPipeline(DiffusionPipeline):
             self._crop_job(job)
         return job
 
-    def _crop_job(self, job: _Job) -> None:
-        """RegenerateCrop: the canvas becomes a square crop around the mask, twice the mask's larger side."""
-        h, w = job.mask.shape
-        x0, y0, x1, y1 = mask_box(job.mask)
+    def crop_box(self, mask: np.ndarray) -> Box:
+        """RegenerateCrop's crop: a square around the mask, twice the mask's larger side, inside the image."""
+        h, w = mask.shape
+        x0, y0, x1, y1 = mask_box(mask)
         side = min(max(2 * max(x1 - x0, y1 - y0), 2 * self.unit), max(w, h))
         cx, cy = (x0 + x1) // 2, (y0 + y1) // 2
         cx0 = min(max(cx - side // 2, 0), max(w - side, 0))
         cy0 = min(max(cy - side // 2, 0), max(h - side, 0))
-        cx1, cy1 = min(cx0 + side, w), min(cy0 + side, h)
+        return cx0, cy0, min(cx0 + side, w), min(cy0 + side, h)
+
+    def _crop_job(self, job: _Job) -> None:
+        cx0, cy0, cx1, cy1 = self.crop_box(job.mask)
         job.offset = (cx0, cy0)
         job.rgb = job.rgb[cy0:cy1, cx0:cx1]
         job.mask = job.mask[cy0:cy1, cx0:cx1]
@@ -300,7 +303,7 @@ class LazyEditPipeline(DiffusionPipeline):
         return np.pad(array, pad, mode="edge" if fill_edge else "constant")
 
     def _to_tensor(self, rgb: np.ndarray) -> torch.Tensor:
-        t = torch.from_numpy(np.ascontiguousarray(rgb)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        t = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float() / 127.5 - 1
         return t.to(self.device, self.vae.dtype)
 
     def _encode_canvas(self, job: _Job) -> None:

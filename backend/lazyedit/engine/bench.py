@@ -1,0 +1,255 @@
+"""`lazyedit bench`: LazyDiffusion's speed table, measured side by side in one run.
+
+Per-step decoder time against mask size for the lazy decoder (hole tokens only), RegenerateImage (every
+token) and RegenerateCrop (every token of a crop around the mask), each beside its FLOP-count ratio;
+the components (context encoder, VAE encode, crop decode, text encoder); end-to-end edits; cache hit
+against miss; peak memory.
+"""
+
+from __future__ import annotations
+
+import json
+import platform
+import resource
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
+
+from .holes import plan_holes
+from .loading import load_pipeline
+
+MASK_FRACTIONS = (0.01, 0.05, 0.10, 0.25, 0.50, 1.00)
+
+
+@register_flop_formula(torch.ops.aten._scaled_dot_product_flash_attention_for_cpu)
+def _cpu_sdpa_flops(query_shape, key_shape, value_shape, *args, **kwargs) -> int:
+    # The CPU flash-attention kernel has no formula in torch: QK^T and PV, 2 FLOPs per multiply-add.
+    b, h, lq, d = query_shape
+    return 4 * b * h * lq * key_shape[-2] * d
+
+
+def square_mask(size: int, fraction: float) -> np.ndarray:
+    """A centred square covering `fraction` of a size x size canvas."""
+    side = max(1, round(size * fraction**0.5))
+    mask = np.zeros((size, size), bool)
+    o = (size - side) // 2
+    mask[o : o + side, o : o + side] = True
+    return mask
+
+
+def sample_canvas(size: int, seed: int = 0) -> Image.Image:
+    rng = np.random.default_rng(seed)
+    y, x = np.mgrid[0:size, 0:size] / size
+    base = np.stack([x, y, 1 - x * y], -1) * 200 + rng.normal(0, 8, (size, size, 3))
+    return Image.fromarray(base.clip(0, 255).astype(np.uint8))
+
+
+class Timer:
+    def __init__(self, device: str, min_time: float, min_reps: int, max_reps: int):
+        self.device, self.min_time, self.min_reps, self.max_reps = device, min_time, min_reps, max_reps
+
+    def __call__(self, fn) -> float:
+        """Median milliseconds of fn() after one warm-up call."""
+        fn()
+        times, start = [], time.perf_counter()
+        while len(times) < self.min_reps or (time.perf_counter() - start < self.min_time and len(times) < self.max_reps):
+            if self.device == "cuda":
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            fn()
+            if self.device == "cuda":
+                torch.cuda.synchronize()
+            times.append((time.perf_counter() - t0) * 1000)
+        return statistics.median(times)
+
+
+def _decoder_inputs(pipe, num_tokens: int, grid: tuple[int, int]):
+    tr = pipe.transformer
+    dev, dtype = pipe.device, tr.dtype
+    token_dim = tr.config.latent_channels * tr.config.patch_size**2
+    text, text_mask = pipe.text.encode(["a red star"], dev)
+    return dict(
+        noisy_tokens=torch.randn(1, num_tokens, token_dim, device=dev, dtype=dtype),
+        context=torch.randn(1, num_tokens, tr.config.context_dim, device=dev, dtype=dtype),
+        token_index=torch.arange(num_tokens, device=dev)[None] % (grid[0] * grid[1]),
+        grid=grid,
+        timestep=torch.full((1,), 500.0, device=dev, dtype=dtype),
+        text=text.to(dtype),
+        text_mask=text_mask,
+    )
+
+
+def _flops(fn) -> int:
+    with FlopCounterMode(display=False) as counter:
+        fn()
+    return counter.get_total_flops()
+
+
+def run_bench(config: str = "demo", size: int = 1024, device: str = "cpu", steps: int | None = None,
+              quick: bool = False, model: str | None = None, progress=print) -> dict:
+    pipe = load_pipeline(model or config, device=device)
+    pipe.set_progress_bar_config(disable=True)
+    timer = Timer(device, min_time=0.2 if quick else 1.0, min_reps=1 if quick else 3, max_reps=50)
+    unit = pipe.unit
+    grid = (-(-size // unit), -(-size // unit))
+    n_all = grid[0] * grid[1]
+    steps = steps or pipe.default_steps
+    image = sample_canvas(size)
+    report: dict = {
+        "config": config, "model": pipe.model_name, "random_weights": pipe.random_weights, "size": size,
+        "device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
+        "machine": platform.processor() or platform.machine(), "tokens_full": n_all, "steps": steps,
+        "date": time.strftime("%Y-%m-%d"),
+    }
+    if device == "cuda":
+        report["gpu"] = torch.cuda.get_device_name()
+        torch.cuda.reset_peak_memory_stats()
+
+    # Per-step decoder: one forward of the transformer (batch 1, no guidance) at each mask size.
+    rows = []
+    full_inputs = _decoder_inputs(pipe, n_all, grid)
+    with torch.no_grad():
+        full_ms = timer(lambda: pipe.transformer(**full_inputs))
+        full_flops = _flops(lambda: pipe.transformer(**full_inputs))
+        for fraction in MASK_FRACTIONS:
+            progress(f"bench: decoder step at {fraction:.0%} mask")
+            mask = square_mask(size, fraction)
+            lazy_tokens = plan_holes(np.pad(mask, ((0, grid[0] * unit - size), (0, grid[1] * unit - size))), unit).num_tokens
+            x0, y0, x1, y1 = pipe.crop_box(mask)
+            crop_tokens = -(-(x1 - x0) // unit) * -(-(y1 - y0) // unit)
+            row = {"mask_fraction": fraction, "lazy_tokens": lazy_tokens, "crop_tokens": crop_tokens, "image_tokens": n_all}
+            for name, n in (("lazy", lazy_tokens), ("crop", crop_tokens)):
+                inputs = _decoder_inputs(pipe, n, grid)
+                row[f"{name}_ms"] = timer(lambda: pipe.transformer(**inputs))
+                row[f"{name}_gflops"] = _flops(lambda: pipe.transformer(**inputs)) / 1e9
+            row["image_ms"] = full_ms
+            row["image_gflops"] = full_flops / 1e9
+            row["speedup_vs_image"] = full_ms / row["lazy_ms"]
+            row["flop_ratio_vs_image"] = full_flops / 1e9 / row["lazy_gflops"]
+            row["speedup_vs_crop"] = row["crop_ms"] / row["lazy_ms"]
+            row["flop_ratio_vs_crop"] = row["crop_gflops"] / row["lazy_gflops"]
+            rows.append(row)
+    report["decoder_step"] = rows
+
+    # Components, once each, at a 10% mask.
+    mask10 = square_mask(size, 0.10)
+    progress("bench: components")
+    pipe.clear_caches()
+    t = pipe.edit(image, mask10, "a red star", steps=steps, seed=0, canvas_key="bench").timings
+    comps = {"vae_encode_ms": t["vae_encode_ms"], "context_encoder_ms": t["context_ms"], "text_encoder_ms": t["text_ms"],
+             "crop_decode_ms": t["decode_ms"]}
+    with torch.no_grad():
+        comps["text_encoder_ms"] = timer(lambda: pipe.text.encode(["a small blue heart"], pipe.device))
+    report["components"] = comps
+    report["components_note"] = "vae_encode and context_encoder: the first (cold-cache) edit of the canvas and mask"
+
+    # End to end at a 10% mask: a new mask on a cached canvas (what a user's next stroke costs), all three ways.
+    progress("bench: end-to-end edits at a 10% mask")
+    e2e = {}
+    for strategy in ("lazy", "regenerate_crop", "regenerate_image"):
+        def run(s=strategy):
+            pipe.context_cache.__init__(pipe.context_cache.max_bytes)  # a new mask each time: context recomputed
+            return pipe.edit(image, mask10, "a red star", steps=steps, seed=0, canvas_key="bench", strategy=s)
+        e2e[f"{strategy}_ms"] = Timer(device, 0.0, 1 if quick else 2, 3)(run)
+    e2e["speedup_vs_image"] = e2e["regenerate_image_ms"] / e2e["lazy_ms"]
+    e2e["speedup_vs_crop"] = e2e["regenerate_crop_ms"] / e2e["lazy_ms"]
+    report["end_to_end_10pct"] = e2e
+
+    # Cache: the same canvas and mask with a new prompt runs neither the VAE encoder nor the context encoder.
+    progress("bench: cache hit against miss")
+    pipe.clear_caches()
+    miss = pipe.edit(image, mask10, "a red star", steps=steps, seed=1, canvas_key="cache")
+    hit = pipe.edit(image, mask10, "a blue ring", steps=steps, seed=1, canvas_key="cache")
+    report["cache"] = {
+        "miss_ms": miss.timings["total_ms"], "hit_ms": hit.timings["total_ms"],
+        "hit_ran_vae_encoder": not hit.timings["latent_cache_hit"], "hit_ran_context_encoder": not hit.timings["context_cache_hit"],
+        "stats": pipe.cache_stats(),
+    }
+
+    # The interactive target: demo config, 512x512, 10% mask, default steps, new mask on a cached canvas.
+    if size != 512 and config == "demo":
+        progress("bench: 512x512 interactive edit")
+        small, m512 = sample_canvas(512), square_mask(512, 0.10)
+        pipe.edit(small, m512, "a red star", seed=0, canvas_key="small")
+
+        def interactive():
+            pipe.context_cache.__init__(pipe.context_cache.max_bytes)
+            return pipe.edit(small, m512, "a red star", seed=0, canvas_key="small")
+
+        report["interactive_512_10pct_ms"] = Timer(device, 1.0, 3, 10)(interactive)
+
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report["peak_memory_mb"] = {"process_rss": round(peak, 1)}
+    if device == "cuda":
+        report["peak_memory_mb"]["cuda_allocated"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return report
+
+
+def format_table(report: dict) -> str:
+    lines = [f"lazyedit bench: config={report['config']} size={report['size']} device={report['device']} "
+             f"tokens={report['tokens_full']} steps={report['steps']}" + ("  (RANDOM weights)" if report["random_weights"] else ""),
+             "", "per-step decoder (ms)            lazy   crop  image | speedup vs image (FLOP ratio) | vs crop (FLOP ratio)"]
+    for r in report["decoder_step"]:
+        lines.append(
+            f"  mask {r['mask_fraction']:>5.0%} {r['lazy_tokens']:>6} tok {r['lazy_ms']:>9.1f} {r['crop_ms']:>6.1f} {r['image_ms']:>6.1f} |"
+            f" {r['speedup_vs_image']:>6.2f}x ({r['flop_ratio_vs_image']:>6.2f}x)         | {r['speedup_vs_crop']:>5.2f}x ({r['flop_ratio_vs_crop']:>5.2f}x)"
+        )
+    c = report["components"]
+    lines += ["", "components (ms): " + ", ".join(f"{k[:-3]} {v:.1f}" for k, v in c.items() if v is not None)]
+    e = report["end_to_end_10pct"]
+    lines += [f"end to end, 10% mask (ms): lazy {e['lazy_ms']:.0f}, regenerate crop {e['regenerate_crop_ms']:.0f}, "
+              f"regenerate image {e['regenerate_image_ms']:.0f}  -> {e['speedup_vs_image']:.2f}x vs image, {e['speedup_vs_crop']:.2f}x vs crop"]
+    k = report["cache"]
+    lines += [f"cache: miss {k['miss_ms']:.0f} ms, hit {k['hit_ms']:.0f} ms (hit ran VAE encoder: {k['hit_ran_vae_encoder']}, "
+              f"context encoder: {k['hit_ran_context_encoder']})"]
+    if "interactive_512_10pct_ms" in report:
+        lines += [f"interactive edit, 512x512, 10% mask, new mask on a cached canvas: {report['interactive_512_10pct_ms']:.0f} ms"]
+    lines += [f"peak memory (MB): {report['peak_memory_mb']}"]
+    return "\n".join(lines)
+
+
+def plot(report: dict, path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["decoder_step"]
+    f = [r["mask_fraction"] * 100 for r in rows]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4.2))
+    a.plot(f, [r["lazy_ms"] for r in rows], "o-", label="LazyDiffusion (hole tokens)")
+    a.plot(f, [r["crop_ms"] for r in rows], "s-", label="RegenerateCrop")
+    a.plot(f, [r["image_ms"] for r in rows], "^-", label="RegenerateImage")
+    a.set_xscale("log"); a.set_yscale("log")
+    a.set_xlabel("mask (% of image)"); a.set_ylabel("ms per denoising step"); a.legend(); a.grid(alpha=0.3)
+    a.set_title(f"{report['config']} config, {report['size']}x{report['size']}, {report['device']}")
+    b.plot(f, [r["speedup_vs_image"] for r in rows], "o-", label="measured speedup vs image")
+    b.plot(f, [r["flop_ratio_vs_image"] for r in rows], "k--", label="FLOP ratio vs image")
+    b.plot(f, [r["speedup_vs_crop"] for r in rows], "s-", label="measured speedup vs crop")
+    b.plot(f, [r["flop_ratio_vs_crop"] for r in rows], "k:", label="FLOP ratio vs crop")
+    b.axhline(1, color="grey", lw=0.8)
+    b.set_xscale("log"); b.set_yscale("log"); b.set_xlabel("mask (% of image)"); b.set_ylabel("x faster per step")
+    b.legend(); b.grid(alpha=0.3); b.set_title("speedup per step")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
+def bench_main(args) -> int:
+    def progress(msg: str) -> None:
+        print(msg, file=sys.stderr, flush=True)
+
+    report = run_bench(args.config, args.size, args.device, args.steps, args.quick, args.model, progress)
+    print(format_table(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}")
+    if args.plot:
+        plot(report, args.plot)
+        print(f"wrote {args.plot}")
+    return 0
