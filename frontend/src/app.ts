@@ -1,0 +1,1143 @@
+// The editor application: UI, protocol state machine, undo/redo, live mode.
+import { Connection, type ConnState } from "./connection";
+import { downloadBlob, h, isTextField } from "./dom";
+import { Editor, type Tool } from "./editor";
+import { UndoStack } from "./history";
+import { canvasToPNG, ctx2d, decodeImage, makeCanvas, type LayerOp } from "./layers";
+import { countMasked, maskFromRGBA, maskToRGBA } from "./mask";
+import {
+  acceptMsg, binaryToMessage, canvasFrame, cancelMsg, decodeFrame, decodeText, describeError, editFrame,
+  gotoMsg, helloMsg, redoMsg, undoMsg,
+  type AckMsg, type Box, type CanvasFrame, type EditParams, type ErrorMsg, type HistoryEntry, type Limits,
+  type ProgressFrame, type ReadyMsg, type ResultFrame, type ServerMessage,
+} from "./protocol";
+
+export type UndoEntry = { kind: "layer"; op: LayerOp } | { kind: "server" };
+
+type Slot = "open" | "edit" | "result" | "history" | "mask" | "global";
+
+const SESSION_KEY = "lazyedit.session";
+const UNDO_CAP = 100;
+const LIVE_DELAY_MS = 600;
+
+interface RunningEdit {
+  id: string;
+  params: EditParams;
+  previews: number;
+  sent: boolean;
+  cancelling: boolean;
+}
+
+interface PendingResult {
+  editId: string;
+  box: Box;
+  bitmap: ImageBitmap;
+  seed: number;
+  steps: number;
+  timings: Record<string, number>;
+}
+
+const PNG_MAGIC = [0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a];
+
+export class App {
+  private conn: Connection;
+  private editor!: Editor;
+  private stack: UndoStack<UndoEntry>;
+  private token: string | null;
+  session: string | null;
+  ready: ReadyMsg | null = null;
+  limits: Limits | null = null;
+  history: HistoryEntry[] = [];
+  position = 0;
+  version = 0;
+  connState: ConnState = "closed";
+  private seq = 0;
+  private slots = new Map<string, Slot>();
+  private helloId: string | null = null;
+  private pendingCanvas: { id: string; bmp: ImageBitmap; name: string } | null = null;
+  private gotoIds = new Set<string>();
+  private serverUndo: { id: string; dir: "undo" | "redo"; fromStack: boolean } | null = null;
+  edit: RunningEdit | null = null;
+  lastEdit: RunningEdit | null = null;
+  result: PendingResult | null = null;
+  lastResultBox: Box | null = null;
+  private accepting: string | null = null;
+  private live = false;
+  private liveTimer: ReturnType<typeof setTimeout> | null = null;
+  private liveWanted = false;
+  private thumbCache = new Map<string, string>();
+
+  // DOM
+  private ui!: {
+    root: HTMLElement;
+    fileInput: HTMLInputElement;
+    maskInput: HTMLInputElement;
+    tools: Record<Tool, HTMLButtonElement>;
+    brushSize: HTMLInputElement;
+    brushSizeLabel: HTMLElement;
+    sketchColor: HTMLInputElement;
+    sketchSize: HTMLInputElement;
+    sketchStrength: HTMLInputElement;
+    sketchStrengthLabel: HTMLElement;
+    prompt: HTMLInputElement;
+    generate: HTMLButtonElement;
+    seedRandom: HTMLInputElement;
+    seed: HTMLInputElement;
+    steps: HTMLInputElement;
+    guidance: HTMLInputElement;
+    progress: HTMLProgressElement;
+    progressText: HTMLElement;
+    cancel: HTMLButtonElement;
+    resultBox: HTMLElement;
+    resultInfo: HTMLElement;
+    accept: HTMLButtonElement;
+    discard: HTMLButtonElement;
+    retry: HTMLButtonElement;
+    history: HTMLOListElement;
+    undo: HTMLButtonElement;
+    redo: HTMLButtonElement;
+    live: HTMLInputElement;
+    status: HTMLElement;
+    conn: HTMLElement;
+    model: HTMLElement;
+    info: HTMLElement;
+    zoom: HTMLElement;
+    stage: HTMLElement;
+    empty: HTMLElement;
+    help: HTMLElement;
+    errorSlots: Record<Slot, HTMLElement>;
+  };
+
+  constructor(private mount: HTMLElement) {
+    const params = new URLSearchParams(location.search);
+    this.token = params.get("token");
+    this.session = localStorage.getItem(SESSION_KEY);
+    this.stack = new UndoStack<UndoEntry>(UNDO_CAP, (old) => {
+      if (old.kind === "layer") this.editor.layer(old.op.layer)?.flatten(old.op);
+    });
+    this.buildUI();
+    const proto = location.protocol === "https:" ? "wss:" : "ws:";
+    const url = `${proto}//${location.host}/ws${this.token ? `?token=${encodeURIComponent(this.token)}` : ""}`;
+    this.conn = new Connection(url, {
+      onOpen: () => this.sendHello(),
+      onText: (t) => this.onText(t),
+      onBinary: (b) => this.onBinary(b),
+      onState: (s, info) => this.onConnState(s, info),
+    });
+    this.conn.start();
+    window.addEventListener("online", () => this.conn.retryNow());
+    this.installTestHook();
+    this.refresh();
+  }
+
+  private nextId(prefix: string, slot: Slot): string {
+    const id = `${prefix}${++this.seq}`;
+    this.slots.set(id, slot);
+    if (this.slots.size > 500) this.slots.delete(this.slots.keys().next().value as string);
+    return id;
+  }
+
+  // =====================================================================================
+  // UI construction
+  // =====================================================================================
+
+  private buildUI(): void {
+    const errorSlot = (slot: Slot) => h("div", { class: "error-slot", "data-slot": slot });
+    const toolBtn = (tool: Tool, label: string, key: string) =>
+      h("button", { class: "tool", testid: `tool-${tool}`, title: `${label} (${key})`, "aria-pressed": "false", onclick: () => this.setTool(tool) }, label);
+    const tools: Record<Tool, HTMLButtonElement> = {
+      brush: toolBtn("brush", "Brush", "M"),
+      eraser: toolBtn("eraser", "Eraser", "E"),
+      rect: toolBtn("rect", "Rect", "R"),
+      lasso: toolBtn("lasso", "Lasso", "L"),
+      sketch: toolBtn("sketch", "Sketch", "S"),
+    };
+    const fileInput = h("input", { type: "file", accept: "image/*", testid: "file-input", class: "hidden-input" });
+    fileInput.addEventListener("change", () => {
+      const f = fileInput.files?.[0];
+      if (f) void this.openFile(f);
+      fileInput.value = "";
+    });
+    const maskInput = h("input", { type: "file", accept: "image/png,image/*", testid: "mask-import-input", class: "hidden-input" });
+    maskInput.addEventListener("change", () => {
+      const f = maskInput.files?.[0];
+      if (f) void this.importMask(f);
+      maskInput.value = "";
+    });
+    const brushSize = h("input", { type: "range", min: 1, max: 1024, value: 40, testid: "brush-size", title: "Brush size ([ and ])" });
+    const brushSizeLabel = h("span", { class: "num" }, "40");
+    brushSize.addEventListener("input", () => {
+      const v = Number(brushSize.value);
+      if (this.editor.tool === "sketch") this.editor.sketchSize = v;
+      else this.editor.brushSize = v;
+      this.refresh();
+    });
+    const sketchColor = h("input", { type: "color", value: "#1e64ff", testid: "sketch-color", title: "Sketch colour" });
+    sketchColor.addEventListener("input", () => (this.editor.sketchColor = sketchColor.value));
+    const sketchSize = h("input", { type: "range", min: 1, max: 256, value: 8, testid: "sketch-size", title: "Sketch pen size" });
+    sketchSize.addEventListener("input", () => {
+      this.editor.sketchSize = Number(sketchSize.value);
+      this.refresh();
+    });
+    const sketchStrength = h("input", { type: "range", min: 0, max: 1, step: 0.05, value: 1, testid: "sketch-strength", title: "How strongly the sketch guides the edit" });
+    const sketchStrengthLabel = h("span", { class: "num" }, "1.00");
+    sketchStrength.addEventListener("input", () => (sketchStrengthLabel.textContent = Number(sketchStrength.value).toFixed(2)));
+
+    const prompt = h("input", { type: "text", testid: "prompt", placeholder: "Describe the edit, press Enter", autocomplete: "off", spellcheck: "false" });
+    prompt.addEventListener("keydown", (e) => {
+      if (e.key === "Enter" && !e.isComposing) {
+        e.preventDefault();
+        void this.generate();
+      } else if (e.key === "Escape") {
+        e.preventDefault();
+        this.cancelEdit();
+        prompt.blur();
+      }
+    });
+    prompt.addEventListener("input", () => this.scheduleLive());
+    const generate = h("button", { class: "primary", testid: "generate", onclick: () => void this.generate() }, "Generate");
+    const seedRandom = h("input", { type: "checkbox", testid: "seed-random", checked: true });
+    const seed = h("input", { type: "number", testid: "seed", min: 0, step: 1, placeholder: "random", disabled: true });
+    seedRandom.addEventListener("change", () => {
+      seed.disabled = seedRandom.checked;
+      if (!seedRandom.checked && seed.value === "" && this.result) seed.value = String(this.result.seed);
+    });
+    const steps = h("input", { type: "number", testid: "steps", min: 1, step: 1 });
+    const guidance = h("input", { type: "number", testid: "guidance", min: 0, step: 0.5 });
+    const progress = h("progress", { testid: "progress", max: 1, value: 0 });
+    const progressText = h("span", { class: "progress-text", testid: "progress-text" }, "idle");
+    const cancel = h("button", { testid: "cancel", title: "Cancel (Esc)", onclick: () => this.cancelEdit() }, "Cancel");
+    const accept = h("button", { class: "primary", testid: "accept", title: "Accept (A)", onclick: () => this.accept() }, "Accept");
+    const discard = h("button", { testid: "discard", title: "Discard (D)", onclick: () => this.discard() }, "Discard");
+    const retry = h("button", { testid: "retry", title: "Try again with a new seed (T)", onclick: () => void this.generate({ newSeed: true }) }, "Try again");
+    const resultInfo = h("div", { class: "result-info", testid: "result-info" });
+    const resultBox = h("section", { class: "result", testid: "result" }, h("h3", {}, "Result"), resultInfo, h("div", { class: "row" }, accept, discard, retry), h("div", { class: "hint" }, "Hold B to compare before/after"), errorSlot("result"));
+    const history = h("ol", { class: "history", testid: "history" });
+    const undo = h("button", { testid: "undo", title: "Undo (Ctrl+Z)", onclick: () => this.undo() }, "Undo");
+    const redo = h("button", { testid: "redo", title: "Redo (Ctrl+Shift+Z)", onclick: () => this.redo() }, "Redo");
+    const live = h("input", { type: "checkbox", testid: "live-toggle" });
+    live.addEventListener("change", () => {
+      this.live = live.checked;
+      if (this.live) this.scheduleLive();
+    });
+    const conn = h("span", { class: "conn", testid: "connection" }, "connecting");
+    const model = h("span", { class: "model", testid: "model" }, "");
+    const info = h("span", { class: "info", testid: "canvas-info" }, "");
+    const zoom = h("span", { class: "zoom", testid: "zoom" }, "");
+    const status = h("footer", { class: "status", testid: "status" }, conn, model, info, zoom);
+    const empty = h("div", { class: "empty", testid: "empty" }, h("p", {}, "Open an image (O), drop one here, or paste it."), h("button", { class: "primary", onclick: () => fileInput.click() }, "Open image"));
+    const stage = h("div", { class: "stage", testid: "stage" }, empty);
+    const errorSlots: Record<Slot, HTMLElement> = {
+      open: errorSlot("open"), edit: errorSlot("edit"), result: resultBox.querySelector(".error-slot") as HTMLElement,
+      history: errorSlot("history"), mask: errorSlot("mask"), global: errorSlot("global"),
+    };
+    const help = h("div", { class: "help", testid: "help", hidden: true, onclick: (e: Event) => { if (e.target === help) this.toggleHelp(false); } },
+      h("div", { class: "help-card" }, h("h2", {}, "Keyboard shortcuts"), h("dl", {}, ...SHORTCUTS.flatMap(([k, d]) => [h("dt", {}, k), h("dd", {}, d)])), h("button", { onclick: () => this.toggleHelp(false) }, "Close (Esc)")));
+
+    const btn = (label: string, testid: string, title: string, fn: () => void) => h("button", { testid, title, onclick: fn }, label);
+    const toolbar = h("header", { class: "toolbar" },
+      h("div", { class: "group" },
+        h("button", { testid: "open", title: "Open image (O)", onclick: () => fileInput.click() }, "Open"), fileInput,
+        btn("Download", "download", "Download the current image as PNG", () => void this.downloadImage()),
+        errorSlots.open),
+      h("div", { class: "group" }, tools.brush, tools.eraser, tools.rect, tools.lasso,
+        h("label", { class: "inline" }, "Size", brushSize, brushSizeLabel)),
+      h("div", { class: "group" },
+        btn("Invert", "mask-invert", "Invert mask (I)", () => this.maskOp({ kind: "invert", layer: "mask" })),
+        btn("Clear", "mask-clear", "Clear mask (Del)", () => this.maskOp({ kind: "clear", layer: "mask" })),
+        btn("Import", "mask-import", "Import a mask PNG", () => maskInput.click()), maskInput,
+        btn("Export", "mask-export", "Export the mask as PNG", () => void this.exportMask()),
+        errorSlots.mask),
+      h("div", { class: "group" }, tools.sketch, sketchColor,
+        h("label", { class: "inline" }, "Pen", sketchSize),
+        h("label", { class: "inline" }, "Strength", sketchStrength, sketchStrengthLabel),
+        btn("Clear sketch", "sketch-clear", "Clear sketch (Shift+Del)", () => this.maskOp({ kind: "clear", layer: "sketch" }))),
+      h("div", { class: "group" }, undo, redo,
+        btn("Fit", "fit", "Fit to screen (F)", () => this.editor.fit()),
+        h("label", { class: "inline", title: "Generate automatically after a pause" }, live, "Live"),
+        btn("?", "help-button", "Keyboard shortcuts (?)", () => this.toggleHelp())),
+    );
+    const panel = h("aside", { class: "panel" },
+      h("section", {}, h("h3", {}, "Prompt"), h("div", { class: "row" }, prompt, generate),
+        h("div", { class: "params" },
+          h("label", {}, seedRandom, "random seed"), seed,
+          h("label", {}, "steps", steps), h("label", {}, "guidance", guidance)),
+        h("div", { class: "row" }, progress, progressText, cancel), errorSlots.edit),
+      resultBox,
+      h("section", { class: "history-section" }, h("h3", {}, "History"), history, errorSlots.history),
+      errorSlots.global);
+    const root = h("div", { class: "app" }, toolbar, h("main", {}, stage, panel), status, help);
+    this.mount.append(root);
+
+    this.ui = {
+      root, fileInput, maskInput, tools, brushSize, brushSizeLabel, sketchColor, sketchSize, sketchStrength, sketchStrengthLabel,
+      prompt, generate, seedRandom, seed, steps, guidance, progress, progressText, cancel, resultBox, resultInfo, accept, discard,
+      retry, history, undo, redo, live, status, conn, model, info, zoom, stage, empty, help, errorSlots,
+    };
+
+    this.editor = new Editor(stage);
+    this.editor.onOp = (op) => {
+      this.stack.push({ kind: "layer", op });
+      this.refresh();
+      this.scheduleLive();
+    };
+    this.editor.onViewChange = () => (this.ui.zoom.textContent = `${Math.round(this.editor.view.scale * 100)}%`);
+    this.bindGlobalEvents();
+    this.setTool("brush");
+  }
+
+  private bindGlobalEvents(): void {
+    const stage = this.ui.stage;
+    stage.addEventListener("dragover", (e) => {
+      e.preventDefault();
+      stage.classList.add("drop");
+    });
+    stage.addEventListener("dragleave", () => stage.classList.remove("drop"));
+    stage.addEventListener("drop", (e) => {
+      e.preventDefault();
+      stage.classList.remove("drop");
+      const f = [...(e.dataTransfer?.files ?? [])].find((x) => x.type.startsWith("image/"));
+      if (f) void this.openFile(f);
+    });
+    window.addEventListener("paste", (e) => {
+      const items = [...(e.clipboardData?.items ?? [])];
+      const it = items.find((x) => x.kind === "file" && x.type.startsWith("image/"));
+      const f = it?.getAsFile();
+      if (f) {
+        e.preventDefault();
+        void this.openFile(f);
+      }
+    });
+    window.addEventListener("keydown", (e) => this.onKey(e, true));
+    window.addEventListener("keyup", (e) => this.onKey(e, false));
+    window.addEventListener("blur", () => {
+      this.editor.setSpace(false);
+      this.setComparing(false);
+    });
+  }
+
+  private onKey(e: KeyboardEvent, down: boolean): void {
+    if (!down) {
+      if (e.code === "Space") this.editor.setSpace(false);
+      if (e.key === "Alt") this.editor.setAlt(false);
+      if (e.key === "b" || e.key === "B") this.setComparing(false);
+      return;
+    }
+    const mod = e.ctrlKey || e.metaKey;
+    if (isTextField(e.target)) return; // typing never triggers shortcuts (the prompt handles Enter/Esc itself)
+    const key = e.key;
+    if (mod && (key === "z" || key === "Z")) {
+      e.preventDefault();
+      if (e.shiftKey) this.redo();
+      else this.undo();
+      return;
+    }
+    if (mod && (key === "y" || key === "Y")) {
+      e.preventDefault();
+      this.redo();
+      return;
+    }
+    if (mod && key === "Enter") {
+      e.preventDefault();
+      void this.generate();
+      return;
+    }
+    if (mod || e.altKey) {
+      if (key === "Alt") this.editor.setAlt(true);
+      return;
+    }
+    switch (key) {
+      case " ":
+        e.preventDefault();
+        this.editor.setSpace(true);
+        return;
+      case "?":
+        this.toggleHelp();
+        return;
+      case "Escape":
+        if (!this.ui.help.hidden) this.toggleHelp(false);
+        else if (this.editor.drawing) this.editor.abortDrawing();
+        else this.cancelEdit();
+        return;
+      case "m": case "M": this.setTool("brush"); return;
+      case "e": case "E": this.setTool("eraser"); return;
+      case "r": case "R": this.setTool("rect"); return;
+      case "l": case "L": this.setTool("lasso"); return;
+      case "s": case "S": this.setTool("sketch"); return;
+      case "[": this.bumpSize(1 / 1.2); return;
+      case "]": this.bumpSize(1.2); return;
+      case "i": case "I": this.maskOp({ kind: "invert", layer: "mask" }); return;
+      case "Delete": case "Backspace":
+        this.maskOp({ kind: "clear", layer: e.shiftKey ? "sketch" : "mask" });
+        return;
+      case "b": case "B":
+        if (!e.repeat) this.setComparing(true);
+        return;
+      case "a": case "A": this.accept(); return;
+      case "d": case "D": this.discard(); return;
+      case "t": case "T": void this.generate({ newSeed: true }); return;
+      case "g": case "G": void this.generate(); return;
+      case "f": case "F": this.editor.fit(); return;
+      case "+": case "=": this.editor.zoomBy(1.25); return;
+      case "-": case "_": this.editor.zoomBy(0.8); return;
+      case "o": case "O": this.ui.fileInput.click(); return;
+      case "/": case "p": case "P":
+        e.preventDefault();
+        this.ui.prompt.focus();
+        return;
+    }
+  }
+
+  private toggleHelp(show = this.ui.help.hidden): void {
+    this.ui.help.hidden = !show;
+  }
+
+  private setComparing(on: boolean): void {
+    if (this.editor.comparing === on) return;
+    this.editor.comparing = on;
+    this.ui.root.classList.toggle("comparing", on);
+    this.editor.requestRender();
+  }
+
+  setTool(t: Tool): void {
+    this.editor.tool = t;
+    for (const [k, b] of Object.entries(this.ui.tools)) {
+      b.classList.toggle("active", k === t);
+      b.setAttribute("aria-pressed", String(k === t));
+    }
+    this.refresh();
+    this.editor.requestRender();
+  }
+
+  private bumpSize(f: number): void {
+    if (this.editor.tool === "sketch") this.editor.sketchSize = clampSize(this.editor.sketchSize, f, 256);
+    else this.editor.brushSize = clampSize(this.editor.brushSize, f, 1024);
+    this.refresh();
+    this.editor.requestRender();
+  }
+
+  // =====================================================================================
+  // errors
+  // =====================================================================================
+
+  showError(slot: Slot, text: string, code = "client"): void {
+    const el = this.ui.errorSlots[slot];
+    el.replaceChildren();
+    const msg = h("div", { class: "error", testid: "error", role: "alert", "data-code": code, "data-slot": slot },
+      h("span", {}, text), h("button", { class: "close", title: "Dismiss", onclick: () => msg.remove() }, "×"));
+    el.append(msg);
+  }
+
+  clearError(slot: Slot): void {
+    this.ui.errorSlots[slot].replaceChildren();
+  }
+
+  // =====================================================================================
+  // connection and messages
+  // =====================================================================================
+
+  private sendHello(): void {
+    this.helloId = this.nextId("h", "global");
+    this.conn.send(helloMsg(this.helloId, this.session));
+  }
+
+  private onConnState(s: ConnState, info: { attempt: number; retryInMs?: number; code?: number; reason?: string }): void {
+    this.connState = s;
+    const el = this.ui.conn;
+    el.dataset.state = s;
+    this.ui.status.dataset.state = s;
+    if (s === "open") {
+      el.textContent = "connected";
+      this.clearError("global");
+    } else if (s === "connecting") el.textContent = info.attempt ? `reconnecting (try ${info.attempt + 1})` : "connecting";
+    else if (s === "waiting") {
+      el.textContent = `offline, retrying in ${Math.ceil((info.retryInMs ?? 0) / 1000)} s`;
+      this.connectionLost();
+    } else {
+      el.textContent = "disconnected";
+      const why = info.code === 4401 ? describeError("unauthorized", "") : info.code === 4403 ? describeError("bad_origin", "") : "Disconnected";
+      this.showError("global", `${why}. Reload the page to try again.`, info.code === 4401 ? "unauthorized" : info.code === 4403 ? "bad_origin" : "closed");
+      this.connectionLost();
+    }
+    this.refresh();
+  }
+
+  /** Requests in flight are lost with the socket; the session itself is resumed on reconnect. */
+  private connectionLost(): void {
+    if (this.edit) {
+      this.showError("edit", "Connection lost: the edit was interrupted. Generate again once reconnected.", "disconnected");
+      this.edit = null;
+      this.editor.preview = null;
+      this.editor.requestRender();
+    }
+    if (this.pendingCanvas) {
+      this.showError("open", "Connection lost while uploading the image; open it again once reconnected.", "disconnected");
+      this.pendingCanvas = null;
+    }
+    if (this.accepting) {
+      this.accepting = null;
+      this.showError("result", "Connection lost while accepting; check the history once reconnected.", "disconnected");
+    }
+    if (this.serverUndo) {
+      if (this.serverUndo.fromStack) {
+        if (this.serverUndo.dir === "undo") this.stack.restoreUndone();
+        else this.stack.restoreRedone();
+      }
+      this.serverUndo = null;
+    }
+    this.liveWanted = false;
+    this.refresh();
+  }
+
+  private onText(text: string): void {
+    let m: ServerMessage;
+    try {
+      m = decodeText(text);
+    } catch {
+      this.showError("global", "The server sent a message this page cannot read.", "bad_json");
+      return;
+    }
+    this.dispatch(m);
+  }
+
+  private onBinary(buf: ArrayBuffer): void {
+    let m: ServerMessage;
+    try {
+      m = binaryToMessage(decodeFrame(buf));
+    } catch (e) {
+      this.showError("global", `The server sent a malformed frame (${(e as Error).message}).`, "bad_frame");
+      return;
+    }
+    this.dispatch(m);
+  }
+
+  private dispatch(m: ServerMessage): void {
+    switch (m.type) {
+      case "ready": return this.onReady(m as ReadyMsg);
+      case "ack": return this.onAck(m as AckMsg);
+      case "canvas": return void this.onCanvas(m as CanvasFrame);
+      case "progress": return void this.onProgress(m as ProgressFrame);
+      case "result": return void this.onResult(m as ResultFrame);
+      case "cancelled": return this.onCancelled(m.id);
+      case "error": return this.onError(m as ErrorMsg);
+    }
+  }
+
+  private setHistory(history: HistoryEntry[] | undefined, position: number | undefined, version?: number): void {
+    if (Array.isArray(history)) this.history = history;
+    if (typeof position === "number") this.position = position;
+    if (typeof version === "number") this.version = version;
+    this.renderHistory();
+  }
+
+  private onReady(m: ReadyMsg): void {
+    this.ready = m;
+    this.limits = m.limits;
+    this.session = m.session;
+    localStorage.setItem(SESSION_KEY, m.session);
+    this.ui.model.textContent = `${m.model} · ${m.device}`;
+    this.ui.model.title = `model ${m.model} on ${m.device}`;
+    const L = m.limits;
+    if (L) {
+      this.ui.prompt.maxLength = L.max_prompt_chars;
+      this.ui.steps.min = String(L.min_steps);
+      this.ui.steps.max = String(L.max_steps);
+      this.ui.guidance.min = String(L.min_guidance);
+      this.ui.guidance.max = String(L.max_guidance);
+    }
+    if (this.ui.steps.value === "") this.ui.steps.value = String(m.default_steps);
+    if (this.ui.guidance.value === "") this.ui.guidance.value = String(m.default_guidance);
+    this.setHistory(m.history, m.position, m.canvas?.version);
+    if (!m.canvas && this.editor.image) {
+      // the server no longer has our image (new session after a restart): upload what we are showing
+      void this.reuploadCurrent();
+    }
+    this.refresh();
+  }
+
+  private async reuploadCurrent(): Promise<void> {
+    if (!this.editor.image) return;
+    const png = await canvasToPNG(this.editor.image);
+    const bmp = await decodeImage(png);
+    this.sendCanvas(png, bmp, "current image");
+  }
+
+  private onAck(m: AckMsg): void {
+    if (m.of === "canvas") {
+      const pc = this.pendingCanvas;
+      if (pc && m.id === pc.id) {
+        this.pendingCanvas = null;
+        this.stack.clear();
+        this.discardResultState();
+        this.editor.setImage(pc.bmp);
+        this.ui.empty.hidden = true;
+        this.clearError("open");
+      }
+      this.setHistory(m.history, m.position, m.version);
+    } else if (m.of === "accept") {
+      if (m.id === this.accepting) {
+        this.accepting = null;
+        if (this.result) {
+          this.editor.pasteIntoImage({ bitmap: this.result.bitmap, box: this.result.box });
+          this.result = null;
+          this.editor.result = null;
+        }
+        this.stack.push({ kind: "server" });
+      }
+      this.setHistory(m.history, m.position, m.version);
+    }
+    this.refresh();
+  }
+
+  private async onCanvas(m: CanvasFrame): Promise<void> {
+    let bmp: ImageBitmap;
+    try {
+      bmp = await decodeImage(m.image.data, m.image.mime);
+    } catch {
+      this.showError("global", "Could not decode the image the server sent.", "bad_image");
+      return;
+    }
+    const sizeChanged = this.editor.setImage(bmp);
+    if (sizeChanged) this.stack.clear();
+    this.ui.empty.hidden = true;
+    this.discardResultState();
+    if (m.id && this.gotoIds.has(m.id)) {
+      this.gotoIds.delete(m.id);
+      this.stack.removeWhere((e) => e.kind === "server"); // the server's undo chain changed under us
+    }
+    if (this.serverUndo && m.id === this.serverUndo.id) this.serverUndo = null;
+    this.setHistory(m.history, m.position, m.version);
+    this.refresh();
+  }
+
+  private async onProgress(m: ProgressFrame): Promise<void> {
+    const ed = this.edit;
+    if (!ed || m.id !== ed.id) return;
+    ed.previews++;
+    this.ui.progress.max = m.total;
+    this.ui.progress.value = m.step;
+    this.ui.progressText.textContent = `step ${m.step}/${m.total}`;
+    try {
+      const bmp = await decodeImage(m.preview.data, m.preview.mime);
+      if (this.edit !== ed) return;
+      this.editor.preview?.bitmap.close();
+      this.editor.preview = { bitmap: bmp, box: m.box };
+      this.editor.requestRender();
+    } catch {
+      /* a preview that does not decode is simply skipped */
+    }
+  }
+
+  private async onResult(m: ResultFrame): Promise<void> {
+    const ed = this.edit;
+    if (!ed || m.id !== ed.id) return;
+    let bmp: ImageBitmap;
+    try {
+      bmp = await decodeImage(m.image.data, m.image.mime);
+    } catch {
+      this.showError("edit", "Could not decode the result image.", "bad_image");
+      this.finishEdit();
+      return;
+    }
+    if (this.edit !== ed) return;
+    this.result?.bitmap.close();
+    this.result = { editId: ed.id, box: m.box, bitmap: bmp, seed: m.seed, steps: m.steps, timings: m.timings ?? {} };
+    this.lastResultBox = m.box;
+    this.editor.result = { bitmap: bmp, box: m.box };
+    this.ui.progress.value = this.ui.progress.max;
+    const total = Object.values(m.timings ?? {}).reduce((a, b) => a + (typeof b === "number" ? b : 0), 0);
+    this.ui.progressText.textContent = `done${total ? ` in ${Math.round(total)} ms` : ""}`;
+    this.ui.resultInfo.textContent = `seed ${m.seed} · ${m.steps} steps · box ${m.box.join(",")}`;
+    this.clearError("result");
+    this.finishEdit();
+  }
+
+  private onCancelled(id: string | null): void {
+    if (this.edit && id === this.edit.id) {
+      this.ui.progressText.textContent = "cancelled";
+      this.finishEdit();
+    }
+  }
+
+  private onError(m: ErrorMsg): void {
+    const slot: Slot = (m.id && this.slots.get(m.id)) || "global";
+    if (m.id && m.id === this.helloId && m.code === "unknown_session") {
+      // the server forgot our session: start a fresh one
+      this.session = null;
+      localStorage.removeItem(SESSION_KEY);
+      this.history = [];
+      this.renderHistory();
+      this.sendHello();
+      this.showError("history", "The previous session is gone on the server; a new one was started.", m.code);
+      return;
+    }
+    this.showError(slot, describeError(m.code, m.message), m.code);
+    if (this.pendingCanvas && m.id === this.pendingCanvas.id) this.pendingCanvas = null;
+    if (this.edit && m.id === this.edit.id) {
+      this.ui.progressText.textContent = "failed";
+      this.finishEdit();
+    }
+    if (m.id && m.id === this.accepting) this.accepting = null;
+    if (this.serverUndo && m.id === this.serverUndo.id) {
+      if (this.serverUndo.fromStack) {
+        if (this.serverUndo.dir === "undo") this.stack.restoreUndone();
+        else this.stack.restoreRedone();
+      }
+      this.serverUndo = null;
+    }
+    this.refresh();
+  }
+
+  private finishEdit(): void {
+    if (this.edit) this.lastEdit = this.edit;
+    this.edit = null;
+    this.editor.preview?.bitmap.close();
+    this.editor.preview = null;
+    this.editor.requestRender();
+    this.refresh();
+    if (this.liveWanted) {
+      this.liveWanted = false;
+      void this.generate({ live: true });
+    }
+  }
+
+  private discardResultState(): void {
+    this.result = null;
+    this.editor.result = null;
+    this.editor.preview = null;
+    this.accepting = null;
+  }
+
+  // =====================================================================================
+  // actions
+  // =====================================================================================
+
+  async openFile(file: Blob & { name?: string }): Promise<void> {
+    this.clearError("open");
+    const bytes = new Uint8Array(await file.arrayBuffer());
+    let bmp: ImageBitmap;
+    try {
+      bmp = await createImageBitmap(file);
+    } catch {
+      this.showError("open", `${file.name ?? "That file"} is not an image this browser can read.`, "bad_image");
+      return;
+    }
+    let png: Uint8Array = bytes;
+    if (!PNG_MAGIC.every((b, i) => bytes[i] === b)) {
+      const c = makeCanvas(bmp.width, bmp.height);
+      ctx2d(c).drawImage(bmp, 0, 0);
+      png = await canvasToPNG(c);
+    }
+    this.sendCanvas(png, bmp, file.name ?? "image");
+  }
+
+  private sendCanvas(png: Uint8Array, bmp: ImageBitmap, name: string): void {
+    if (!this.conn.isOpen) {
+      this.showError("open", "Not connected to the server; try again once reconnected.", "disconnected");
+      return;
+    }
+    const id = this.nextId("c", "open");
+    this.pendingCanvas = { id, bmp, name };
+    this.conn.send(canvasFrame(id, png));
+    this.ui.progressText.textContent = `uploading ${name}…`;
+    this.refresh();
+  }
+
+  private readParams(newSeed: boolean): EditParams {
+    const seedText = this.ui.seed.value.trim();
+    const seed = newSeed || this.ui.seedRandom.checked || seedText === "" ? null : Number.parseInt(seedText, 10);
+    const p: EditParams = { prompt: this.ui.prompt.value, seed: Number.isFinite(seed as number) ? seed : null };
+    const steps = Number.parseInt(this.ui.steps.value, 10);
+    if (Number.isFinite(steps)) p.steps = steps;
+    const guidance = Number.parseFloat(this.ui.guidance.value);
+    if (Number.isFinite(guidance)) p.guidance = guidance;
+    p.sketch_strength = Number.parseFloat(this.ui.sketchStrength.value);
+    return p;
+  }
+
+  /** Send an edit. A newer call supersedes the running one (the server cancels it). */
+  async generate(opts: { newSeed?: boolean; live?: boolean } = {}): Promise<void> {
+    this.clearError("edit");
+    if (!this.editor.image || !this.editor.mask) {
+      this.showError("edit", "Open an image first.", "no_canvas");
+      return;
+    }
+    if (!this.conn.isOpen) {
+      this.showError("edit", "Not connected to the server; the edit will need to be sent again once reconnected.", "disconnected");
+      return;
+    }
+    const params = this.readParams(!!opts.newSeed);
+    const id = this.nextId("e", "edit");
+    const ed: RunningEdit = { id, params, previews: 0, sent: false, cancelling: false };
+    this.edit = ed;
+    this.result = null;
+    this.editor.result = null;
+    this.editor.preview = null;
+    this.ui.progress.value = 0;
+    this.ui.progressText.textContent = "encoding…";
+    this.refresh();
+    const mask = await this.editor.mask.toPNG();
+    const sketch = this.editor.sketch?.hasContent ? await this.editor.sketch.toPNG() : null;
+    if (this.edit !== ed) return; // superseded while encoding
+    ed.sent = this.conn.send(editFrame(id, params, mask, sketch));
+    if (!ed.sent) {
+      this.showError("edit", "Not connected to the server.", "disconnected");
+      this.edit = null;
+    } else this.ui.progressText.textContent = "queued";
+    this.refresh();
+  }
+
+  cancelEdit(): void {
+    const ed = this.edit;
+    if (!ed) return;
+    this.liveWanted = false;
+    if (!ed.sent) {
+      this.edit = null;
+      this.ui.progressText.textContent = "cancelled";
+      this.refresh();
+      return;
+    }
+    ed.cancelling = true;
+    this.conn.send(cancelMsg(this.nextId("x", "edit"), ed.id));
+    this.ui.progressText.textContent = "cancelling…";
+  }
+
+  accept(): void {
+    if (!this.result || this.accepting) return;
+    const id = this.nextId("a", "result");
+    if (!this.conn.send(acceptMsg(id, this.result.editId))) {
+      this.showError("result", "Not connected to the server.", "disconnected");
+      return;
+    }
+    this.accepting = id;
+    this.refresh();
+  }
+
+  discard(): void {
+    if (!this.result || this.accepting) return;
+    this.result.bitmap.close();
+    this.result = null;
+    this.editor.result = null;
+    this.editor.requestRender();
+    this.refresh();
+  }
+
+  private maskOp(op: LayerOp): void {
+    const layer = this.editor.layer(op.layer);
+    if (!layer) return;
+    if (op.kind === "clear" && !layer.hasContent) return;
+    layer.apply(op);
+    this.stack.push({ kind: "layer", op });
+    this.editor.requestRender();
+    this.refresh();
+    this.scheduleLive();
+  }
+
+  undo(): void {
+    if (this.editor.drawing || this.serverUndo) return;
+    const top = this.stack.peekUndo();
+    if (!top) {
+      if (this.position > 0) this.sendServerUndo("undo", false);
+      return;
+    }
+    if (top.kind === "layer") {
+      this.stack.undo();
+      this.rebuildLayer(top.op.layer);
+    } else {
+      this.stack.undo();
+      this.sendServerUndo("undo", true);
+    }
+    this.refresh();
+  }
+
+  redo(): void {
+    if (this.editor.drawing || this.serverUndo) return;
+    const top = this.stack.peekRedo();
+    if (!top) {
+      if (this.position < this.history.length - 1) this.sendServerUndo("redo", false);
+      return;
+    }
+    this.stack.redo();
+    if (top.kind === "layer") {
+      this.editor.layer(top.op.layer)?.apply(top.op);
+      this.editor.requestRender();
+    } else this.sendServerUndo("redo", true);
+    this.refresh();
+  }
+
+  private sendServerUndo(dir: "undo" | "redo", fromStack: boolean): void {
+    const id = this.nextId(dir === "undo" ? "u" : "r", "history");
+    if (!this.conn.send(dir === "undo" ? undoMsg(id) : redoMsg(id))) {
+      if (fromStack) {
+        if (dir === "undo") this.stack.restoreUndone();
+        else this.stack.restoreRedone();
+      }
+      this.showError("history", "Not connected to the server.", "disconnected");
+      return;
+    }
+    this.serverUndo = { id, dir, fromStack };
+  }
+
+  private rebuildLayer(name: LayerOp["layer"]): void {
+    const ops = this.stack.entries().flatMap((e) => (e.kind === "layer" ? [e.op] : []));
+    this.editor.layer(name)?.rebuild(ops);
+    this.editor.requestRender();
+  }
+
+  goto(index: number): void {
+    if (index === this.position) return;
+    const id = this.nextId("g", "history");
+    if (!this.conn.send(gotoMsg(id, index))) {
+      this.showError("history", "Not connected to the server.", "disconnected");
+      return;
+    }
+    this.gotoIds.add(id);
+  }
+
+  private async importMask(file: File): Promise<void> {
+    this.clearError("mask");
+    const { width: w, height: h } = this.editor;
+    if (!w) {
+      this.showError("mask", "Open an image before importing a mask.", "no_canvas");
+      return;
+    }
+    let bmp: ImageBitmap;
+    try {
+      bmp = await createImageBitmap(file);
+    } catch {
+      this.showError("mask", `${file.name} is not an image.`, "bad_image");
+      return;
+    }
+    if (bmp.width !== w || bmp.height !== h) this.showError("mask", `Mask is ${bmp.width}×${bmp.height}, image is ${w}×${h}: scaled to fit.`, "mask_size");
+    const c = makeCanvas(w, h);
+    const cx = ctx2d(c, true);
+    cx.imageSmoothingEnabled = false;
+    cx.drawImage(bmp, 0, 0, w, h);
+    const src = cx.getImageData(0, 0, w, h);
+    const bits = maskFromRGBA(src.data, w, h);
+    const out = new ImageData(w, h);
+    maskToRGBA(bits, out.data);
+    this.maskOp({ kind: "bitmap", layer: "mask", pixels: out });
+  }
+
+  private async exportMask(): Promise<void> {
+    const m = this.editor.mask;
+    if (!m) {
+      this.showError("mask", "Nothing to export: open an image first.", "no_canvas");
+      return;
+    }
+    // white where masked, transparent elsewhere: reads the same by alpha or by grey level
+    const c = makeCanvas(m.width, m.height);
+    const cx = ctx2d(c);
+    cx.drawImage(m.canvas, 0, 0);
+    cx.globalCompositeOperation = "source-in";
+    cx.fillStyle = "#fff";
+    cx.fillRect(0, 0, m.width, m.height);
+    const png = await canvasToPNG(c);
+    downloadBlob(new Blob([png as Uint8Array<ArrayBuffer>], { type: "image/png" }), "mask.png");
+  }
+
+  private async downloadImage(): Promise<void> {
+    if (!this.editor.image) {
+      this.showError("open", "Nothing to download yet.", "no_canvas");
+      return;
+    }
+    const png = await canvasToPNG(this.editor.image);
+    downloadBlob(new Blob([png as Uint8Array<ArrayBuffer>], { type: "image/png" }), `lazyedit-${this.session?.slice(0, 8) ?? "image"}-v${this.version}.png`);
+  }
+
+  // ---------- live mode ----------
+
+  private scheduleLive(): void {
+    if (!this.live) return;
+    if (this.liveTimer) clearTimeout(this.liveTimer);
+    this.liveTimer = setTimeout(() => {
+      this.liveTimer = null;
+      if (!this.live || this.editor.drawing) return;
+      if (!this.editor.mask?.hasContent || this.ui.prompt.value.trim() === "") return;
+      if (this.edit) this.liveWanted = true; // one job in flight; the latest request runs next
+      else void this.generate({ live: true });
+    }, LIVE_DELAY_MS);
+  }
+
+  // =====================================================================================
+  // rendering of panels
+  // =====================================================================================
+
+  private refresh(): void {
+    const ui = this.ui;
+    const ed = this.editor;
+    const size = ed.tool === "sketch" ? ed.sketchSize : ed.brushSize;
+    ui.brushSize.max = String(ed.tool === "sketch" ? 256 : 1024);
+    ui.brushSize.value = String(size);
+    ui.brushSizeLabel.textContent = String(Math.round(size));
+    ui.sketchSize.value = String(ed.sketchSize);
+    ui.info.textContent = ed.image ? `${ed.width}×${ed.height} · v${this.version}` : "no image";
+    ui.zoom.textContent = ed.image ? `${Math.round(ed.view.scale * 100)}%` : "";
+    ui.empty.hidden = !!ed.image || !!this.pendingCanvas;
+    const open = this.connState === "open";
+    ui.generate.disabled = !open || !ed.image;
+    ui.cancel.disabled = !this.edit;
+    ui.root.classList.toggle("busy", !!this.edit);
+    ui.resultBox.hidden = !this.result;
+    ui.accept.disabled = !this.result || !!this.accepting || !open;
+    ui.discard.disabled = !this.result || !!this.accepting;
+    ui.retry.disabled = !this.result || !open;
+    ui.undo.disabled = !(this.stack.canUndo || this.position > 0);
+    ui.redo.disabled = !(this.stack.canRedo || this.position < this.history.length - 1);
+    ui.progress.dataset.state = this.edit ? "running" : "idle";
+  }
+
+  private renderHistory(): void {
+    const list = this.ui.history;
+    list.replaceChildren();
+    for (const entry of this.history) {
+      const img = h("img", { alt: `history ${entry.index}`, loading: "lazy" });
+      const label = entry.prompt ? entry.prompt : entry.index === 0 ? "original" : "(no prompt)";
+      const item = h("li", {
+        class: `history-item${entry.index === this.position ? " current" : ""}`,
+        testid: "history-item",
+        "data-index": entry.index,
+        title: `Go to #${entry.index}${entry.seed !== null && entry.seed !== undefined ? ` (seed ${entry.seed})` : ""}`,
+        onclick: () => this.goto(entry.index),
+      }, img, h("span", { class: "label" }, `#${entry.index} ${label}`));
+      list.append(item);
+      void this.loadThumb(entry, img);
+    }
+    list.querySelector(".current")?.scrollIntoView?.({ block: "nearest" });
+  }
+
+  private async loadThumb(entry: HistoryEntry, img: HTMLImageElement): Promise<void> {
+    if (!this.session) return;
+    const key = `${this.session}/${entry.index}/${entry.created}`;
+    let url = this.thumbCache.get(key);
+    if (!url) {
+      try {
+        const res = await fetch(`/api/sessions/${encodeURIComponent(this.session)}/history/${entry.index}/image`, {
+          headers: this.token ? { Authorization: `Bearer ${this.token}` } : {},
+        });
+        if (!res.ok) return;
+        const blob = await res.blob();
+        const bmp = await createImageBitmap(blob);
+        const scale = Math.min(1, 96 / Math.max(bmp.width, bmp.height));
+        const c = makeCanvas(Math.max(1, Math.round(bmp.width * scale)), Math.max(1, Math.round(bmp.height * scale)));
+        ctx2d(c).drawImage(bmp, 0, 0, c.width, c.height);
+        bmp.close();
+        const small = await new Promise<Blob | null>((r) => c.toBlob(r, "image/png"));
+        if (!small) return;
+        url = URL.createObjectURL(small);
+        this.thumbCache.set(key, url);
+      } catch {
+        return;
+      }
+    }
+    img.src = url;
+  }
+
+  // =====================================================================================
+  // read-only test hook
+  // =====================================================================================
+
+  private installTestHook(): void {
+    // eslint-disable-next-line @typescript-eslint/no-this-alias
+    const app = this;
+    const ed = () => this.editor;
+    const hook = {
+      get canvasSize() {
+        return ed().image ? { width: ed().width, height: ed().height } : null;
+      },
+      get sessionId() {
+        return app.session;
+      },
+      get historyLength() {
+        return app.history.length;
+      },
+      get position() {
+        return app.position;
+      },
+      get version() {
+        return app.version;
+      },
+      get lastResultBox() {
+        return app.lastResultBox ? [...app.lastResultBox] : null;
+      },
+      get resultShown() {
+        return app.result !== null;
+      },
+      get busy() {
+        return app.edit !== null;
+      },
+      get previewCount() {
+        return (app.edit ?? app.lastEdit)?.previews ?? 0;
+      },
+      get connection() {
+        return app.connState;
+      },
+      get model() {
+        return app.ready ? { model: app.ready.model, device: app.ready.device } : null;
+      },
+      get undoDepth() {
+        return app.stack.size;
+      },
+      get undoCap() {
+        return app.stack.cap;
+      },
+      get tool() {
+        return ed().tool;
+      },
+      get view() {
+        return { ...ed().view };
+      },
+      get comparing() {
+        return ed().comparing;
+      },
+      /** Number of pixels the server would treat as masked. */
+      maskCoverage(): number {
+        const m = ed().mask;
+        if (!m) return 0;
+        return countMasked(ctx2d(m.canvas).getImageData(0, 0, m.width, m.height).data);
+      },
+      /** RGBA of the current image at (x, y), image coordinates. */
+      pixel(x: number, y: number): number[] | null {
+        const img = ed().image;
+        if (!img) return null;
+        return Array.from(ctx2d(img).getImageData(x, y, 1, 1).data);
+      },
+      /** Timings (ms) of recent pointer-event handlers and frame renders. */
+      perf() {
+        return { events: ed().eventTimes.values(), frames: ed().frameTimes.values() };
+      },
+      /** Where image pixel (x, y) currently is on screen (client coordinates). */
+      imageToClient(x: number, y: number) {
+        const r = ed().el.getBoundingClientRect();
+        const v = ed().view;
+        return { x: r.left + x * v.scale + v.ox, y: r.top + y * v.scale + v.oy };
+      },
+    };
+    Object.defineProperty(window, "__lazyedit", { value: Object.freeze(hook), configurable: false, writable: false });
+  }
+}
+
+function clampSize(v: number, f: number, max: number): number {
+  const n = f > 1 ? Math.max(v + 1, Math.round(v * f)) : Math.min(v - 1, Math.round(v * f));
+  return Math.min(max, Math.max(1, n));
+}
+
+const SHORTCUTS: [string, string][] = [
+  ["M / E", "mask brush / eraser"],
+  ["R / L", "rectangle / lasso (hold Alt to subtract)"],
+  ["S", "sketch pen"],
+  ["[ / ]", "smaller / bigger brush"],
+  ["I", "invert mask"],
+  ["Del / Shift+Del", "clear mask / clear sketch"],
+  ["Enter (in prompt), G, Ctrl+Enter", "generate"],
+  ["Esc", "cancel the running edit"],
+  ["A / D / T", "accept / discard / try again with a new seed"],
+  ["hold B", "compare before / after"],
+  ["Ctrl+Z / Ctrl+Shift+Z", "undo / redo (strokes and accepted edits)"],
+  ["wheel, pinch, + / -", "zoom"],
+  ["Space+drag, middle drag", "pan"],
+  ["F", "fit to screen"],
+  ["O / P", "open image / focus prompt"],
+  ["?", "this help"],
+];

@@ -1,0 +1,104 @@
+// WebSocket with automatic reconnection (exponential backoff with jitter).
+
+/** Delay before reconnect attempt `attempt` (0-based), in ms. Pure. */
+export function backoffDelay(attempt: number, base = 500, max = 10000, random: () => number = Math.random): number {
+  const exp = Math.min(max, base * 2 ** Math.min(attempt, 16));
+  return Math.round(exp / 2 + (random() * exp) / 2);
+}
+
+/** Close codes after which reconnecting is pointless (see docs/protocol.md). */
+export const FATAL_CLOSE_CODES = new Set([4401, 4403]);
+
+export type ConnState = "connecting" | "open" | "waiting" | "closed";
+
+export interface ConnectionHandlers {
+  onOpen(): void;
+  onText(text: string): void;
+  onBinary(buf: ArrayBuffer): void;
+  onState(state: ConnState, info: { attempt: number; retryInMs?: number; code?: number; reason?: string }): void;
+}
+
+export class Connection {
+  private ws: WebSocket | null = null;
+  private attempt = 0;
+  private timer: ReturnType<typeof setTimeout> | null = null;
+  private stopped = false;
+  state: ConnState = "closed";
+
+  constructor(
+    private url: string,
+    private h: ConnectionHandlers,
+  ) {}
+
+  start(): void {
+    this.stopped = false;
+    this.open();
+  }
+
+  stop(): void {
+    this.stopped = true;
+    if (this.timer) clearTimeout(this.timer);
+    this.ws?.close(1000);
+  }
+
+  /** Reconnect now (e.g. the user clicked "retry", or the tab came back online). */
+  retryNow(): void {
+    if (this.state === "waiting") {
+      if (this.timer) clearTimeout(this.timer);
+      this.open();
+    }
+  }
+
+  get isOpen(): boolean {
+    return this.ws !== null && this.ws.readyState === WebSocket.OPEN;
+  }
+
+  send(data: string | Uint8Array): boolean {
+    if (!this.isOpen) return false;
+    this.ws!.send(data as string | ArrayBufferView<ArrayBuffer>);
+    return true;
+  }
+
+  private setState(state: ConnState, info: { retryInMs?: number; code?: number; reason?: string } = {}): void {
+    this.state = state;
+    this.h.onState(state, { attempt: this.attempt, ...info });
+  }
+
+  private open(): void {
+    this.timer = null;
+    this.setState("connecting");
+    let ws: WebSocket;
+    try {
+      ws = new WebSocket(this.url);
+    } catch {
+      this.scheduleRetry(1006, "could not open socket");
+      return;
+    }
+    ws.binaryType = "arraybuffer";
+    this.ws = ws;
+    ws.onopen = () => {
+      this.attempt = 0;
+      this.setState("open");
+      this.h.onOpen();
+    };
+    ws.onmessage = (ev) => {
+      if (typeof ev.data === "string") this.h.onText(ev.data);
+      else this.h.onBinary(ev.data as ArrayBuffer);
+    };
+    ws.onclose = (ev) => {
+      if (this.ws !== ws) return;
+      this.ws = null;
+      if (this.stopped || FATAL_CLOSE_CODES.has(ev.code)) {
+        this.setState("closed", { code: ev.code, reason: ev.reason });
+        return;
+      }
+      this.scheduleRetry(ev.code, ev.reason);
+    };
+  }
+
+  private scheduleRetry(code: number, reason: string): void {
+    const delay = backoffDelay(this.attempt++);
+    this.setState("waiting", { retryInMs: delay, code, reason });
+    this.timer = setTimeout(() => this.open(), delay);
+  }
+}

@@ -1,0 +1,4 @@
+import "./style.css";
+import { App } from "./app";
+
+new App(document.getElementById("app")!);

@@ -1,0 +1,84 @@
+import { describe, expect, it } from "vitest";
+import { UndoStack } from "../src/history";
+import { backoffDelay } from "../src/connection";
+
+describe("UndoStack", () => {
+  it("undoes and redoes in order", () => {
+    const s = new UndoStack<number>(10);
+    s.push(1);
+    s.push(2);
+    s.push(3);
+    expect(s.undo()).toBe(3);
+    expect(s.undo()).toBe(2);
+    expect(s.entries()).toEqual([1]);
+    expect(s.redo()).toBe(2);
+    expect(s.entries()).toEqual([1, 2]);
+    expect(s.canRedo).toBe(true);
+  });
+  it("a new push clears the redo branch", () => {
+    const s = new UndoStack<string>(10);
+    s.push("a");
+    s.push("b");
+    s.undo();
+    s.push("c");
+    expect(s.canRedo).toBe(false);
+    expect(s.redo()).toBeUndefined();
+    expect(s.entries()).toEqual(["a", "c"]);
+  });
+  it("caps its size and hands the evicted entries over oldest first", () => {
+    const evicted: number[] = [];
+    const s = new UndoStack<number>(3, (e) => evicted.push(e));
+    for (let i = 1; i <= 7; i++) s.push(i);
+    expect(s.size).toBe(3);
+    expect(s.entries()).toEqual([5, 6, 7]);
+    expect(evicted).toEqual([1, 2, 3, 4]);
+    expect(s.undo()).toBe(7);
+    expect(s.undo()).toBe(6);
+    expect(s.undo()).toBe(5);
+    expect(s.undo()).toBeUndefined();
+    expect(s.canUndo).toBe(false);
+  });
+  it("a long session keeps bounded memory", () => {
+    let evicted = 0;
+    const s = new UndoStack<object>(100, () => evicted++);
+    for (let i = 0; i < 10_000; i++) s.push({ i });
+    expect(s.size).toBe(100);
+    expect(evicted).toBe(9_900);
+  });
+  it("restores entries whose server round trip failed", () => {
+    const s = new UndoStack<number>(5);
+    s.push(1);
+    s.push(2);
+    s.undo();
+    s.restoreUndone();
+    expect(s.entries()).toEqual([1, 2]);
+    s.undo();
+    s.redo();
+    s.restoreRedone();
+    expect(s.entries()).toEqual([1]);
+    expect(s.peekRedo()).toBe(2);
+  });
+  it("removes entries by predicate without evicting", () => {
+    let ev = 0;
+    const s = new UndoStack<number>(5, () => ev++);
+    [1, 2, 3, 4].forEach((x) => s.push(x));
+    s.undo();
+    s.removeWhere((x) => x % 2 === 0);
+    expect(s.entries()).toEqual([1, 3]);
+    expect(s.canRedo).toBe(false);
+    expect(ev).toBe(0);
+  });
+  it("rejects a zero cap", () => {
+    expect(() => new UndoStack<number>(0)).toThrow();
+  });
+});
+
+describe("reconnect backoff", () => {
+  it("grows exponentially with jitter and is capped", () => {
+    expect(backoffDelay(0, 500, 10000, () => 0)).toBe(250);
+    expect(backoffDelay(0, 500, 10000, () => 1)).toBe(500);
+    expect(backoffDelay(3, 500, 10000, () => 1)).toBe(4000);
+    expect(backoffDelay(30, 500, 10000, () => 1)).toBe(10000);
+    expect(backoffDelay(30, 500, 10000, () => 0)).toBe(5000);
+  });
+});
