@@ -1,0 +1,5 @@
+"""``python -m lazyedit.service [serve flags]``."""
+
+from .cli import serve_main
+
+raise SystemExit(serve_main())

@@ -1,0 +1,73 @@
+"""``lazyedit serve``: argument parser and entry point (uvicorn)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from pydantic import ValidationError
+
+
+def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="lazyedit serve", description="Run the lazyedit editing service.")
+    p.add_argument("--host", default=None, help="bind address (default 127.0.0.1; others need --token)")
+    p.add_argument("--port", type=int, default=None, help="port (default 7860; 0 = any free port)")
+    p.add_argument("--model", default=None, help='"demo" (default), "tiny" or a model folder')
+    p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="default auto")
+    p.add_argument("--data-dir", type=Path, default=None, help="sessions database and images (default ./data)")
+    p.add_argument("--database-url", default=None, help="SQLAlchemy URL (default sqlite in --data-dir; postgresql://... works)")
+    p.add_argument("--token", default=None, help="required on REST (Bearer) and /ws (?token=)")
+    p.add_argument("--frontend-dir", type=Path, default=None, help="built frontend to serve at / (default frontend/dist)")
+    p.add_argument("--allow-origin", dest="allowed_origins", action="append", default=None, metavar="ORIGIN",
+                   help="extra Origin allowed on /ws, e.g. http://localhost:5173 (repeatable)")
+    p.add_argument("--max-pixels", type=int, default=None)
+    p.add_argument("--max-image-bytes", type=int, default=None)
+    p.add_argument("--max-message-bytes", type=int, default=None)
+    p.add_argument("--max-prompt-chars", type=int, default=None)
+    p.add_argument("--max-sessions-per-client", type=int, default=None)
+    p.add_argument("--max-stored-sessions", type=int, default=None)
+    p.add_argument("--max-queue", type=int, default=None, help="edits waiting across all sessions")
+    p.add_argument("--max-batch", type=int, default=None, help="edits per forward pass (1 = no batching)")
+    p.add_argument("--preview-every", type=int, default=None, help="send a preview every N steps")
+    p.add_argument("--log-level", default=None, choices=["debug", "info", "warning", "error"])
+    return p
+
+
+def settings_from_args(args: argparse.Namespace):
+    from .settings import ServiceSettings
+
+    fields = set(ServiceSettings.model_fields)
+    overrides = {k: v for k, v in vars(args).items() if k in fields and v is not None}
+    return ServiceSettings(**overrides)
+
+
+def serve_main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = settings_from_args(args)
+    except ValidationError as exc:
+        msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
+        print(f"lazyedit serve: {msgs}", file=sys.stderr)
+        return 2
+    return run(settings)
+
+
+def run(settings) -> int:
+    import uvicorn
+
+    from .app import create_app
+
+    level = settings.log_level.upper()
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    app = create_app(settings)
+    uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
+                ws_max_size=settings.max_message_bytes * 2 + 4096, ws_ping_interval=20, ws_ping_timeout=60,
+                proxy_headers=False)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(serve_main())

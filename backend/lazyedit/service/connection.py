@@ -1,0 +1,401 @@
+"""One WebSocket connection: parses and checks messages, talks to the hub, sends answers in order.
+
+Outgoing traffic has two lanes: an ordered queue (ready, ack, canvas, result, cancelled, error: all
+delivered, in order) and a one-slot preview mailbox (a newer preview replaces an unsent one, so a slow
+client sees the newest preview and never a backlog). A result first flushes a preview of its own edit
+still in the mailbox, so ``progress`` always precedes ``result``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections import deque
+from typing import Any, Optional
+
+from pydantic import ValidationError
+from starlette.websockets import WebSocket, WebSocketDisconnect
+
+from . import protocol as P
+from .framing import FrameError, Part, decode_frame, encode_frame
+from .hub import Hub, Outgoing, SessionRuntime, history_models
+from .images import ImageInputError, decode_canvas, decode_mask, decode_sketch, encode_jpeg, encode_png
+from .scheduler import Job, QueueFull
+from .storage import StorageError
+
+log = logging.getLogger("lazyedit.service.ws")
+
+
+class ClientError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _schema_error(exc: ValidationError) -> ClientError:
+    errs = exc.errors()
+    first = errs[0] if errs else {}
+    loc = ".".join(str(x) for x in first.get("loc", ()))
+    return ClientError("bad_message", f"{loc}: {first.get('msg', 'invalid')}" if loc else str(exc))
+
+
+class Connection:
+    def __init__(self, ws: WebSocket, hub: Hub, client: str):
+        self.ws = ws
+        self.hub = hub
+        self.client = client
+        self.session: Optional[SessionRuntime] = None
+        self._out: deque[Outgoing] = deque()
+        self._slot: Optional[tuple[Job, Any]] = None
+        self._wake = asyncio.Event()
+        self._closed = False
+
+    # ---- outgoing --------------------------------------------------------------------------------
+    def enqueue(self, msg: Outgoing) -> None:
+        if not self._closed:
+            self._out.append(msg)
+            self._wake.set()
+
+    def post_preview(self, job: Job, payload: Any) -> None:
+        if not self._closed:
+            self._slot = (job, payload)
+            self._wake.set()
+
+    def send_model(self, model: Any) -> None:
+        self.enqueue(Outgoing(model.model_dump_json()))
+
+    def send_error(self, req_id: Optional[str], code: str, message: str) -> None:
+        self.send_model(P.Error(id=req_id, code=code, message=message))
+
+    def send_frame(self, header: Any, parts: list[Part]) -> None:
+        self.enqueue(Outgoing(encode_frame(header.model_dump(mode="json"), parts)))
+
+    async def _send_preview(self, job: Job, payload: Any) -> None:
+        preview, quality = payload
+        jpeg = await asyncio.to_thread(encode_jpeg, preview.image, quality=quality)
+        header = P.Progress(id=job.edit_id, step=int(preview.step), total=int(preview.total),
+                            box=tuple(int(v) for v in preview.box))
+        await self._raw_send(encode_frame(header.model_dump(mode="json"), [Part("preview", jpeg, "image/jpeg")]))
+
+    async def _raw_send(self, data: Any) -> None:
+        if isinstance(data, bytes):
+            await self.ws.send_bytes(data)
+        else:
+            await self.ws.send_text(data)
+
+    async def _sender(self) -> None:
+        try:
+            while True:
+                await self._wake.wait()
+                self._wake.clear()
+                while self._out or self._slot is not None:
+                    if self._out:
+                        msg = self._out.popleft()
+                        if msg.job is not None and self._slot is not None and self._slot[0] is msg.job:
+                            job, payload = self._slot
+                            self._slot = None
+                            if msg.kind == "result":
+                                await self._send_preview(job, payload)
+                        await self._raw_send(msg.data)
+                    else:
+                        job, payload = self._slot  # type: ignore[misc]
+                        self._slot = None
+                        await self._send_preview(job, payload)
+        except (WebSocketDisconnect, RuntimeError, OSError):
+            self._closed = True
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("sender failed")
+            self._closed = True
+
+    async def close(self, code: int) -> None:
+        self._closed = True
+        try:
+            await self.ws.close(code)
+        except Exception:
+            pass
+
+    # ---- main loop -------------------------------------------------------------------------------
+    async def run(self) -> None:
+        sender = asyncio.create_task(self._sender())
+        try:
+            while not self._closed:
+                msg = await self.ws.receive()
+                if msg["type"] == "websocket.disconnect":
+                    break
+                text, data = msg.get("text"), msg.get("bytes")
+                req_id: Optional[str] = None
+                try:
+                    if text is not None:
+                        if len(text) > self.hub.settings.max_message_bytes or \
+                                len(text.encode("utf-8", "surrogatepass")) > self.hub.settings.max_message_bytes:
+                            raise ClientError("message_too_large", "text frame over max_message_bytes")
+                        req_id = await self._on_text(text)
+                    elif data is not None:
+                        if len(data) > self.hub.settings.max_message_bytes:
+                            raise ClientError("message_too_large",
+                                              f"{len(data)} bytes, limit {self.hub.settings.max_message_bytes}")
+                        await self._on_binary(data)
+                except ClientError as exc:
+                    self.send_error(getattr(exc, "req_id", req_id), exc.code, exc.message)
+                except Exception:
+                    log.exception("handling a message failed")
+                    self.send_error(req_id, "internal", "the server failed on this message")
+        except WebSocketDisconnect:
+            pass
+        finally:
+            self._closed = True
+            self._detach()
+            # give the sender a moment to flush, then stop it
+            sender.cancel()
+            try:
+                await sender
+            except (asyncio.CancelledError, Exception):
+                pass
+
+    def _detach(self) -> None:
+        rt, self.session = self.session, None
+        if rt is not None and rt.conn is self:
+            rt.conn = None
+            import time as _t
+            rt.detached_at = _t.monotonic()
+
+    # ---- parsing ---------------------------------------------------------------------------------
+    @staticmethod
+    def _req_id(obj: dict) -> Optional[str]:
+        rid = obj.get("id")
+        return rid if isinstance(rid, str) and len(rid) <= 64 else None
+
+    def _validate(self, obj: dict, binary: bool) -> Any:
+        typ = obj.get("type")
+        if not isinstance(typ, str) or typ not in P.ClientMessageTypes:
+            raise ClientError("unknown_type" if isinstance(typ, str) else "bad_message",
+                              f"unknown message type {typ!r}" if isinstance(typ, str) else "missing 'type'")
+        if binary != (typ in P.BinaryMessageTypes):
+            raise ClientError("bad_message", f"'{typ}' must be sent as a {'binary' if not binary else 'text'} frame")
+        try:
+            return P.client_message_adapter.validate_python(obj)
+        except ValidationError as exc:
+            raise _schema_error(exc) from None
+
+    async def _on_text(self, text: str) -> Optional[str]:
+        try:
+            obj = json.loads(text)
+        except ValueError as exc:
+            raise ClientError("bad_json", f"not JSON: {exc}") from None
+        if not isinstance(obj, dict):
+            raise ClientError("bad_message", "a message must be a JSON object")
+        req_id = self._req_id(obj)
+        try:
+            msg = self._validate(obj, binary=False)
+            if isinstance(msg, P.Hello):
+                await self._hello(msg)
+            elif isinstance(msg, P.Cancel):
+                if self.session is not None:
+                    self.hub.scheduler.cancel(self.session.id, msg.target)
+            elif isinstance(msg, P.Accept):
+                await self._accept(msg)
+            elif isinstance(msg, P.Undo):
+                await self._move(msg.id, -1, relative=True)
+            elif isinstance(msg, P.Redo):
+                await self._move(msg.id, +1, relative=True)
+            elif isinstance(msg, P.Goto):
+                await self._move(msg.id, msg.index, relative=False)
+        except ClientError as exc:
+            exc.req_id = req_id  # type: ignore[attr-defined]
+            raise
+        return req_id
+
+    async def _on_binary(self, data: bytes) -> None:
+        try:
+            header, parts = decode_frame(data)
+        except FrameError as exc:
+            raise ClientError(exc.code, exc.message) from None
+        req_id = self._req_id(header)
+        try:
+            msg = self._validate(header, binary=True)
+            if isinstance(msg, P.CanvasIn):
+                await self._canvas(msg, parts)
+            else:
+                await self._edit(msg, parts)
+        except ClientError as exc:
+            exc.req_id = req_id  # type: ignore[attr-defined]
+            raise
+
+    @staticmethod
+    def _expect_parts(parts: dict[str, Part], required: set[str], optional: set[str] = frozenset()) -> None:
+        missing = required - parts.keys()
+        extra = parts.keys() - required - optional
+        if missing:
+            raise ClientError("bad_parts", f"missing part(s): {', '.join(sorted(missing))}")
+        if extra:
+            raise ClientError("bad_parts", f"unexpected part(s): {', '.join(sorted(extra))}")
+
+    def _need_session(self) -> SessionRuntime:
+        if self.session is None:
+            raise ClientError("no_canvas", "send hello, then a canvas, first")
+        return self.session
+
+    # ---- handlers --------------------------------------------------------------------------------
+    async def _hello(self, msg: P.Hello) -> None:
+        hub = self.hub
+        if msg.session is not None:
+            rt = await hub.runtime(msg.session)
+            if rt is None:
+                raise ClientError("unknown_session", "no such session (deleted, or never given a canvas)")
+        else:
+            rt = None
+        hub.gc_runtimes()
+        n_open = hub.open_sessions_of(self.client) - (1 if self.session is not None else 0)
+        if rt is not None and rt.conn is not None and rt.conn is not self and rt.conn.client == self.client:
+            n_open -= 1  # a takeover does not open one more
+        if rt is not self.session and n_open >= hub.settings.max_sessions_per_client:
+            raise ClientError("too_many_sessions",
+                              f"at most {hub.settings.max_sessions_per_client} open sessions per client")
+        if rt is None:
+            rt = hub.new_runtime()
+        if self.session is not None and self.session is not rt:
+            self._detach()
+        if rt.conn is not None and rt.conn is not self:
+            old = rt.conn
+            old.session = None
+            asyncio.create_task(old.close(P.CLOSE_TAKEN_OVER))
+        rt.conn = self
+        self.session = rt
+        st = rt.state
+        canvas = P.CanvasInfo(version=st.version, width=st.width, height=st.height) if st else None
+        self.send_model(P.Ready(id=msg.id, session=rt.id, model=hub.model_name, device=hub.device,
+                                limits=hub.limits(), canvas=canvas, history=history_models(st),
+                                position=st.position if st else 0,
+                                default_steps=int(getattr(hub.pipe, "default_steps", 20)),
+                                default_guidance=float(getattr(hub.pipe, "default_guidance", 4.5))))
+        if st is not None:
+            png = await asyncio.to_thread(hub.storage.blobs.get, st.current.image_sha)
+            self._send_canvas(msg.id, rt, png)
+        while rt.undelivered:
+            self.enqueue(rt.undelivered.popleft())
+
+    def _send_canvas(self, req_id: Optional[str], rt: SessionRuntime, png: bytes) -> None:
+        st = rt.state
+        assert st is not None
+        self.send_frame(P.CanvasOut(id=req_id, version=st.version, width=st.width, height=st.height,
+                                    position=st.position, history=history_models(st)),
+                        [Part("image", png, "image/png")])
+
+    def _ack(self, req_id: Optional[str], of: str, rt: SessionRuntime) -> None:
+        st = rt.state
+        assert st is not None
+        self.send_model(P.Ack(id=req_id, of=of, version=st.version, width=st.width, height=st.height,
+                              position=st.position, history=history_models(st)))
+
+    async def _canvas(self, msg: P.CanvasIn, parts: dict[str, Part]) -> None:
+        if self.session is None:
+            raise ClientError("unknown_session", "send hello first")
+        rt = self.session
+        self._expect_parts(parts, {"image"})
+        s = self.hub.settings
+        data = parts["image"].data
+
+        def prepare():
+            im = decode_canvas(data, max_bytes=s.max_image_bytes, max_pixels=s.max_pixels)
+            return im, encode_png(im)
+
+        try:
+            im, png = await asyncio.to_thread(prepare)
+        except ImageInputError as exc:
+            raise ClientError(exc.code, exc.message) from None
+        async with rt.lock:
+            try:
+                rt.state = await asyncio.to_thread(self.hub.storage.set_canvas, rt.id, png, im.width, im.height,
+                                                   self.client, s.max_stored_sessions)
+            except StorageError as exc:
+                raise ClientError(exc.code, exc.message) from None
+            rt.image = im
+            rt.results.clear()
+            self.hub.scheduler.cancel_session(rt.id)
+        self._ack(msg.id, "canvas", rt)
+
+    async def _edit(self, msg: P.EditIn, parts: dict[str, Part]) -> None:
+        rt = self._need_session()
+        if rt.state is None:
+            raise ClientError("no_canvas", "send a canvas before editing")
+        hub, s = self.hub, self.hub.settings
+        if len(msg.prompt) > s.max_prompt_chars:
+            raise ClientError("prompt_too_long", f"prompt of {len(msg.prompt)} characters, limit {s.max_prompt_chars}")
+        lim = hub.limits()
+        if msg.steps is not None and not lim.min_steps <= msg.steps <= lim.max_steps:
+            raise ClientError("out_of_range", f"steps must be in {lim.min_steps}..{lim.max_steps}")
+        if msg.guidance is not None and not lim.min_guidance <= msg.guidance <= lim.max_guidance:
+            raise ClientError("out_of_range", f"guidance must be in {lim.min_guidance}..{lim.max_guidance}")
+        if msg.sketch_strength is not None and not P.MIN_SKETCH_STRENGTH <= msg.sketch_strength <= P.MAX_SKETCH_STRENGTH:
+            raise ClientError("out_of_range",
+                              f"sketch_strength must be in {P.MIN_SKETCH_STRENGTH}..{P.MAX_SKETCH_STRENGTH}")
+        if msg.seed is not None and not 0 <= msg.seed <= P.MAX_SEED:
+            raise ClientError("out_of_range", f"seed must be in 0..{P.MAX_SEED}")
+        self._expect_parts(parts, {"mask"}, {"sketch"})
+        size = (rt.state.width, rt.state.height)
+        mask_data = parts["mask"].data
+        sketch_data = parts["sketch"].data if "sketch" in parts else None
+
+        def prepare():
+            mask = decode_mask(mask_data, size=size, max_bytes=s.max_image_bytes)
+            sketch = decode_sketch(sketch_data, size=size, max_bytes=s.max_image_bytes) if sketch_data else None
+            return mask, sketch
+
+        try:
+            mask, sketch = await asyncio.to_thread(prepare)
+        except ImageInputError as exc:
+            raise ClientError(exc.code, exc.message) from None
+        image = await hub.current_image(rt)
+        if rt.state is None:  # deleted meanwhile
+            raise ClientError("unknown_session", "this session was deleted")
+        job = Job(session_id=rt.id, edit_id=msg.id, image=image, canvas_key=rt.sha or "", mask=mask,
+                  prompt=msg.prompt, steps=int(msg.steps if msg.steps is not None else getattr(hub.pipe, "default_steps", 20)),
+                  guidance=msg.guidance, seed=msg.seed, sketch=sketch,
+                  sketch_strength=1.0 if msg.sketch_strength is None else float(msg.sketch_strength),
+                  preview_every=s.preview_every)
+        job.emit = hub.make_emitter(rt, job)
+        try:
+            hub.scheduler.submit(job)
+        except QueueFull as exc:
+            raise ClientError("queue_full", str(exc)) from None
+
+    async def _accept(self, msg: P.Accept) -> None:
+        rt = self._need_session()
+        async with rt.lock:
+            pending = rt.results.get(msg.target)
+            if pending is None:
+                raise ClientError("unknown_target", f"no result named {msg.target!r} to accept")
+            if pending.base_sha != rt.sha:
+                raise ClientError("unknown_target", "the canvas changed since this edit; it can no longer be accepted")
+            png = await asyncio.to_thread(encode_png, pending.image)
+            try:
+                rt.state = await asyncio.to_thread(self.hub.storage.append_edit, rt.id, png, pending.prompt,
+                                                   pending.seed)
+            except StorageError as exc:
+                raise ClientError(exc.code, exc.message) from None
+            rt.image = pending.image
+            rt.results.pop(msg.target, None)
+        self._ack(msg.id, "accept", rt)
+
+    async def _move(self, req_id: Optional[str], n: int, *, relative: bool) -> None:
+        rt = self._need_session()
+        if rt.state is None:
+            raise ClientError("no_canvas", "no canvas yet")
+        async with rt.lock:
+            st = rt.state
+            target = st.position + n if relative else n
+            if not 0 <= target < len(st.history):
+                if relative:
+                    raise ClientError("nothing_to_undo", "nothing to undo" if n < 0 else "nothing to redo")
+                raise ClientError("out_of_range", f"history index must be in 0..{len(st.history) - 1}")
+            try:
+                rt.state = await asyncio.to_thread(self.hub.storage.move, rt.id, target)
+            except StorageError as exc:
+                raise ClientError(exc.code, exc.message) from None
+            png = await asyncio.to_thread(self.hub.storage.blobs.get, rt.state.current.image_sha)
+            rt.image = None  # decoded lazily at the next edit
+        self._send_canvas(req_id, rt, png)

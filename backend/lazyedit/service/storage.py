@@ -1,0 +1,356 @@
+"""Durable storage: sessions and history in SQL (SQLAlchemy 2.0, SQLite by default, PostgreSQL works),
+images in a content-addressed folder (``images/ab/<sha256>.png``) written atomically.
+
+Every method here is synchronous and blocking: the service calls them from worker threads.
+A write that must be durable (an accepted edit) is: blob written + fsynced + renamed + folder fsynced,
+then the SQL transaction committed. A crash in between leaves at most an unreferenced blob, which the
+start-up sweep removes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import secrets
+import threading
+import time
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Iterator, Optional
+
+from sqlalchemy import (BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine,
+                        delete, event, func, select)
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
+SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+
+def new_session_id() -> str:
+    """128 random bits, URL-safe (22 characters)."""
+    return secrets.token_urlsafe(16)
+
+
+def valid_session_id(sid: object) -> bool:
+    return isinstance(sid, str) and SESSION_ID_RE.fullmatch(sid) is not None
+
+
+def iso(ts: float) -> str:
+    return datetime.fromtimestamp(ts, tz=timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class SessionRow(Base):
+    __tablename__ = "le_sessions"
+    id: Mapped[str] = mapped_column(String(32), primary_key=True)
+    client: Mapped[str] = mapped_column(String(128), default="")
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    position: Mapped[int] = mapped_column(Integer, default=0)
+    created: Mapped[float] = mapped_column(Float)
+    updated: Mapped[float] = mapped_column(Float)
+
+
+class EntryRow(Base):
+    __tablename__ = "le_entries"
+    __table_args__ = (UniqueConstraint("session_id", "idx", name="uq_le_entries_session_idx"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String(32), ForeignKey("le_sessions.id", ondelete="CASCADE"), index=True)
+    idx: Mapped[int] = mapped_column(Integer)
+    prompt: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    seed: Mapped[Optional[int]] = mapped_column(BigInteger, nullable=True)
+    image_sha: Mapped[str] = mapped_column(String(64), index=True)
+    created: Mapped[float] = mapped_column(Float)
+
+
+@dataclass(frozen=True)
+class Entry:
+    index: int
+    prompt: Optional[str]
+    seed: Optional[int]
+    image_sha: str
+    created: float
+
+
+@dataclass(frozen=True)
+class SessionState:
+    id: str
+    width: int
+    height: int
+    version: int
+    position: int
+    created: float
+    updated: float
+    history: tuple[Entry, ...]
+
+    @property
+    def current(self) -> Entry:
+        return self.history[self.position]
+
+
+@dataclass(frozen=True)
+class SessionListItem:
+    id: str
+    width: int
+    height: int
+    created: float
+    updated: float
+    edits: int
+
+
+class StorageError(Exception):
+    def __init__(self, code: str, message: str):
+        super().__init__(message)
+        self.code = code
+        self.message = message
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+class BlobStore:
+    """Content-addressed PNG files: ``root/ab/<sha256>.png``; names come only from hex digests."""
+
+    def __init__(self, root: Path):
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, sha: str) -> Path:
+        if not SHA_RE.fullmatch(sha):
+            raise ValueError("not a sha256 hex digest")
+        return self.root / sha[:2] / f"{sha}.png"
+
+    def put(self, data: bytes) -> str:
+        sha = hashlib.sha256(data).hexdigest()
+        dest = self.path(sha)
+        if dest.exists() and dest.stat().st_size == len(data):
+            return sha
+        dest.parent.mkdir(exist_ok=True)
+        tmp = dest.parent / f".tmp-{secrets.token_hex(8)}"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+        try:
+            view = memoryview(data)
+            while view:
+                n = os.write(fd, view)
+                view = view[n:]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, dest)
+        _fsync_dir(dest.parent)
+        return sha
+
+    def get(self, sha: str) -> bytes:
+        return self.path(sha).read_bytes()
+
+    def delete(self, sha: str) -> None:
+        try:
+            self.path(sha).unlink()
+        except FileNotFoundError:
+            pass
+
+    def iter_all(self) -> Iterator[tuple[str, Path]]:
+        for sub in self.root.iterdir():
+            if not sub.is_dir() or len(sub.name) != 2:
+                continue
+            for f in sub.iterdir():
+                if f.name.startswith(".tmp-"):
+                    yield "", f
+                elif f.suffix == ".png" and SHA_RE.fullmatch(f.stem):
+                    yield f.stem, f
+
+
+def _normalise_url(url: str) -> str:
+    # "postgresql://" means psycopg2 to SQLAlchemy; use psycopg 3 when that is what is installed
+    if url.startswith("postgresql://") or url.startswith("postgres://"):
+        rest = url.split("://", 1)[1]
+        try:
+            import psycopg2  # noqa: F401
+            return "postgresql://" + rest
+        except ImportError:
+            try:
+                import psycopg  # noqa: F401
+                return "postgresql+psycopg://" + rest
+            except ImportError:
+                return "postgresql://" + rest
+    return url
+
+
+class Storage:
+    def __init__(self, database_url: str, image_dir: Path):
+        url = _normalise_url(database_url)
+        kwargs: dict = {"future": True}
+        if url.startswith("sqlite"):
+            kwargs["connect_args"] = {"check_same_thread": False, "timeout": 30}
+        else:
+            kwargs["pool_pre_ping"] = True
+        self.engine: Engine = create_engine(url, **kwargs)
+        if self.engine.dialect.name == "sqlite":
+            @event.listens_for(self.engine, "connect")
+            def _pragmas(dbapi_conn, _record):  # connection settings, not queries
+                cur = dbapi_conn.cursor()
+                cur.execute("PRAGMA journal_mode=WAL")
+                cur.execute("PRAGMA synchronous=FULL")
+                cur.execute("PRAGMA foreign_keys=ON")
+                cur.close()
+        Base.metadata.create_all(self.engine)
+        self._session = sessionmaker(self.engine, expire_on_commit=False)
+        self.blobs = BlobStore(image_dir)
+        # one writer at a time inside this process (keeps blob GC and inserts from racing)
+        self._lock = threading.RLock()
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    # ---- reads ---------------------------------------------------------------------------------
+    def _state(self, db: Session, sid: str) -> Optional[SessionState]:
+        row = db.get(SessionRow, sid)
+        if row is None:
+            return None
+        entries = db.scalars(select(EntryRow).where(EntryRow.session_id == sid).order_by(EntryRow.idx)).all()
+        hist = tuple(Entry(e.idx, e.prompt, e.seed, e.image_sha, e.created) for e in entries)
+        return SessionState(row.id, row.width, row.height, row.version, row.position, row.created, row.updated, hist)
+
+    def get(self, sid: str) -> Optional[SessionState]:
+        if not valid_session_id(sid):
+            return None
+        with self._session() as db:
+            return self._state(db, sid)
+
+    def list(self) -> list[SessionListItem]:
+        with self._session() as db:
+            counts = dict(
+                db.execute(select(EntryRow.session_id, func.count(EntryRow.id)).group_by(EntryRow.session_id)).all()
+            )
+            rows = db.scalars(select(SessionRow).order_by(SessionRow.updated.desc())).all()
+            return [SessionListItem(r.id, r.width, r.height, r.created, r.updated, max(0, counts.get(r.id, 1) - 1))
+                    for r in rows]
+
+    def count(self) -> int:
+        with self._session() as db:
+            return db.scalar(select(func.count(SessionRow.id))) or 0
+
+    def image(self, sid: str, index: Optional[int] = None) -> Optional[bytes]:
+        state = self.get(sid)
+        if state is None:
+            return None
+        if index is None:
+            index = state.position
+        if not 0 <= index < len(state.history):
+            return None
+        return self.blobs.get(state.history[index].image_sha)
+
+    # ---- writes --------------------------------------------------------------------------------
+    def set_canvas(self, sid: str, png: bytes, width: int, height: int, client: str = "",
+                   max_sessions: Optional[int] = None) -> SessionState:
+        """Create the session or restart its history from this canvas."""
+        with self._lock:
+            sha = self.blobs.put(png)
+            now = time.time()
+            with self._session() as db, db.begin():
+                row = db.get(SessionRow, sid)
+                old: set[str] = set()
+                if row is None:
+                    if max_sessions is not None and (db.scalar(select(func.count(SessionRow.id))) or 0) >= max_sessions:
+                        raise StorageError("too_many_sessions", f"the server keeps at most {max_sessions} sessions")
+                    row = SessionRow(id=sid, client=client[:128], width=width, height=height, version=1, position=0,
+                                     created=now, updated=now)
+                    db.add(row)
+                else:
+                    old = set(db.scalars(select(EntryRow.image_sha).where(EntryRow.session_id == sid)).all())
+                    db.execute(delete(EntryRow).where(EntryRow.session_id == sid))
+                    row.width, row.height, row.position, row.updated = width, height, 0, now
+                    row.version += 1
+                db.flush()
+                db.add(EntryRow(session_id=sid, idx=0, prompt=None, seed=None, image_sha=sha, created=now))
+            self._gc(old - {sha})
+            return self.get(sid)  # type: ignore[return-value]
+
+    def append_edit(self, sid: str, png: bytes, prompt: str, seed: int) -> SessionState:
+        """Store an accepted edit after the current position (dropping the redo branch); durable on return."""
+        with self._lock:
+            sha = self.blobs.put(png)
+            now = time.time()
+            with self._session() as db, db.begin():
+                row = db.get(SessionRow, sid)
+                if row is None:
+                    raise StorageError("unknown_session", "session was deleted")
+                dropped = set(db.scalars(select(EntryRow.image_sha).where(
+                    EntryRow.session_id == sid, EntryRow.idx > row.position)).all())
+                db.execute(delete(EntryRow).where(EntryRow.session_id == sid, EntryRow.idx > row.position))
+                db.flush()
+                db.add(EntryRow(session_id=sid, idx=row.position + 1, prompt=prompt, seed=seed, image_sha=sha,
+                                created=now))
+                row.position += 1
+                row.version += 1
+                row.updated = now
+            self._gc(dropped - {sha})
+            return self.get(sid)  # type: ignore[return-value]
+
+    def move(self, sid: str, position: int) -> SessionState:
+        with self._lock:
+            with self._session() as db, db.begin():
+                row = db.get(SessionRow, sid)
+                if row is None:
+                    raise StorageError("unknown_session", "session was deleted")
+                n = db.scalar(select(func.count(EntryRow.id)).where(EntryRow.session_id == sid)) or 0
+                if not 0 <= position < n:
+                    raise StorageError("out_of_range", f"history index {position} outside 0..{n - 1}")
+                row.position = position
+                row.version += 1
+                row.updated = time.time()
+            return self.get(sid)  # type: ignore[return-value]
+
+    def delete(self, sid: str) -> bool:
+        if not valid_session_id(sid):
+            return False
+        with self._lock:
+            with self._session() as db, db.begin():
+                row = db.get(SessionRow, sid)
+                if row is None:
+                    return False
+                shas = set(db.scalars(select(EntryRow.image_sha).where(EntryRow.session_id == sid)).all())
+                db.execute(delete(EntryRow).where(EntryRow.session_id == sid))
+                db.delete(row)
+            self._gc(shas)
+            return True
+
+    def _gc(self, shas: set[str]) -> None:
+        if not shas:
+            return
+        with self._session() as db:
+            used = set(db.scalars(select(EntryRow.image_sha).where(EntryRow.image_sha.in_(shas))).all())
+        for sha in shas - used:
+            self.blobs.delete(sha)
+
+    def sweep(self) -> int:
+        """Remove temp files and blobs that no entry references (start-up, after a crash)."""
+        with self._lock:
+            with self._session() as db:
+                used = set(db.scalars(select(EntryRow.image_sha).distinct()).all())
+            removed = 0
+            for sha, path in list(self.blobs.iter_all()):
+                if not sha or sha not in used:
+                    try:
+                        path.unlink()
+                        removed += 1
+                    except FileNotFoundError:
+                        pass
+            return removed
