@@ -1,0 +1,1 @@
+"""Training and evaluation of lazyedit models: the procedural world, masks, stage trainers, metrics."""

@@ -1,0 +1,117 @@
+"""`lazyedit train`: train the stages of a lazyedit model (see docs/training.md).
+
+    lazyedit train vae          --config demo --output runs/demo
+    lazyedit train asym-decoder --config demo --output runs/demo
+    lazyedit train lazy         --config demo --output runs/demo
+    lazyedit train sketch       --config demo --output runs/demo
+    lazyedit train all          --config demo --output runs/demo    # the four in order, each resumable
+
+Multi-GPU: `accelerate launch -m lazyedit.training.cli lazy --config base ...` (same flags).
+The result, <output>/model, is a LazyEditPipeline folder: load_pipeline("<output>/model").
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+
+from .trainer import STAGE_DEFAULTS, STAGES, TrainArgs, export_pipeline
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="lazyedit train", description="Train a lazyedit model stage by stage.")
+    p.add_argument("stage", choices=(*STAGES, "all", "export"),
+                   help="stage to train; 'all' runs vae, asym-decoder, lazy, sketch in order; 'export' only writes the pipeline index")
+    p.add_argument("--config", default="demo", help="model config: tiny, demo (default), base")
+    p.add_argument("--output", default="runs/demo", help="run folder; the model goes to <output>/model")
+    p.add_argument("--data", default="world", help="'world' (procedural, default) or a folder of images with .txt captions")
+    p.add_argument("--resolution", type=int, help="training canvas size in pixels (a multiple of 16); default per stage: "
+                   + ", ".join(f"{k} {v[0]}" for k, v in STAGE_DEFAULTS.items()))
+    p.add_argument("--batch-size", type=int, help="per-process batch size (default per stage)")
+    p.add_argument("--steps", type=int, help="total optimizer steps of the stage (default per stage: "
+                   + ", ".join(f"{k} {v[2]}" for k, v in STAGE_DEFAULTS.items()) + ")")
+    p.add_argument("--lr", type=float, help="learning rate (default per stage)")
+    p.add_argument("--warmup", type=int, default=100, help="linear warm-up steps")
+    p.add_argument("--ema-decay", type=float, default=0.999)
+    p.add_argument("--grad-clip", type=float, default=1.0)
+    p.add_argument("--max-minutes", type=float, help="stop (after a checkpoint) once this much wall clock has passed; rerun to resume")
+    p.add_argument("--save-every", type=int, default=200, help="checkpoint + export every N steps")
+    p.add_argument("--sample-every", type=int, default=200, help="write a sample grid PNG every N steps")
+    p.add_argument("--log-every", type=int, default=10, help="TensorBoard scalars every N steps")
+    p.add_argument("--keep-checkpoints", type=int, default=2)
+    p.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "fp16", "bf16"),
+                   help="auto: bf16 on GPUs that support it, fp16 on other GPUs, none on CPU")
+    p.add_argument("--seed", type=int, default=0, help="world seed and torch seed")
+    p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes (0 on a shared CPU)")
+    p.add_argument("--resume", default="auto", help="'auto' (latest checkpoint of the stage), 'never', or a checkpoint folder")
+    p.add_argument("--text-dropout", type=float, default=0.1, help="probability of an empty caption (lazy stage, for guidance)")
+    p.add_argument("--sample-steps", type=int, default=12)
+    p.add_argument("--sample-guidance", type=float, default=2.0)
+    p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
+    p.add_argument("--steps-per-stage", default=None,
+                   help="with 'all': JSON dict stage -> steps, e.g. '{\"vae\": 2000, \"lazy\": 9000}'")
+    return p
+
+
+def _args_for(ns: argparse.Namespace, stage: str) -> TrainArgs:
+    steps = ns.steps
+    if ns.stage == "all" and ns.steps_per_stage:
+        steps = json.loads(ns.steps_per_stage).get(stage, steps)
+    return TrainArgs(
+        stage=stage,
+        config=ns.config,
+        output=ns.output,
+        data=ns.data,
+        resolution=ns.resolution if ns.stage != "all" else None,
+        batch_size=ns.batch_size,
+        steps=steps,
+        lr=ns.lr,
+        warmup=ns.warmup,
+        grad_clip=ns.grad_clip,
+        ema_decay=ns.ema_decay,
+        max_minutes=ns.max_minutes,
+        save_every=ns.save_every,
+        sample_every=ns.sample_every,
+        log_every=ns.log_every,
+        keep_checkpoints=ns.keep_checkpoints,
+        mixed_precision=ns.mixed_precision,
+        seed=ns.seed,
+        num_workers=ns.num_workers,
+        resume=ns.resume,
+        text_dropout=ns.text_dropout,
+        sample_steps=ns.sample_steps,
+        sample_guidance=ns.sample_guidance,
+        progress=not ns.no_progress,
+    )
+
+
+def run(ns: argparse.Namespace) -> int:
+    from .trainer import train_stage
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    for noisy in ("accelerate", "diffusers"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if ns.stage == "export":
+        ok = export_pipeline(ns.output, ns.config)
+        print(f"{ns.output}/model: {'pipeline written' if ok else 'vae, text_encoder, context_encoder and transformer are not all trained yet'}")
+        return 0 if ok else 1
+    stages = STAGES if ns.stage == "all" else (ns.stage,)
+    for stage in stages:
+        result = train_stage(_args_for(ns, stage))
+        print(f"[lazyedit train] {stage}: step {result['step']}"
+              + (" (done)" if result["done"] else " (stopped, rerun to resume)"), flush=True)
+        if not result["done"]:
+            return 0
+    return 0
+
+
+def train_main(argv: list[str] | None = None) -> int:
+    """Entry point of `lazyedit train` (argv without the leading 'train')."""
+    ns = build_parser().parse_args(argv)
+    return run(ns)
+
+
+if __name__ == "__main__":
+    sys.exit(train_main())

@@ -1,0 +1,152 @@
+"""Training data as torch datasets: the procedural world, or a folder of images with .txt captions.
+
+Every dataset is map-style and a pure function of its index, and :class:`StreamSampler` hands out
+indices ``start, start+1, ...`` sharded over processes, so a resumed run (or another GPU) sees exactly
+the data it would have seen: no data-loader state needs saving.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import Dataset, Sampler
+
+from .masks import full_or_lama_mask, make_case, random_mask
+from .world import make_sample
+
+IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+HUGE = 2**31 - 1
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """PIL RGB -> (3, H, W) float in [-1, 1]."""
+    a = np.asarray(img.convert("RGB"), dtype=np.float32)
+    return torch.from_numpy(a).permute(2, 0, 1) / 127.5 - 1
+
+
+def to_image(t: torch.Tensor) -> Image.Image:
+    """(3, H, W) in [-1, 1] -> PIL RGB."""
+    a = ((t.detach().float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+    return Image.fromarray(a, "RGB")
+
+
+def sketch_tensor(sketch: Image.Image | None, size: tuple[int, int]) -> torch.Tensor:
+    """RGBA sketch -> (4, H, W) in [-1, 1], the engine's sketch_condition encoding (none = no strokes)."""
+    w, h = size
+    if sketch is None:
+        arr = np.zeros((h, w, 4), np.uint8)
+    else:
+        arr = np.asarray(sketch.convert("RGBA"))
+    t = torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1).float() / 255
+    drawn = (t[3:] > 0.5).float()
+    return torch.cat([t[:3] * drawn, drawn]) * 2 - 1
+
+
+class FolderImages:
+    """Images in a folder (recursively); a caption from ``name.txt`` next to ``name.png`` when present."""
+
+    def __init__(self, root: str | Path):
+        self.root = Path(root)
+        self.files = sorted(p for p in self.root.rglob("*") if p.suffix.lower() in IMAGE_EXTS)
+        if not self.files:
+            raise FileNotFoundError(f"no images ({', '.join(IMAGE_EXTS)}) under {self.root}")
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def get(self, index: int, size: int, rng: np.random.Generator) -> tuple[Image.Image, str]:
+        path = self.files[index % len(self.files)]
+        img = Image.open(path).convert("RGB")
+        # random square crop (scale 0.6..1 of the short side), resized to size
+        w, h = img.size
+        side = int(min(w, h) * rng.uniform(0.6, 1.0))
+        x0 = int(rng.integers(0, w - side + 1))
+        y0 = int(rng.integers(0, h - side + 1))
+        img = img.crop((x0, y0, x0 + side, y0 + side)).resize((size, size), Image.BICUBIC)
+        if rng.random() < 0.5:
+            img = img.transpose(Image.FLIP_LEFT_RIGHT)
+        txt = path.with_suffix(".txt")
+        caption = txt.read_text(encoding="utf-8").strip() if txt.exists() else ""
+        return img, caption
+
+
+class StageDataset(Dataset):
+    """Items for one training stage.
+
+    - ``vae``: {"image"}
+    - ``asym-decoder``: {"image", "mask"} (mask all ones half of the time)
+    - ``lazy`` / ``sketch``: {"image", "target", "mask", "caption", "sketch", "has_sketch"}
+    """
+
+    def __init__(self, stage: str, size: int = 256, seed: int = 0, folder: str | None = None,
+                 p_kinds: tuple[float, float, float] | None = None):
+        self.stage = stage
+        self.size = int(size)
+        self.seed = int(seed)
+        self.folder = FolderImages(folder) if folder else None
+        if p_kinds is None:
+            # the sketch stage needs named objects with outlines: object masks only
+            p_kinds = (1.0, 0.0, 0.0) if stage == "sketch" else (0.6, 0.25, 0.15)
+        self.p_kinds = p_kinds
+
+    def __len__(self) -> int:
+        return HUGE
+
+    def _rng(self, index: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed & 0xFFFFFFFF, index & 0xFFFFFFFF, 0x7D1])
+
+    def __getitem__(self, index: int) -> dict:
+        rng = self._rng(index)
+        s = self.size
+        if self.stage == "vae":
+            if self.folder is not None:
+                img, _ = self.folder.get(index, s, rng)
+            else:
+                sample = make_sample(self.seed, index, s)
+                img = sample.image if rng.random() < 0.8 else sample.removed
+            return {"image": to_tensor(img)}
+        if self.stage == "asym-decoder":
+            img = self.folder.get(index, s, rng)[0] if self.folder is not None else make_sample(self.seed, index, s).image
+            mask = full_or_lama_mask(rng, s, 0.5)
+            return {"image": to_tensor(img), "mask": torch.from_numpy(mask.astype(np.float32))[None]}
+        if self.stage in ("lazy", "sketch"):
+            if self.folder is not None:
+                img, caption = self.folder.get(index, s, rng)
+                mask = random_mask(rng, s)
+                caption = caption if rng.random() < 0.5 else ""
+                image = target = img
+                sketch = None
+            else:
+                case = make_case(self.seed, index, s, p_kinds=self.p_kinds)
+                image, target, mask, caption, sketch = case.image, case.target, case.mask, case.caption, case.sketch
+            return {
+                "image": to_tensor(image),
+                "target": to_tensor(target),
+                "mask": torch.from_numpy(mask.astype(np.float32))[None],
+                "caption": caption,
+                "sketch": sketch_tensor(sketch, (s, s)),
+                "has_sketch": torch.tensor(sketch is not None),
+            }
+        raise ValueError(f"unknown stage {self.stage!r}")
+
+
+class StreamSampler(Sampler):
+    """Indices start, start+1, ... of one process's shard: global index = i * num_shards + shard."""
+
+    def __init__(self, start: int = 0, shard: int = 0, num_shards: int = 1):
+        self.start, self.shard, self.num_shards = int(start), int(shard), int(num_shards)
+
+    def __iter__(self):
+        i = self.start
+        while True:
+            yield i * self.num_shards + self.shard
+            i += 1
+
+    def __len__(self) -> int:
+        return HUGE
+
+
+__all__ = ["StageDataset", "StreamSampler", "FolderImages", "to_tensor", "to_image", "sketch_tensor"]

@@ -1,0 +1,625 @@
+"""Trainers for the four stages of a lazyedit model, on accelerate (CPU, one GPU or many).
+
+Stages and what they write into ``<output>/model`` (the DiffusionPipeline layout of LazyEditPipeline):
+
+- ``vae``           AutoencoderKL (L1 + MSE + tiny KL); its latent scaling factor is measured at the end.
+- ``asym-decoder``  AsymmetricAutoencoderKL: encoder + quant_conv copied from the trained VAE and frozen,
+                    the mask-conditioned decoder trained, half the samples with a full mask.
+- ``lazy``          ByteTextEncoder + ContextEncoder + LazyDiffusionTransformer jointly, flow matching on the
+                    hole tokens only (x_t = (1-t) x0 + t noise, target noise - x0, timestep t*1000),
+                    caption dropped 10% of the time for classifier-free guidance.
+- ``sketch``        CSCTuner on the frozen backbone.
+
+Each stage keeps its run state in ``<output>/<stage>/`` (accelerate checkpoints, TensorBoard logs,
+sample grids) and resumes from its latest checkpoint. After every checkpoint the EMA weights are
+exported to ``<output>/model/<component>`` and, once the backbone exists, ``model_index.json`` is written
+with LazyEditPipeline.save_pretrained, so ``load_pipeline("<output>/model")`` works.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader
+
+from .data import StageDataset, StreamSampler, to_image
+from .world import contact_sheet
+
+logger = logging.getLogger("lazyedit.training")
+
+STAGES = ("vae", "asym-decoder", "lazy", "sketch")
+COMPONENT = {"vae": "vae", "asym-decoder": "asym_vae", "lazy": "transformer", "sketch": "sketch_tuner"}
+
+
+@dataclass
+class TrainArgs:
+    stage: str
+    config: str = "demo"
+    output: str = "runs/demo"
+    data: str = "world"
+    resolution: int | None = None
+    batch_size: int | None = None
+    steps: int | None = None
+    lr: float | None = None
+    warmup: int = 100
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    max_minutes: float | None = None
+    save_every: int = 200
+    sample_every: int = 200
+    log_every: int = 10
+    keep_checkpoints: int = 2
+    mixed_precision: str = "auto"
+    seed: int = 0
+    num_workers: int = 0
+    resume: str = "auto"  # auto | never | path to a checkpoint folder
+    text_dropout: float = 0.1
+    sample_steps: int = 12
+    sample_guidance: float = 2.0
+    progress: bool = True
+
+
+STAGE_DEFAULTS = {
+    # stage: (resolution, batch size, steps, learning rate)
+    "vae": (128, 8, 3000, 4e-4),
+    "asym-decoder": (128, 8, 1500, 4e-4),
+    "lazy": (256, 8, 20000, 3e-4),
+    "sketch": (256, 8, 2000, 3e-4),
+}
+
+
+def _defaults(args: TrainArgs) -> TrainArgs:
+    res, bs, steps, lr = STAGE_DEFAULTS[args.stage]
+    args.resolution = args.resolution or res
+    args.batch_size = args.batch_size or bs
+    args.steps = args.steps or steps
+    args.lr = args.lr or lr
+    return args
+
+
+# ----------------------------------------------------------------------------------------------------
+# Model building and export
+# ----------------------------------------------------------------------------------------------------
+
+
+def model_dir(output: str | Path) -> Path:
+    return Path(output) / "model"
+
+
+def build_vae(cfg):
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(**cfg.vae)
+
+
+def build_asym(cfg):
+    from diffusers import AsymmetricAutoencoderKL
+
+    return AsymmetricAutoencoderKL(**cfg.asym_vae)
+
+
+def build_backbone(cfg):
+    from lazyedit.engine.models import ByteTextEncoder, ContextEncoder, LazyDiffusionTransformer
+
+    if cfg.text_encoder is None:
+        raise ValueError(f"config {cfg.name!r} uses an external text encoder; lazyedit train builds ByteTextEncoder models only")
+    text = ByteTextEncoder(**cfg.text_encoder)
+    ctx = ContextEncoder(**cfg.context_encoder)
+    tr = LazyDiffusionTransformer(**cfg.transformer)
+    return text, ctx, tr
+
+
+def build_tuner(cfg):
+    from lazyedit.engine.models import CSCTuner
+
+    return CSCTuner(**cfg.sketch_tuner)
+
+
+def load_component(cls, path: Path):
+    return cls.from_pretrained(str(path))
+
+
+def export_pipeline(output: str | Path, config_name: str) -> bool:
+    """Write ``<output>/model/model_index.json`` (and every component) through LazyEditPipeline.save_pretrained
+    when the VAE and the backbone exist. Returns whether the folder is a loadable pipeline."""
+    from diffusers import AsymmetricAutoencoderKL, AutoencoderKL, FlowMatchEulerDiscreteScheduler
+
+    from lazyedit.engine import LazyEditPipeline, get_config
+    from lazyedit.engine.models import ByteTextEncoder, ContextEncoder, CSCTuner, LazyDiffusionTransformer
+
+    cfg = get_config(config_name)
+    root = model_dir(output)
+    need = ["vae", "text_encoder", "context_encoder", "transformer"]
+    if not all((root / n / "config.json").exists() for n in need):
+        return False
+    pipe = LazyEditPipeline(
+        vae=AutoencoderKL.from_pretrained(str(root / "vae")),
+        text_encoder=ByteTextEncoder.from_pretrained(str(root / "text_encoder")),
+        context_encoder=ContextEncoder.from_pretrained(str(root / "context_encoder")),
+        transformer=LazyDiffusionTransformer.from_pretrained(str(root / "transformer")),
+        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0),
+        asym_vae=AsymmetricAutoencoderKL.from_pretrained(str(root / "asym_vae")) if (root / "asym_vae" / "config.json").exists() else None,
+        sketch_tuner=CSCTuner.from_pretrained(str(root / "sketch_tuner")) if (root / "sketch_tuner" / "config.json").exists() else None,
+        model_name=f"{cfg.name}-trained",
+        default_steps=cfg.default_steps,
+        default_guidance=cfg.default_guidance,
+    )
+    tmp = root.with_name(root.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe.save_pretrained(str(tmp))
+    # swap in atomically-ish: replace the component folders and the index
+    for child in tmp.iterdir():
+        dest = root / child.name
+        if dest.is_dir():
+            shutil.rmtree(dest)
+        elif dest.exists():
+            dest.unlink()
+        child.rename(dest)
+    shutil.rmtree(tmp)
+    return True
+
+
+# ----------------------------------------------------------------------------------------------------
+# Helpers
+# ----------------------------------------------------------------------------------------------------
+
+
+def flow_noising(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """x_t = (1 - t) x0 + t noise; velocity target noise - x0. t broadcasts from (B,)."""
+    tt = t.view(-1, *([1] * (x0.dim() - 1)))
+    return (1 - tt) * x0 + tt * noise, noise - x0
+
+
+def sample_t(b: int, device, generator=None) -> torch.Tensor:
+    """Logit-normal t in (0, 1) (SD3's choice: weights the middle noise levels)."""
+    return torch.sigmoid(torch.randn(b, device=device, generator=generator))
+
+
+def hole_plan(mask: torch.Tensor, unit: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pixel masks (B, 1, H, W) -> token mask (B, gh, gw) bool, padded indices (B, L), valid (B, L) bool.
+
+    Matches the engine's plan_holes: a token is in the hole when any of its pixels is masked."""
+    tok = F.max_pool2d(mask.float(), unit)[:, 0] > 0
+    flat = tok.flatten(1)
+    counts = flat.sum(1)
+    length = max(int(counts.max()), 1)
+    # stable sort puts hole tokens first in row-major order
+    order = torch.sort((~flat).to(torch.uint8), dim=1, stable=True).indices[:, :length]
+    valid = torch.arange(length, device=mask.device)[None] < counts[:, None]
+    index = torch.where(valid, order, torch.zeros_like(order))
+    return tok, index, valid
+
+
+def latent_mask_from_tokens(tok: torch.Tensor, patch: int) -> torch.Tensor:
+    return tok.float()[:, None].repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+
+
+def _latest_checkpoint(stage_dir: Path) -> Path | None:
+    ckpts = sorted(stage_dir.glob("checkpoints/step_*"), key=lambda p: int(p.name.split("_")[1]))
+    ckpts = [c for c in ckpts if (c / "trainer_state.json").exists()]
+    return ckpts[-1] if ckpts else None
+
+
+# ----------------------------------------------------------------------------------------------------
+# The stage runner
+# ----------------------------------------------------------------------------------------------------
+
+
+class StageNet(torch.nn.Module):
+    """The trainable models of a stage behind one forward(batch) -> (loss, logs), so accelerate/DDP wraps
+    a single module whose forward computes the whole loss (gradient sync hooks see every parameter)."""
+
+    def __init__(self, stage: str, models: dict, frozen: dict, text_dropout: float, generator: torch.Generator):
+        super().__init__()
+        self.stage = stage
+        self.models = torch.nn.ModuleDict(models)
+        self.frozen = frozen  # plain dict: not parameters of this module, never in the optimizer or checkpoints
+        self.text_dropout = text_dropout
+        self.generator = generator
+
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        vae = self.frozen["vae"]
+        with torch.no_grad():
+            return vae.encode(pixels.to(vae.dtype)).latent_dist.mode().float() * vae.config.scaling_factor
+
+    def backbone(self):
+        src = self.models if self.stage == "lazy" else self.frozen
+        return src["text_encoder"], src["context_encoder"], src["transformer"]
+
+    def forward(self, batch: dict):
+        if self.stage == "vae":
+            vae = self.models["vae"]
+            x = batch["image"]
+            post = vae.encode(x).latent_dist
+            rec = vae.decode(post.sample()).sample
+            l1 = (rec - x).abs().mean()
+            mse = F.mse_loss(rec, x)
+            kl = post.kl().mean() / x[0].numel()
+            return l1 + mse + 1e-3 * kl, {"l1": l1.detach(), "mse": mse.detach(), "kl": kl.detach()}
+        if self.stage == "asym-decoder":
+            asym = self.models["asym_vae"]
+            x, m = batch["image"], batch["mask"]
+            with torch.no_grad():
+                z = asym.encode(x).latent_dist.mode()
+            # keywords: AsymmetricAutoencoderKL.forward would pass image/mask positionally and drop the mask
+            rec = asym.decode(z, image=x, mask=m).sample
+            err = (rec - x).abs()
+            hole = (err * m).sum() / (m.sum() * 3 + 1)
+            l1 = err.mean()
+            return l1 + F.mse_loss(rec, x) + hole, {"l1": l1.detach(), "hole_l1": hole.detach()}
+        return self._flow_loss(batch)
+
+    def _flow_loss(self, batch: dict):
+        from lazyedit.engine.models.layers import gather_tokens, patchify
+
+        text_enc, ctx_enc, tr = self.backbone()
+        p = tr.config.patch_size
+        vae = self.frozen["vae"]
+        unit = 2 ** (len(vae.config.block_out_channels) - 1) * p
+        image, target, mask = batch["image"], batch["target"], batch["mask"]
+        b = image.shape[0]
+        device = image.device
+        canvas = self._encode(image)
+        goal = self._encode(target)
+        tok, index, valid = hole_plan(mask, unit)
+        grid = tuple(tok.shape[1:])
+        context = ctx_enc(canvas, latent_mask_from_tokens(tok, p), index)
+        x0 = gather_tokens(patchify(goal, p), index)
+        captions = list(batch["caption"])
+        if self.stage == "lazy" and self.text_dropout > 0:
+            drop = torch.rand(b, generator=self.generator) < self.text_dropout
+            captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        ids, tmask = text_enc.tokenize(captions)
+        ids, tmask = ids.to(device), tmask.to(device)
+        text = text_enc(ids, tmask)
+        noise = torch.randn(x0.shape, generator=self.generator).to(device)
+        t = sample_t(b, "cpu", self.generator).to(device)
+        xt, v = flow_noising(x0, noise, t)
+        adapter = None
+        if self.stage == "sketch":
+            adapter = self.models["sketch_tuner"].adapter([(batch["sketch"], 1.0)], index)
+        pred = tr(xt, context, index, grid, t * 1000, text, tmask, valid, adapter)
+        w = valid.float()[..., None]
+        loss = ((pred.float() - v) ** 2 * w).sum() / (w.sum() * x0.shape[-1])
+        return loss, {"hole_tokens": valid.sum().float() / b}
+
+
+class StageTrainer:
+    def __init__(self, args: TrainArgs):
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        from lazyedit.engine import get_config
+
+        self.args = args = _defaults(args)
+        self.cfg = get_config(args.config)
+        self.output = Path(args.output)
+        self.stage_dir = self.output / args.stage
+        self.stage_dir.mkdir(parents=True, exist_ok=True)
+        mp = args.mixed_precision
+        if mp == "auto":
+            mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else ("fp16" if torch.cuda.is_available() else "no")
+        self.accelerator = Accelerator(
+            mixed_precision=mp,
+            log_with="tensorboard",
+            project_config=ProjectConfiguration(project_dir=str(self.stage_dir), logging_dir=str(self.stage_dir / "logs")),
+        )
+        self.device = self.accelerator.device
+        self.step = 0
+        self.losses: list[float] = []
+        torch.manual_seed(args.seed + self.accelerator.process_index)
+        self.generator = torch.Generator(device="cpu").manual_seed(args.seed * 1000 + self.accelerator.process_index)
+
+    # ---------------------------------------------------------------- stage setup
+    def _setup(self):
+        a, cfg, stage = self.args, self.cfg, self.args.stage
+        mdir = model_dir(self.output)
+        self.frozen: dict[str, torch.nn.Module] = {}
+        if stage == "vae":
+            self.models = {"vae": build_vae(cfg)}
+        elif stage == "asym-decoder":
+            vae = self._require(mdir / "vae", "vae")
+            asym = build_asym(cfg)
+            missing = asym.load_state_dict(
+                {k: v for k, v in vae.state_dict().items() if k.startswith(("encoder.", "quant_conv."))}, strict=False
+            )
+            assert not [k for k in missing.missing_keys if k.startswith(("encoder.", "quant_conv."))]
+            asym.register_to_config(scaling_factor=vae.config.scaling_factor)
+            asym.encoder.requires_grad_(False)
+            asym.quant_conv.requires_grad_(False)
+            self.models = {"asym_vae": asym}
+        elif stage == "lazy":
+            vae = self._require(mdir / "vae", "vae")
+            vae.requires_grad_(False).eval()
+            self.frozen["vae"] = vae
+            text, ctx, tr = build_backbone(cfg)
+            self.models = {"text_encoder": text, "context_encoder": ctx, "transformer": tr}
+        elif stage == "sketch":
+            from lazyedit.engine.models import ByteTextEncoder, ContextEncoder, LazyDiffusionTransformer
+
+            vae = self._require(mdir / "vae", "vae")
+            for name, cls in (("text_encoder", ByteTextEncoder), ("context_encoder", ContextEncoder),
+                              ("transformer", LazyDiffusionTransformer)):
+                path = mdir / name
+                if not (path / "config.json").exists():
+                    raise FileNotFoundError(f"{path} missing: run the lazy stage first")
+                m = cls.from_pretrained(str(path))
+                m.requires_grad_(False).eval()
+                self.frozen[name] = m
+            vae.requires_grad_(False).eval()
+            self.frozen["vae"] = vae
+            self.models = {"sketch_tuner": build_tuner(cfg)}
+        else:
+            raise ValueError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)}")
+        for m in self.frozen.values():
+            m.to(self.device)
+        self.net_inner = StageNet(stage, self.models, self.frozen, a.text_dropout, self.generator)
+        params = [p for p in self.net_inner.parameters() if p.requires_grad]
+        self.params = params
+        self.optimizer = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.99), weight_decay=a.weight_decay)
+        warm = max(1, a.warmup)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm))
+        from diffusers.training_utils import EMAModel
+
+        self.ema = EMAModel(params, decay=a.ema_decay, use_ema_warmup=True, inv_gamma=1.0, power=2 / 3)
+        self.net, self.optimizer, self.scheduler = self.accelerator.prepare(self.net_inner, self.optimizer, self.scheduler)
+        self.models = self.net_inner.models
+        self.ema.to(self.device)
+        self.accelerator.register_for_checkpointing(self.ema)
+
+    def _require(self, path: Path, what: str):
+        from diffusers import AutoencoderKL
+
+        if not (path / "config.json").exists():
+            raise FileNotFoundError(f"{path} missing: run the {what} stage first")
+        return AutoencoderKL.from_pretrained(str(path))
+
+    def unwrap(self, name: str):
+        return self.net_inner.models[name]
+
+    def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.net_inner._encode(pixels)
+
+    def _backbone(self):
+        return self.net_inner.backbone()
+
+    # ---------------------------------------------------------------- samples
+    @torch.no_grad()
+    def sample_grid(self, batch: dict) -> "Image.Image | None":
+        stage = self.args.stage
+        n = min(4, batch["image"].shape[0])
+        ims = []
+        if stage == "vae":
+            vae = self.unwrap("vae")
+            x = batch["image"][:n]
+            rec = vae.decode(vae.encode(x).latent_dist.mode()).sample
+            for i in range(n):
+                ims += [to_image(x[i]), to_image(rec[i])]
+            return contact_sheet(ims, cols=4)
+        if stage == "asym-decoder":
+            asym = self.unwrap("asym_vae")
+            x, m = batch["image"][:n], batch["mask"][:n]
+            z = asym.encode(x).latent_dist.mode()
+            rec = asym.decode(z, image=x, mask=m).sample
+            for i in range(n):
+                ims += [to_image(x[i] * (1 - m[i]) + 0.0 * m[i]), to_image(rec[i]), to_image(x[i])]
+            return contact_sheet(ims, cols=6)
+        out = self.generate({k: (v[:n] if torch.is_tensor(v) else list(v)[:n]) for k, v in batch.items()},
+                            steps=self.args.sample_steps, guidance=self.args.sample_guidance)
+        for i in range(n):
+            hole = batch["image"][i] * (1 - batch["mask"][i]) + 0.0 * batch["mask"][i]
+            row = [to_image(hole), to_image(out[i]), to_image(batch["target"][i])]
+            if stage == "sketch":
+                row.insert(1, to_image(batch["sketch"][i][:3] * 0 + batch["sketch"][i][3:] * -1))
+            ims += row
+        return contact_sheet(ims, cols=len(ims) // n * 2 if n >= 2 else len(ims))
+
+    @torch.no_grad()
+    def generate(self, batch: dict, steps: int = 12, guidance: float = 2.0, seed: int = 0) -> torch.Tensor:
+        """Fill the holes of a batch (Euler flow sampling + plain VAE decode + paste). For previews."""
+        from diffusers import FlowMatchEulerDiscreteScheduler
+
+        from lazyedit.engine.models.layers import patchify, unpatchify
+
+        text_enc, ctx_enc, tr = self._backbone()
+        vae = self.frozen["vae"]
+        p = tr.config.patch_size
+        unit = 2 ** (len(vae.config.block_out_channels) - 1) * p
+        image, mask = batch["image"].to(self.device), batch["mask"].to(self.device)
+        b = image.shape[0]
+        canvas = self._encode(image)
+        tok, index, valid = hole_plan(mask, unit)
+        grid = tuple(tok.shape[1:])
+        context = ctx_enc(canvas, latent_mask_from_tokens(tok, p), index)
+        captions = list(batch["caption"])
+        emb, tmask = text_enc.encode(captions + [""] * b, self.device)
+        adapter = None
+        if self.args.stage == "sketch":
+            tuner = self.unwrap("sketch_tuner")
+            sk = batch["sketch"].to(self.device)
+            adapter = tuner.adapter([(torch.cat([sk, sk]), 1.0)], torch.cat([index, index]))
+        g = torch.Generator("cpu").manual_seed(seed)
+        x = torch.randn(b, index.shape[1], tr.config.latent_channels * p * p, generator=g).to(self.device)
+        sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+        sched.set_timesteps(steps, device=self.device)
+        for t in sched.timesteps:
+            sigma = float(sched.sigmas[sched.step_index or 0])
+            ts = torch.full((2 * b,), sigma * 1000, device=self.device)
+            v = tr(torch.cat([x, x]), torch.cat([context, context]), torch.cat([index, index]), grid, ts, emb, tmask,
+                   torch.cat([valid, valid]), adapter).float()
+            v = v[b:] + guidance * (v[:b] - v[b:])
+            x = sched.step(v, t, x).prev_sample
+        tokens = patchify(canvas, p)
+        for i in range(b):
+            n = int(valid[i].sum())
+            tokens[i, index[i, :n]] = x[i, :n]
+        latent = unpatchify(tokens, p, canvas.shape[1], grid)
+        dec = vae.decode((latent / vae.config.scaling_factor).to(vae.dtype)).sample.float().clamp(-1, 1)
+        return image * (1 - mask) + dec * mask
+
+    # ---------------------------------------------------------------- checkpoints / export
+    def save_checkpoint(self):
+        acc = self.accelerator
+        path = self.stage_dir / "checkpoints" / f"step_{self.step:07d}"
+        acc.save_state(str(path))
+        if acc.is_main_process:
+            (path / "trainer_state.json").write_text(json.dumps({"step": self.step, "stage": self.args.stage,
+                                                                 "config": self.args.config}))
+            ckpts = sorted(self.stage_dir.glob("checkpoints/step_*"), key=lambda p: int(p.name.split("_")[1]))
+            for old in ckpts[: -self.args.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+            self.export()
+        acc.wait_for_everyone()
+
+    def export(self):
+        """EMA weights -> <output>/model/<component> (save_pretrained), then the pipeline index."""
+        mdir = model_dir(self.output)
+        mdir.mkdir(parents=True, exist_ok=True)
+        self.ema.store(self.params)
+        self.ema.copy_to(self.params)
+        try:
+            for name in self.models:
+                m = self.unwrap(name)
+                if name == "vae" and getattr(self, "latent_scale", None):
+                    m.register_to_config(scaling_factor=self.latent_scale)
+                m.save_pretrained(str(mdir / name))
+        finally:
+            self.ema.restore(self.params)
+        (mdir / f"{self.args.stage}.json").write_text(json.dumps({"step": self.step, "config": self.args.config}))
+        if self.args.stage in ("lazy", "sketch", "asym-decoder"):
+            try:
+                export_pipeline(self.output, self.args.config)
+            except Exception as exc:  # the index is a convenience; components are saved regardless
+                logger.warning("could not write the pipeline index: %s", exc)
+
+    @torch.no_grad()
+    def measure_latent_scale(self, loader_iter, batches: int = 8) -> float:
+        vae = self.unwrap("vae")
+        self.ema.store(self.params)
+        self.ema.copy_to(self.params)
+        zs = []
+        for _ in range(batches):
+            zs.append(vae.encode(next(loader_iter)["image"].to(self.device)).latent_dist.mode().float().flatten())
+        self.ema.restore(self.params)
+        std = torch.cat(zs).std().item()
+        return float(1.0 / max(std, 1e-6))
+
+    # ---------------------------------------------------------------- main loop
+    def run(self) -> dict:
+        a, acc = self.args, self.accelerator
+        self._setup()
+        resume = None
+        if a.resume == "auto":
+            resume = _latest_checkpoint(self.stage_dir)
+        elif a.resume not in ("never", "", None):
+            resume = Path(a.resume)
+        if resume is not None:
+            acc.load_state(str(resume))
+            self.step = json.loads((resume / "trainer_state.json").read_text())["step"]
+            logger.info("resumed %s from %s at step %d", a.stage, resume, self.step)
+            if acc.is_main_process:
+                print(f"[lazyedit train] resumed {a.stage} at step {self.step} from {resume}", flush=True)
+        self.generator.manual_seed(a.seed * 1000 + acc.process_index + 7919 * self.step)
+        acc.init_trackers(a.stage.replace("-", "_"), config={k: v for k, v in vars(a).items() if isinstance(v, (int, float, str, bool))})
+        ds = StageDataset(a.stage, a.resolution, a.seed, None if a.data == "world" else a.data)
+        sampler = StreamSampler(self.step * a.batch_size, acc.process_index, acc.num_processes)
+        loader = DataLoader(ds, batch_size=a.batch_size, sampler=sampler, num_workers=a.num_workers,
+                            persistent_workers=a.num_workers > 0)
+        it = iter(loader)
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=a.steps, initial=self.step, desc=f"train {a.stage}", disable=not (a.progress and acc.is_main_process),
+                   dynamic_ncols=True)
+        t_start = time.time()
+        fixed_batch = None
+        stopped_early = False
+        self.net.train()
+        while self.step < a.steps:
+            batch = next(it)
+            batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
+            if fixed_batch is None:
+                fixed_batch = batch
+            with acc.accumulate(self.net):
+                with acc.autocast():
+                    loss, logs = self.net(batch)
+                logs = {k: float(v) for k, v in logs.items()}
+                acc.backward(loss)
+                if acc.sync_gradients and a.grad_clip > 0:
+                    acc.clip_grad_norm_(self.params, a.grad_clip)
+                self.optimizer.step()
+                self.scheduler.step()
+                self.optimizer.zero_grad(set_to_none=True)
+            self.ema.step(self.params)
+            self.step += 1
+            lv = loss.detach().item()
+            self.losses.append(lv)
+            bar.update(1)
+            if self.step % a.log_every == 0 or self.step == 1:
+                logs = {"loss": lv, "lr": self.scheduler.get_last_lr()[0], **logs}
+                acc.log(logs, step=self.step)
+                bar.set_postfix(loss=f"{np.mean(self.losses[-a.log_every:]):.4f}")
+            out_of_time = a.max_minutes is not None and (time.time() - t_start) / 60 >= a.max_minutes
+            if self.step % a.sample_every == 0 and acc.is_main_process:
+                self._save_samples(fixed_batch)
+            if self.step % a.save_every == 0 or self.step >= a.steps or out_of_time:
+                if a.stage == "vae" and self.step >= a.steps:
+                    self.latent_scale = self.measure_latent_scale(it)
+                self.save_checkpoint()
+            if out_of_time and self.step < a.steps:
+                stopped_early = True
+                break
+        if a.stage == "vae" and self.step >= a.steps and not getattr(self, "latent_scale", None):
+            self.latent_scale = self.measure_latent_scale(it)
+            self.export()
+        if acc.is_main_process and (self.step % a.sample_every) and fixed_batch is not None:
+            self._save_samples(fixed_batch)
+        bar.close()
+        acc.end_training()
+        return {"stage": a.stage, "step": self.step, "done": self.step >= a.steps, "stopped_early": stopped_early,
+                "losses": self.losses, "model": str(model_dir(self.output))}
+
+    def _save_samples(self, batch):
+        self.ema.store(self.params)
+        self.ema.copy_to(self.params)
+        self.net.eval()
+        try:
+            grid = self.sample_grid(batch)
+        finally:
+            self.ema.restore(self.params)
+            self.net.train()
+        if grid is not None:
+            d = self.stage_dir / "samples"
+            d.mkdir(exist_ok=True)
+            grid.save(d / f"step_{self.step:07d}.png")
+            grid.save(d / "latest.png")
+
+
+def stage_done(output: str | Path, stage: str, steps: int) -> int | None:
+    """The step a finished stage stopped at, when its export says it reached ``steps``; else None."""
+    marker = model_dir(output) / f"{stage}.json"
+    if marker.exists():
+        step = json.loads(marker.read_text()).get("step", 0)
+        if step >= steps:
+            return step
+    return None
+
+
+def train_stage(args: TrainArgs) -> dict:
+    args = _defaults(args)
+    done = stage_done(args.output, args.stage, args.steps) if args.resume == "auto" else None
+    if done is not None:
+        print(f"[lazyedit train] {args.stage}: already trained to step {done} (of {args.steps}); skipping", flush=True)
+        return {"stage": args.stage, "step": done, "done": True, "stopped_early": False, "losses": [],
+                "model": str(model_dir(args.output))}
+    return StageTrainer(args).run()

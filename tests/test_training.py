@@ -1,0 +1,114 @@
+"""`lazyedit train` on the tiny config: losses fall, checkpoints load as a pipeline, resume continues."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from lazyedit.training.cli import build_parser, train_main
+from lazyedit.training.trainer import TrainArgs, flow_noising, hole_plan, train_stage
+from lazyedit.training.world import make_sample
+
+torch.set_num_threads(1)
+
+
+def _args(out, stage, steps, **kw):
+    base = dict(stage=stage, config="tiny", output=str(out), resolution=64, batch_size=4, steps=steps, lr=2e-3,
+                warmup=1, save_every=1000, sample_every=1000, log_every=5, progress=False, ema_decay=0.9)
+    base.update(kw)
+    return TrainArgs(**base)
+
+
+def test_flow_matching_convention():
+    x0 = torch.randn(2, 3, 4)
+    noise = torch.randn(2, 3, 4)
+    t = torch.tensor([0.0, 1.0])
+    xt, v = flow_noising(x0, noise, t)
+    assert torch.allclose(xt[0], x0[0]) and torch.allclose(xt[1], noise[1])
+    assert torch.allclose(v, noise - x0)
+
+
+def test_hole_plan_matches_engine():
+    from lazyedit.engine.holes import plan_holes
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((3, 64, 64), bool)
+    masks[0, 5:20, 30:60] = True
+    masks[1, 40:41, 3:4] = True
+    masks[2] = rng.random((64, 64)) > 0.995
+    tok, index, valid = hole_plan(torch.from_numpy(masks)[:, None].float(), 16)
+    for i in range(3):
+        plan = plan_holes(masks[i], 16)
+        n = plan.num_tokens
+        assert int(valid[i].sum()) == n
+        assert torch.equal(index[i, :n], plan.index)
+        assert torch.equal(tok[i], plan.token_mask)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("run")
+    vae = train_stage(_args(out, "vae", 40))
+    lazy = train_stage(_args(out, "lazy", 30, save_every=15))
+    return out, vae, lazy
+
+
+def _falls(losses, k=8):
+    return np.mean(losses[-k:]) < np.mean(losses[:k])
+
+
+def test_losses_fall(trained):
+    _, vae, lazy = trained
+    assert vae["done"] and lazy["done"]
+    assert _falls(vae["losses"]), vae["losses"]
+    assert _falls(lazy["losses"]), lazy["losses"]
+
+
+def test_checkpoint_loads_as_pipeline(trained):
+    from lazyedit.engine import load_pipeline
+
+    out, _, _ = trained
+    pipe = load_pipeline(str(out / "model"))
+    assert pipe.vae.config.scaling_factor != 0.18215  # measured at the end of the vae stage
+    s = make_sample(0, 1, size=64)
+    res = pipe.edit(s.image, s.mask, prompt=s.caption, seed=3, steps=2)
+    a, b = np.asarray(res.image), np.asarray(s.image)
+    assert a.shape == b.shape and np.array_equal(a[~s.mask], b[~s.mask])
+    assert (out / "lazy" / "samples" / "latest.png").exists()
+    assert list((out / "lazy" / "logs").rglob("events.out.tfevents*"))
+
+
+def test_resume_continues_the_step_count(trained):
+    out, _, _ = trained
+    ckpts = sorted(p.name for p in (out / "lazy" / "checkpoints").iterdir())
+    assert ckpts[-1] == "step_0000030"
+    more = train_stage(_args(out, "lazy", 34))
+    assert more["step"] == 34 and len(more["losses"]) == 4
+    state = json.loads((out / "lazy" / "checkpoints" / "step_0000034" / "trainer_state.json").read_text())
+    assert state["step"] == 34
+    # a finished stage is skipped when rerun with the same step count
+    again = train_stage(_args(out, "lazy", 34))
+    assert again["step"] == 34 and again["losses"] == []
+
+
+def test_asym_and_sketch_stages_and_cli(trained):
+    out, _, _ = trained
+    assert train_main(["asym-decoder", "--config", "tiny", "--output", str(out), "--resolution", "64",
+                       "--batch-size", "2", "--steps", "3", "--no-progress"]) == 0
+    assert train_main(["sketch", "--config", "tiny", "--output", str(out), "--resolution", "64",
+                       "--batch-size", "2", "--steps", "3", "--no-progress"]) == 0
+    index = json.loads((out / "model" / "model_index.json").read_text())
+    assert index["asym_vae"][1] == "AsymmetricAutoencoderKL" and index["sketch_tuner"][1] == "CSCTuner"
+    from lazyedit.engine import load_pipeline
+
+    pipe = load_pipeline(str(out / "model"))
+    s = make_sample(0, 2, size=64)
+    res = pipe.edit(s.image, s.mask, prompt=s.caption, sketch=s.sketch, seed=1, steps=2)
+    assert res.image.size == (64, 64)
+
+
+def test_parser_knows_the_stages():
+    p = build_parser()
+    for stage in ("vae", "asym-decoder", "lazy", "sketch", "all", "export"):
+        assert p.parse_args([stage]).stage == stage
