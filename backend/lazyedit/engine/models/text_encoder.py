@@ -68,10 +68,12 @@ class ByteTextEncoder(ModelMixin, ConfigMixin):
 class HFTextEncoder:
     """A CLIP or T5 text encoder and its tokenizer from a local folder (transformers' own loaders)."""
 
-    def __init__(self, tokenizer, model, max_length: int = 120):
+    def __init__(self, tokenizer, model, max_length: int | None = None):
         self.tokenizer = tokenizer
         self.model = model
-        self.max_length = max_length
+        # CLIP has 77 learned positions; T5 has relative positions, PixArt-alpha uses 120 tokens.
+        limit = getattr(model.config, "max_position_embeddings", 120)
+        self.max_length = min(max_length or limit, limit, tokenizer.model_max_length)
 
     @classmethod
     def from_folder(cls, path: str | Path, max_length: int | None = None, dtype=None) -> "HFTextEncoder":
@@ -86,8 +88,7 @@ class HFTextEncoder:
             raise ValueError(f"{model_dir}: text encoder type {kind!r} is not CLIP or T5")
         tokenizer = AutoTokenizer.from_pretrained(tok_dir, local_files_only=True)
         model = model_cls.from_pretrained(model_dir, local_files_only=True, torch_dtype=dtype).eval()
-        default_len = 77 if model_cls is CLIPTextModel else 120
-        return cls(tokenizer, model, max_length or min(default_len, tokenizer.model_max_length))
+        return cls(tokenizer, model, max_length)
 
     @property
     def hidden_size(self) -> int:

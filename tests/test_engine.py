@@ -1,0 +1,407 @@
+"""Engine behaviour on the tiny config, CPU."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from lazyedit.engine import EditCancelled, EditInputError, EditRequest, LazyEditPipeline, load_pipeline
+from lazyedit.engine.images import decode_image, read_image_file
+from lazyedit.engine.models import CSCTuner, SCTuner
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    pipe = load_pipeline("tiny")
+    # DiT zero-inits its output layers (the untrained model predicts 0); give them weights so that every
+    # input really reaches the output and the tests below can fail.
+    tr = pipe.transformer
+    for layer in [tr.final_layer.linear, tr.t_block[1]] + [b.cross_attn.to_out for b in (*tr.in_blocks, *tr.out_blocks)]:
+        torch.nn.init.normal_(layer.weight, std=0.05)
+    return pipe
+
+
+def canvas(w=90, h=70, seed=0):
+    return Image.fromarray((np.random.RandomState(seed).rand(h, w, 3) * 255).astype(np.uint8))
+
+
+def box_mask(w=90, h=70, box=(30, 20, 50, 40)):
+    m = np.zeros((h, w), bool)
+    m[box[1] : box[3], box[0] : box[2]] = True
+    return m
+
+
+def expected_tokens(mask: np.ndarray, unit: int) -> list[int]:
+    """Hole tokens computed the slow, obvious way: any masked pixel inside the token's square."""
+    h, w = mask.shape
+    gh, gw = -(-h // unit), -(-w // unit)
+    out = []
+    for ty in range(gh):
+        for tx in range(gw):
+            if mask[ty * unit : (ty + 1) * unit, tx * unit : (tx + 1) * unit].any():
+                out.append(ty * gw + tx)
+    return out
+
+
+def test_pixels_outside_mask_are_bit_identical(pipe):
+    img, mask = canvas(), box_mask()
+    res = pipe.edit(img, mask, "a red star", seed=3)
+    before, after = np.asarray(img), np.asarray(res.image)
+    assert (before[~mask] == after[~mask]).all()
+    assert (before[mask] != after[mask]).any(axis=-1).mean() > 0.5
+    assert res.box == (30, 20, 50, 40)
+    assert res.region.size == (20, 20)
+
+
+def test_odd_sizes_and_irregular_masks(pipe):
+    img = canvas(37, 53, seed=1)
+    mask = np.zeros((53, 37), bool)
+    yy, xx = np.mgrid[0:53, 0:37]
+    mask[(yy - 40) ** 2 + (xx - 30) ** 2 < 60] = True  # a disc touching the padded edge
+    res = pipe.edit(img, mask, "a blue ring", seed=0)
+    assert res.image.size == (37, 53)
+    before, after = np.asarray(img), np.asarray(res.image)
+    assert (before[~mask] == after[~mask]).all()
+    assert not (before[mask] == after[mask]).all()
+
+
+def test_transformer_receives_exactly_the_hole_tokens(pipe):
+    seen = []
+    hook = pipe.transformer.register_forward_pre_hook(
+        lambda mod, args, kwargs: seen.append((args[2].clone(), None if args[7] is None else args[7].clone())), with_kwargs=True
+    )
+    try:
+        mask = np.zeros((70, 90), bool)
+        mask[5:9, 3:40] = True  # a thin stroke across several tokens
+        mask[60:62, 80:82] = True
+        pipe.edit(canvas(), mask, "x", seed=0, guidance=1.0, steps=2)
+    finally:
+        hook.remove()
+    want = expected_tokens(mask, pipe.unit)
+    assert len(seen) == 2
+    for index, token_mask in seen:
+        assert index.shape == (1, len(want))
+        assert index[0].tolist() == want
+        assert token_mask.all()
+
+
+def test_same_seed_same_output_other_seed_differs(pipe):
+    img, mask = canvas(), box_mask()
+    a = np.asarray(pipe.edit(img, mask, "a red star", seed=7).image)
+    b = np.asarray(pipe.edit(img, mask, "a red star", seed=7).image)
+    c = np.asarray(pipe.edit(img, mask, "a red star", seed=8).image)
+    assert (a == b).all()
+    assert (a != c).any()
+
+
+def test_cache_hits_skip_both_encoders(pipe):
+    pipe.clear_caches()
+    calls = {"vae": 0, "ctx": 0}
+    h1 = pipe.vae.encoder.register_forward_hook(lambda *a: calls.__setitem__("vae", calls["vae"] + 1))
+    h2 = pipe.context_encoder.register_forward_hook(lambda *a: calls.__setitem__("ctx", calls["ctx"] + 1))
+    try:
+        img, mask = canvas(seed=5), box_mask()
+        first = pipe.edit(img, mask, "a red star", seed=1, canvas_key="v1")
+        assert calls == {"vae": 1, "ctx": 1}
+        second = pipe.edit(img, mask, "a green heart", seed=1, canvas_key="v1")
+        assert calls == {"vae": 1, "ctx": 1}
+        assert second.timings["latent_cache_hit"] and second.timings["context_cache_hit"]
+        assert not first.timings["latent_cache_hit"]
+        stats = pipe.cache_stats()
+        assert stats["latent"]["hits"] == 1 and stats["context"]["hits"] == 1
+        pipe.edit(img, box_mask(box=(5, 5, 20, 20)), "a green heart", seed=1, canvas_key="v1")  # new mask
+        assert calls == {"vae": 1, "ctx": 2}
+        pipe.edit(img, mask, "a green heart", seed=1, canvas_key="v2")  # new canvas version
+        assert calls == {"vae": 2, "ctx": 3}
+    finally:
+        h1.remove()
+        h2.remove()
+
+
+def test_cache_is_bounded_in_bytes():
+    from lazyedit.engine.cache import ByteLRU
+
+    cache = ByteLRU(max_bytes=3 * 400)
+    for i in range(5):
+        cache.get_or_compute(i, lambda: torch.zeros(100))  # 400 bytes each
+    assert len(cache) == 3 and cache.size_bytes == 1200
+    assert cache.get_or_compute(4, lambda: None)[1] is True
+    assert cache.get_or_compute(0, lambda: torch.zeros(100))[1] is False
+
+
+def test_save_and_load_round_trip(pipe, tmp_path):
+    img, mask = canvas(), box_mask()
+    sketch = Image.new("RGBA", img.size)
+    before = np.asarray(pipe.edit(img, mask, "a red star", seed=11, sketch=sketch).image)
+    pipe.save_pretrained(tmp_path / "m")
+    assert (tmp_path / "m" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+    again = load_pipeline(str(tmp_path / "m"))
+    assert isinstance(again, LazyEditPipeline) and isinstance(again.sketch_tuner, CSCTuner)
+    after = np.asarray(again.edit(img, mask, "a red star", seed=11, sketch=sketch).image)
+    assert (before == after).all()
+
+
+def _decoder_inputs(pipe, n=6):
+    tr = pipe.transformer
+    text, text_mask = pipe.text.encode(["a red star"])
+    return dict(
+        noisy_tokens=torch.randn(1, n, tr.config.latent_channels * tr.config.patch_size**2),
+        context=torch.randn(1, n, tr.config.context_dim),
+        token_index=torch.arange(n)[None],
+        grid=(4, 4),
+        timestep=torch.tensor([500.0]),
+        text=text,
+        text_mask=text_mask,
+    )
+
+
+def test_tuners_start_as_identity(pipe):
+    tuner = SCTuner(16, 4)
+    x = torch.randn(2, 5, 16)
+    assert torch.equal(tuner(x), x)
+    inputs = _decoder_inputs(pipe)
+    with torch.no_grad():
+        plain = pipe.transformer(**inputs)
+        csc = CSCTuner(**{**dict(pipe.sketch_tuner.config)})
+        sketch = torch.rand(1, 4, 64, 64) * 2 - 1
+        tuned = pipe.transformer(**inputs, skip_adapter=csc.adapter([(sketch, 1.0), (sketch, 0.5)], inputs["token_index"]))
+    assert torch.equal(plain, tuned)
+
+
+def test_frozen_backbone_gets_no_gradient_in_first_half(pipe):
+    transformer = type(pipe.transformer).from_config(pipe.transformer.config)
+    transformer.requires_grad_(False)
+    csc = CSCTuner(**dict(pipe.sketch_tuner.config))
+    for hint in csc.hints:  # leave the zero init so gradients are not trivially zero
+        torch.nn.init.normal_(hint.weight, std=0.1)
+    torch.nn.init.normal_(transformer.final_layer.linear.weight, std=0.1)
+    entered_first_half_backward = []
+    transformer.in_blocks[0].register_full_backward_hook(lambda *a: entered_first_half_backward.append(1))
+    inputs = _decoder_inputs(pipe)
+    inputs["noisy_tokens"].requires_grad_(True)
+    sketch = torch.rand(1, 4, 64, 64) * 2 - 1
+    out = transformer(**inputs, skip_adapter=csc.adapter([(sketch, 1.0)], inputs["token_index"]))
+    out.square().mean().backward()
+    assert all(p.grad is None for p in transformer.parameters())
+    assert inputs["noisy_tokens"].grad is None  # the graph stops at the skip inputs
+    assert not entered_first_half_backward
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in csc.parameters())
+
+
+def test_asymmetric_decoder_is_given_the_mask(pipe):
+    recorded = []
+    original = pipe.asym_vae.decode
+
+    def recording_decode(z, *args, **kwargs):
+        recorded.append(kwargs)
+        return original(z, *args, **kwargs)
+
+    pipe.asym_vae.decode = recording_decode
+    try:
+        img, mask = canvas(), box_mask()
+        pipe.edit(img, mask, "a red star", seed=0)
+    finally:
+        del pipe.asym_vae.decode
+    (kwargs,) = recorded
+    assert kwargs["mask"] is not None and kwargs["image"] is not None
+    m = kwargs["mask"][0, 0].numpy().astype(bool)
+    assert m.shape == kwargs["image"].shape[-2:]
+    assert m.sum() == mask.sum()  # the user's mask, cropped to the decoded box
+    # and the decoder's output really depends on it
+    z = torch.randn(1, 4, 4, 4)
+    image = torch.rand(1, 3, 32, 32) * 2 - 1
+    full, half = torch.ones(1, 1, 32, 32), torch.ones(1, 1, 32, 32)
+    half[..., :16] = 0
+    with torch.no_grad():
+        a = pipe.asym_vae.decode(z, image=image, mask=full).sample
+        b = pipe.asym_vae.decode(z, image=image, mask=half).sample
+    assert not torch.allclose(a, b)
+
+
+def test_full_mask_equals_regenerating_the_image(pipe):
+    img = canvas(64, 48)
+    mask = np.ones((48, 64), bool)
+    lazy = pipe.edit(img, mask, "a red star", seed=2)
+    regen = pipe.edit(img, mask, "a red star", seed=2, strategy="regenerate_image")
+    assert lazy.hole_tokens == lazy.total_tokens == regen.hole_tokens
+    assert (np.asarray(lazy.image) == np.asarray(regen.image)).all()
+
+
+def test_baselines_keep_pixels_outside_mask(pipe):
+    img, mask = canvas(), box_mask()
+    for strategy in ("regenerate_image", "regenerate_crop"):
+        res = pipe.edit(img, mask, "a red star", seed=2, strategy=strategy)
+        assert (np.asarray(res.image)[~mask] == np.asarray(img)[~mask]).all()
+    crop = pipe.edit(img, mask, "x", seed=2, strategy="regenerate_crop")
+    regen = pipe.edit(img, mask, "x", seed=2, strategy="regenerate_image")
+    lazy = pipe.edit(img, mask, "x", seed=2)
+    assert lazy.hole_tokens < crop.hole_tokens < regen.hole_tokens
+
+
+def test_batched_edits_match_single_edits(pipe):
+    img_a, img_b = canvas(seed=1), canvas(seed=2)
+    ma, mb = box_mask(box=(30, 20, 50, 40)), box_mask(box=(0, 0, 70, 30))
+    single = [pipe.edit(img_a, ma, "a red star", seed=4), pipe.edit(img_b, mb, "a blue ring", seed=5)]
+    batched = pipe.edit_batch([EditRequest(img_a, ma, "a red star", seed=4), EditRequest(img_b, mb, "a blue ring", seed=5)])
+    for s, b, m, img in zip(single, batched, (ma, mb), (img_a, img_b)):
+        sb, bb = np.asarray(s.image).astype(int), np.asarray(b.image).astype(int)
+        assert np.abs(sb - bb).max() <= 2  # packed matmuls may round differently
+        assert (bb[~m] == np.asarray(img)[~m]).all()
+
+
+def test_callback_previews_and_cancel(pipe):
+    previews = []
+    res = pipe.edit(canvas(), box_mask(), "a red star", seed=0, steps=3, callback=previews.append)
+    assert [p.step for p in previews] == [1, 2, 3] and all(p.total == 3 for p in previews)
+    assert previews[0].box == res.box and previews[0].image.size == (20, 20)
+
+    stop_after = []
+
+    def cancel_at_two(p):
+        stop_after.append(p.step)
+        return p.step < 2
+
+    with pytest.raises(EditCancelled):
+        pipe.edit(canvas(), box_mask(), "a red star", seed=0, steps=5, callback=cancel_at_two)
+    assert stop_after == [1, 2]
+
+
+def test_ddim_scheduler_runs_the_flow_model(pipe):
+    pipe.use_scheduler("ddim")
+    try:
+        img, mask = canvas(), box_mask()
+        res = pipe.edit(img, mask, "a red star", seed=0, steps=3)
+        assert (np.asarray(res.image)[~mask] == np.asarray(img)[~mask]).all()
+    finally:
+        pipe.use_scheduler("euler")
+
+
+def test_sketch_condition_changes_a_trained_tuner(pipe):
+    img, mask = canvas(), box_mask()
+    sketch = np.zeros((70, 90, 4), np.uint8)
+    sketch[25:35, 35:45] = (255, 255, 255, 255)
+    sketch = Image.fromarray(sketch, "RGBA")
+    plain = np.asarray(pipe.edit(img, mask, "x", seed=1).image)
+    with_untrained = np.asarray(pipe.edit(img, mask, "x", seed=1, sketch=sketch).image)
+    assert (plain == with_untrained).all()  # zero-init tuner: identity
+    saved = [h.weight.detach().clone() for h in pipe.sketch_tuner.hints]
+    try:
+        for h in pipe.sketch_tuner.hints:
+            torch.nn.init.normal_(h.weight, std=0.5)
+        guided = np.asarray(pipe.edit(img, mask, "x", seed=1, sketch=sketch).image)
+        weak = np.asarray(pipe.edit(img, mask, "x", seed=1, sketch=sketch, sketch_strength=0.0).image)
+    finally:
+        for h, w in zip(pipe.sketch_tuner.hints, saved):
+            h.weight.data.copy_(w)
+    assert (guided != plain).any()
+    assert (weak == plain).all()
+
+
+@pytest.mark.parametrize(
+    "change, code",
+    [
+        (dict(mask=np.ones((10, 10), bool)), "mask_size"),
+        (dict(mask=np.zeros((70, 90), bool)), "empty_mask"),
+        (dict(sketch=Image.new("RGBA", (10, 10))), "sketch_size"),
+        (dict(steps=0), "out_of_range"),
+        (dict(steps=1000), "out_of_range"),
+        (dict(guidance=-1.0), "out_of_range"),
+        (dict(guidance=100.0), "out_of_range"),
+        (dict(sketch_strength=5.0), "out_of_range"),
+        (dict(image=Image.new("RGB", (5000, 5000)), mask=np.ones((5000, 5000), bool)), "image_too_large"),
+    ],
+)
+def test_bad_input_is_named(pipe, change, code):
+    args = dict(image=canvas(), mask=box_mask(), prompt="x")
+    args.update(change)
+    with pytest.raises(EditInputError) as err:
+        pipe.edit(**args)
+    assert err.value.code == code
+    assert str(err.value)
+
+
+def test_image_decoding_refuses_garbage_and_bombs(tmp_path):
+    with pytest.raises(EditInputError) as err:
+        decode_image(b"not an image at all")
+    assert err.value.code == "bad_image"
+    import io
+
+    buf = io.BytesIO()
+    Image.new("L", (6000, 6000)).save(buf, "PNG")  # compresses to a few KB
+    with pytest.raises(EditInputError) as err:
+        decode_image(buf.getvalue(), max_pixels=4096 * 4096)
+    assert err.value.code == "image_too_large" and "6000x6000" in err.value.message
+    (tmp_path / "x.png").write_bytes(b"\x89PNG garbage")
+    with pytest.raises(EditInputError):
+        read_image_file(str(tmp_path / "x.png"))
+
+
+def test_hf_text_encoder_loads_from_a_local_folder(tmp_path):
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+
+    from lazyedit.engine.models import HFTextEncoder
+
+    vocab = ["<|startoftext|>", "<|endoftext|>"] + [c + s for c in "abcdefghijklmnopqrstuvwxyz" for s in ("", "</w>")]
+    (tmp_path / "vocab.json").write_text(json.dumps({t: i for i, t in enumerate(vocab)}))
+    (tmp_path / "merges.txt").write_text("#version: 0.2\n")
+    tok = CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    cfg = CLIPTextConfig(vocab_size=len(vocab), hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                         num_attention_heads=2, max_position_embeddings=77, bos_token_id=0, eos_token_id=1, pad_token_id=1)
+    folder = tmp_path / "clip"
+    CLIPTextModel(cfg).save_pretrained(folder / "text_encoder")
+    tok.save_pretrained(folder / "tokenizer")
+    enc = HFTextEncoder.from_folder(folder)
+    emb, mask = enc.encode(["a red star", "ab"])
+    assert emb.shape == (2, 77, 32) and mask.dtype == torch.bool
+    assert mask[0].sum() > mask[1].sum()
+    # a pipeline built around it edits, with the CLIP tokenizer and encoder as its components
+    pipe = load_pipeline("tiny", text_encoder=str(folder))
+    assert pipe.tokenizer is not None
+    res = pipe.edit(canvas(), box_mask(), "a red star", seed=0)
+    assert (np.asarray(res.image)[~box_mask()] == np.asarray(canvas())[~box_mask()]).all()
+
+
+def test_real_vae_folders_replace_the_pipeline_vaes(pipe, tmp_path):
+    from diffusers import AsymmetricAutoencoderKL, AutoencoderKL
+
+    torch.manual_seed(123)
+    vae = AutoencoderKL.from_config(pipe.vae.config)
+    asym = AsymmetricAutoencoderKL.from_config(pipe.asym_vae.config)
+    vae.save_pretrained(tmp_path / "vae")
+    asym.save_pretrained(tmp_path / "asym")
+    loaded = load_pipeline("tiny", vae=str(tmp_path / "vae"), asym_vae=str(tmp_path / "asym"))
+    assert torch.equal(loaded.vae.encoder.conv_in.weight, vae.encoder.conv_in.weight)
+    assert torch.equal(loaded.asym_vae.decoder.conv_out.weight, asym.decoder.conv_out.weight)
+
+
+def test_cli_edit_and_errors(tmp_path):
+    out = tmp_path / "out.png"
+    ok = subprocess.run([sys.executable, "-m", "lazyedit.cli", "edit", "--model", "tiny", "--seed", "1", "-o", str(out)],
+                        capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    assert Image.open(out).size == (512, 512)
+    (tmp_path / "small.png").write_bytes(b"")
+    Image.new("L", (10, 10), 255).save(tmp_path / "small.png")
+    bad = subprocess.run([sys.executable, "-m", "lazyedit.cli", "edit", "--model", "tiny", "--mask", str(tmp_path / "small.png"),
+                          "-o", str(out)], capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert "mask_size" in bad.stderr and "10x10" in bad.stderr
+
+
+def test_bench_reports_speed_table(tmp_path):
+    from lazyedit.engine.bench import format_table, plot, run_bench
+
+    report = run_bench("tiny", size=128, quick=True, progress=lambda m: None)
+    fractions = [r["mask_fraction"] for r in report["decoder_step"]]
+    assert fractions == [0.01, 0.05, 0.10, 0.25, 0.50, 1.00]
+    small, full = report["decoder_step"][0], report["decoder_step"][-1]
+    assert small["lazy_tokens"] < full["lazy_tokens"] == report["tokens_full"]
+    assert small["flop_ratio_vs_image"] > 5 and abs(full["flop_ratio_vs_image"] - 1) < 1e-6
+    assert report["cache"]["hit_ran_vae_encoder"] is False and report["cache"]["hit_ran_context_encoder"] is False
+    assert "end to end" in format_table(report)
+    plot(report, str(tmp_path / "p.png"))
+    assert Image.open(tmp_path / "p.png").size[0] > 500
