@@ -12,22 +12,7 @@ import torch.nn as nn
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
-from .layers import Attention, Mlp, gather_tokens, patchify, sincos_positions
-
-
-class EncoderBlock(nn.Module):
-    """Pre-norm ViT block."""
-
-    def __init__(self, dim: int, heads: int, mlp_ratio: float):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim, mlp_ratio)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.attn(self.norm1(x))
-        return x + self.mlp(self.norm2(x))
+from .layers import TransformerBlock, gather_tokens, patchify, sincos_positions
 
 
 class ContextEncoder(ModelMixin, ConfigMixin):
@@ -45,7 +30,7 @@ class ContextEncoder(ModelMixin, ConfigMixin):
         super().__init__()
         # Input per token: the visible latent (zeros in the hole) plus the mask, patchified.
         self.embed = nn.Linear((latent_channels + 1) * patch_size**2, width)
-        self.blocks = nn.ModuleList(EncoderBlock(width, heads, mlp_ratio) for _ in range(depth))
+        self.blocks = nn.ModuleList(TransformerBlock(width, heads, mlp_ratio) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
         self.out = nn.Linear(width, out_dim)
         self.apply(_init_linear)

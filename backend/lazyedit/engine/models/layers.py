@@ -72,6 +72,21 @@ class Mlp(nn.Sequential):
         super().__init__(nn.Linear(dim, hidden), nn.GELU(approximate="tanh"), nn.Linear(hidden, dim))
 
 
+class TransformerBlock(nn.Module):
+    """Pre-norm ViT block (the context encoder's and the byte text encoder's)."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim)
+        self.mlp = Mlp(dim, mlp_ratio)
+
+    def forward(self, x: torch.Tensor, key_mask: torch.Tensor | None = None) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x), key_mask=key_mask)
+        return x + self.mlp(self.norm2(x))
+
+
 class TimestepEmbedder(nn.Module):
     """Scalar timesteps (0..1000) -> vectors: sinusoidal features then a small MLP (as in DiT)."""
 

@@ -13,23 +13,10 @@ import torch.nn as nn
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
-from .layers import Attention, Mlp
+from .layers import TransformerBlock
 
 BOS = 256  # byte values are 0..255; the start token keeps the empty prompt non-empty.
 PAD = 257
-
-
-class ByteTextBlock(nn.Module):
-    def __init__(self, dim: int, heads: int):
-        super().__init__()
-        self.norm1 = nn.LayerNorm(dim)
-        self.attn = Attention(dim, heads)
-        self.norm2 = nn.LayerNorm(dim)
-        self.mlp = Mlp(dim)
-
-    def forward(self, x, mask):
-        x = x + self.attn(self.norm1(x), key_mask=mask)
-        return x + self.mlp(self.norm2(x))
 
 
 class ByteTextEncoder(ModelMixin, ConfigMixin):
@@ -38,7 +25,7 @@ class ByteTextEncoder(ModelMixin, ConfigMixin):
         super().__init__()
         self.token_embedding = nn.Embedding(258, width)
         self.position_embedding = nn.Parameter(torch.randn(max_length, width) * 0.02)
-        self.blocks = nn.ModuleList(ByteTextBlock(width, heads) for _ in range(depth))
+        self.blocks = nn.ModuleList(TransformerBlock(width, heads) for _ in range(depth))
         self.norm = nn.LayerNorm(width)
 
     @property
