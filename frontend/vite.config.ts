@@ -1,7 +1,7 @@
 import { defineConfig } from "vitest/config";
 
-// `npm run dev` proxies the API and the WebSocket to a local `lazyedit serve` on port 8000.
-const backend = (globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env.LAZYEDIT_BACKEND ?? "http://127.0.0.1:8000";
+// `npm run dev` proxies the API and the WebSocket to a local `lazyedit serve` on port 7860.
+const backend = (globalThis as { process?: { env: Record<string, string | undefined> } }).process?.env.LAZYEDIT_BACKEND ?? "http://127.0.0.1:7860";
 
 export default defineConfig({
   base: "/",

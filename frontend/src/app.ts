@@ -582,6 +582,10 @@ export class App {
           this.result = null;
           this.editor.result = null;
         }
+        // the mask and sketch did their job: clear them (undoable) so the accepted edit is visible
+        for (const layer of ["mask", "sketch"] as const) {
+          if (this.editor.layer(layer)?.hasContent) this.pushLayerOp({ kind: "clear", layer });
+        }
         this.stack.push({ kind: "server" });
       }
       this.setHistory(m.history, m.position, m.version);
@@ -645,7 +649,9 @@ export class App {
     this.lastResultBox = m.box;
     this.editor.result = { bitmap: bmp, box: m.box };
     this.ui.progress.value = this.ui.progress.max;
-    const total = Object.values(m.timings ?? {}).reduce((a, b) => a + (typeof b === "number" ? b : 0), 0);
+    const t = m.timings ?? {};
+    const nums = Object.values(t).filter((v): v is number => typeof v === "number");
+    const total = t.service_total_ms ?? t.total_ms ?? (nums.length ? Math.max(...nums) : 0);
     this.ui.progressText.textContent = `done${total ? ` in ${Math.round(total)} ms` : ""}`;
     this.ui.resultInfo.textContent = `seed ${m.seed} · ${m.steps} steps · box ${m.box.join(",")}`;
     this.clearError("result");
@@ -823,14 +829,18 @@ export class App {
   }
 
   private maskOp(op: LayerOp): void {
+    if (this.pushLayerOp(op)) this.scheduleLive();
+  }
+
+  private pushLayerOp(op: LayerOp): boolean {
     const layer = this.editor.layer(op.layer);
-    if (!layer) return;
-    if (op.kind === "clear" && !layer.hasContent) return;
+    if (!layer || this.editor.drawing) return false;
+    if (op.kind === "clear" && !layer.hasContent) return false;
     layer.apply(op);
     this.stack.push({ kind: "layer", op });
     this.editor.requestRender();
     this.refresh();
-    this.scheduleLive();
+    return true;
   }
 
   undo(): void {
