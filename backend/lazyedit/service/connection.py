@@ -213,7 +213,9 @@ class Connection:
         try:
             header, parts = decode_frame(data)
         except FrameError as exc:
-            raise ClientError(exc.code, exc.message) from None
+            err = ClientError(exc.code, exc.message)
+            err.req_id = self._req_id(exc.header) if exc.header else None  # type: ignore[attr-defined]
+            raise err from None
         req_id = self._req_id(header)
         try:
             msg = self._validate(header, binary=True)
@@ -252,7 +254,7 @@ class Connection:
         n_open = hub.open_sessions_of(self.client) - (1 if self.session is not None else 0)
         if rt is not None and rt.conn is not None and rt.conn is not self and rt.conn.client == self.client:
             n_open -= 1  # a takeover does not open one more
-        if rt is not self.session and n_open >= hub.settings.max_sessions_per_client:
+        if (rt is None or rt is not self.session) and n_open >= hub.settings.max_sessions_per_client:
             raise ClientError("too_many_sessions",
                               f"at most {hub.settings.max_sessions_per_client} open sessions per client")
         if rt is None:

@@ -22,10 +22,11 @@ _MAX_MIME = 128
 class FrameError(ValueError):
     """A frame that cannot be decoded; ``code`` is a protocol error code."""
 
-    def __init__(self, code: str, message: str):
+    def __init__(self, code: str, message: str, header: dict | None = None):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.header = header  # the parsed header when the error is in the parts
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,17 @@ def decode_frame(frame: bytes, *, max_header_bytes: int = MAX_HEADER_BYTES) -> t
         raise FrameError("bad_json", f"frame header is not UTF-8 JSON: {exc}") from None
     if not isinstance(header, dict):
         raise FrameError("bad_message", "frame header must be a JSON object")
-    specs = header.pop("parts", None)
+    try:
+        return header, _split_parts(view, 4 + n, header.pop("parts", None))
+    except FrameError as exc:
+        exc.header = header
+        raise
+
+
+def _split_parts(view: memoryview, offset: int, specs: Any) -> dict[str, Part]:
     if not isinstance(specs, list):
         raise FrameError("bad_parts", "frame header needs 'parts': a list of {name, bytes, mime}")
     parts: dict[str, Part] = {}
-    offset = 4 + n
     for i, spec in enumerate(specs):
         if not isinstance(spec, dict):
             raise FrameError("bad_parts", f"part {i} is not an object")
@@ -84,9 +91,9 @@ def decode_frame(frame: bytes, *, max_header_bytes: int = MAX_HEADER_BYTES) -> t
         if name in parts:
             raise FrameError("bad_parts", f"part {name!r} appears twice")
         if offset + size > len(view):
-            raise FrameError("bad_parts", f"parts announce more bytes than the frame holds ({len(view) - 4 - n})")
+            raise FrameError("bad_parts", "parts announce more bytes than the frame holds")
         parts[name] = Part(name, bytes(view[offset : offset + size]), mime)
         offset += size
     if offset != len(view):
         raise FrameError("bad_parts", f"{len(view) - offset} bytes after the last part are not announced in 'parts'")
-    return header, parts
+    return parts

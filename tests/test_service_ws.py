@@ -1,0 +1,122 @@
+"""WebSocket round-trips against the real app (TestClient), tiny model on CPU."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_service_helpers import WS, box_mask, noise_image, paste, service
+
+
+@pytest.fixture
+def client(tmp_path, tiny_pipeline):
+    with service(tmp_path / "data", tiny_pipeline) as c:
+        yield c
+
+
+def test_edit_round_trip_keeps_pixels_outside_mask(client):
+    with client.websocket_connect("/ws") as raw:
+        ws = WS(raw)
+        ready = ws.hello()
+        assert ready["protocol"] == 1 and ready["canvas"] is None and len(ready["session"]) == 22
+        im = noise_image(96, 64)
+        ack = ws.canvas(im)
+        assert (ack["width"], ack["height"], ack["position"]) == (96, 64, 0)
+        mask = box_mask(96, 64, (30, 20, 60, 44))
+        seen, result, region = ws.edit_result(mask, "e1", steps=2, seed=7)
+        types = [h["type"] for h in seen]
+        assert "progress" in types and types.index("progress") < types.index("result")
+        prog = next(h for h in seen if h["type"] == "progress")
+        assert prog["id"] == "e1" and prog["total"] == 2 and prog["step"] >= 1
+        assert result["seed"] == 7 and result["steps"] == 2 and "queue_ms" in result["timings"]
+        box = result["box"]
+        assert region.size == (box[2] - box[0], box[3] - box[1])
+        edited = np.asarray(paste(im, region.convert("RGB"), box))
+        orig = np.asarray(im)
+        assert np.array_equal(edited[~mask], orig[~mask])
+        # accept -> durable, history grows
+        ws.send({"type": "accept", "id": "a1", "target": "e1"})
+        ack, _ = ws.recv()
+        assert ack["type"] == "ack" and ack["of"] == "accept" and ack["position"] == 1
+        assert [h["index"] for h in ack["history"]] == [0, 1] and ack["history"][1]["seed"] == 7
+        # undo / redo / goto answer with canvas frames
+        ws.send({"type": "undo", "id": "u"})
+        h, parts = ws.recv()
+        assert h["type"] == "canvas" and h["position"] == 0
+        from test_service_helpers import decode_png
+        assert np.array_equal(np.asarray(decode_png(parts["image"]).convert("RGB")), orig)
+        ws.send({"type": "redo", "id": "r"})
+        h, parts = ws.recv()
+        assert h["type"] == "canvas" and h["position"] == 1
+        assert np.array_equal(np.asarray(decode_png(parts["image"]).convert("RGB")), edited)
+        ws.send({"type": "redo", "id": "r2"})
+        h, _ = ws.recv()
+        assert h["type"] == "error" and h["code"] == "nothing_to_undo" and h["id"] == "r2"
+        ws.send({"type": "goto", "id": "g", "index": 0})
+        h, _ = ws.recv()
+        assert h["type"] == "canvas" and h["position"] == 0
+
+
+def test_supersede_and_cancel(client):
+    with client.websocket_connect("/ws") as raw:
+        ws = WS(raw)
+        ws.hello()
+        ws.canvas(noise_image(96, 64))
+        mask = box_mask(96, 64, (10, 10, 50, 50))
+        # a long edit, superseded by a new one: the first is cancelled, the second completes
+        ws.edit(mask, "slow", steps=60)
+        ws.edit(mask, "fast", steps=2)
+        seen, _ = ws.recv_until("result")
+        ends = [(h["type"], h.get("id")) for h in seen if h["type"] in ("cancelled", "result", "error")]
+        assert ends == [("cancelled", "slow"), ("result", "fast")]
+        # cancel names one edit: a wrong target does nothing, the right one cancels
+        ws.edit(mask, "c1", steps=60)
+        ws.send({"type": "cancel", "id": "x", "target": "nope"})
+        ws.send({"type": "cancel", "id": "x2", "target": "c1"})
+        seen, _ = ws.recv_until("cancelled", "result")
+        assert seen[-1] == {"type": "cancelled", "id": "c1"}
+        # and the connection goes on working
+        ws.edit_result(mask, "after", steps=1)
+
+
+def test_resume_after_reconnect(client):
+    mask = box_mask(96, 64, (20, 20, 40, 40))
+    with client.websocket_connect("/ws") as raw:
+        ws = WS(raw)
+        sid = ws.hello()["session"]
+        ws.canvas(noise_image(96, 64))
+        ws.edit_result(mask, "e1", steps=1, seed=1)
+        ws.send({"type": "accept", "id": "a", "target": "e1"})
+        assert ws.recv()[0]["of"] == "accept"
+        ws.edit_result(mask, "e2", steps=1, seed=2)
+    # reload: same session, history and current image come back; the un-accepted result can still be accepted
+    with client.websocket_connect("/ws") as raw:
+        ws = WS(raw)
+        ready = ws.hello(session=sid)
+        assert ready["session"] == sid and ready["position"] == 1 and len(ready["history"]) == 2
+        assert ready["canvas"]["width"] == 96
+        h, parts = ws.recv()
+        assert h["type"] == "canvas" and "image" in parts and h["position"] == 1
+        ws.send({"type": "accept", "id": "a2", "target": "e2"})
+        ack, _ = ws.recv()
+        assert ack["type"] == "ack" and ack["position"] == 2
+        # an edit running while the socket drops is delivered to the resumed socket
+        ws.edit(mask, "e3", steps=30)
+    with client.websocket_connect("/ws") as raw:
+        ws = WS(raw)
+        ws.hello(session=sid)
+        seen, _ = ws.recv_until("result", "cancelled")
+        assert seen[-1]["id"] == "e3" and seen[-1]["type"] == "result"
+
+
+def test_takeover_closes_older_socket(client):
+    with client.websocket_connect("/ws") as raw1:
+        ws1 = WS(raw1)
+        sid = ws1.hello()["session"]
+        ws1.canvas(noise_image(32, 32))
+        with client.websocket_connect("/ws") as raw2:
+            ws2 = WS(raw2)
+            ws2.hello(session=sid)
+            ws2.recv()  # canvas
+            h, _ = ws1.recv()
+            assert h["type"] == "__closed__" and h["code"] == 4409
