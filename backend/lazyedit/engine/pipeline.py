@@ -375,6 +375,8 @@ class LazyEditPipeline(DiffusionPipeline):
             context[r, :n] = job.context[0].to(dtype)
             token_mask[r, :n] = True
         grid = jobs[0].plan.grid
+        if min(lengths) == length:
+            token_mask = None  # nothing padded: let attention take its unmasked fast path
         adapter = self._sketch_adapter(rows, index)
 
         for job in jobs:
