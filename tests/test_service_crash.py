@@ -1,0 +1,105 @@
+"""A real `python -m lazyedit.service` killed with SIGKILL mid-edit loses nothing that was accepted."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import numpy as np
+from websockets.sync.client import connect
+
+from lazyedit.service.framing import Part, decode_frame, encode_frame
+from test_service_helpers import box_mask, decode_png, mask_png, noise_image, paste, png
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def start(data_dir, port) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "lazyedit.service", "--model", "tiny", "--device", "cpu",
+                             "--port", str(port), "--data-dir", str(data_dir), "--log-level", "warning"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 90
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(proc.stderr.read().decode())
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/health", timeout=1) as r:
+                if json.load(r)["status"] == "ok":
+                    return proc
+        except OSError:
+            time.sleep(0.3)
+    proc.kill()
+    raise RuntimeError("server did not start")
+
+
+def recv(ws):
+    msg = ws.recv(timeout=60)
+    if isinstance(msg, bytes):
+        h, parts = decode_frame(msg)
+        return h, {k: p.data for k, p in parts.items()}
+    return json.loads(msg), {}
+
+
+def recv_until(ws, *types):
+    while True:
+        h, parts = recv(ws)
+        if h["type"] in types:
+            return h, parts
+
+
+def test_sigkill_mid_edit_keeps_accepted_edits(tmp_path):
+    data = tmp_path / "data"
+    port = free_port()
+    proc = start(data, port)
+    im = noise_image(64, 64, seed=5)
+    current = im
+    try:
+        with connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
+            ws.send(json.dumps({"type": "hello", "id": "h", "protocol": 1}))
+            sid = recv(ws)[0]["session"]
+            ws.send(encode_frame({"type": "canvas", "id": "c"}, [Part("image", png(im), "image/png")]))
+            assert recv(ws)[0]["type"] == "ack"
+            for i, box in enumerate([(8, 8, 24, 24), (30, 30, 60, 50)]):
+                mask = box_mask(64, 64, box)
+                ws.send(encode_frame({"type": "edit", "id": f"e{i}", "prompt": "p", "steps": 1, "seed": i},
+                                     [Part("mask", mask_png(mask), "image/png")]))
+                h, parts = recv_until(ws, "result")
+                current = paste(current, decode_png(parts["image"]).convert("RGB"), h["box"])
+                ws.send(json.dumps({"type": "accept", "id": f"a{i}", "target": f"e{i}"}))
+                ack, _ = recv_until(ws, "ack")
+                assert ack["position"] == i + 1
+            # a long edit is running when the server dies
+            ws.send(encode_frame({"type": "edit", "id": "long", "prompt": "p", "steps": 100},
+                                 [Part("mask", mask_png(box_mask(64, 64, (0, 0, 64, 64))), "image/png")]))
+            recv_until(ws, "progress")
+            os.kill(proc.pid, signal.SIGKILL)
+            proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    proc = start(data, port)
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/sessions/{sid}") as r:
+            detail = json.load(r)
+        assert detail["position"] == 2 and [e["seed"] for e in detail["history"]] == [None, 0, 1]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/sessions/{sid}/image") as r:
+            assert np.array_equal(np.asarray(decode_png(r.read())), np.asarray(current))
+        with connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
+            ws.send(json.dumps({"type": "hello", "id": "h", "protocol": 1, "session": sid}))
+            ready, _ = recv(ws)
+            assert ready["type"] == "ready" and ready["position"] == 2
+            h, parts = recv(ws)
+            assert h["type"] == "canvas" and np.array_equal(np.asarray(decode_png(parts["image"])), np.asarray(current))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)

@@ -1,0 +1,94 @@
+"""REST API, OpenAPI, persistence across an app restart, frontend serving."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from test_service_helpers import WS, box_mask, decode_png, noise_image, paste, png, service
+
+
+def test_rest_sessions_lifecycle(tmp_path, tiny_pipeline):
+    data = tmp_path / "data"
+    with service(data, tiny_pipeline, max_pixels=200 * 200) as c:
+        h = c.get("/api/health").json()
+        assert h["status"] == "ok" and h["protocol"] == 1 and h["model"] == "tiny" and h["device"] == "cpu"
+        im = noise_image(80, 60)
+        r = c.post("/api/sessions", files={"image": ("a.png", png(im), "image/png")})
+        assert r.status_code == 201, r.text
+        sid = r.json()["session"]
+        assert r.json() == {"session": sid, "width": 80, "height": 60, "version": 1}
+        assert c.post("/api/sessions", files={"image": ("a.png", b"nope", "image/png")}).json()["detail"]["code"] == "bad_image"
+        r = c.post("/api/sessions", files={"image": ("a.png", png(noise_image(250, 250)), "image/png")})
+        assert r.status_code == 413 and r.json()["detail"]["code"] == "image_too_large"
+        [item] = c.get("/api/sessions").json()
+        assert item["session"] == sid and item["edits"] == 0 and item["created"].endswith("Z")
+        got = decode_png(c.get(f"/api/sessions/{sid}/image").content)
+        assert np.array_equal(np.asarray(got), np.asarray(im))
+        # edit it over the WebSocket, accept, see it over REST
+        with c.websocket_connect("/ws") as raw:
+            ws = WS(raw)
+            ws.hello(session=sid)
+            ws.recv()
+            mask = box_mask(80, 60, (10, 10, 40, 30))
+            _, res, region = ws.edit_result(mask, "e", steps=1)
+            ws.send({"type": "accept", "id": "a", "target": "e"})
+            assert ws.recv()[0]["of"] == "accept"
+        edited = paste(im, region.convert("RGB"), res["box"])
+        d = c.get(f"/api/sessions/{sid}").json()
+        assert d["position"] == 1 and [e["prompt"] for e in d["history"]] == [None, "a red star"]
+        assert np.array_equal(np.asarray(decode_png(c.get(f"/api/sessions/{sid}/history/1/image").content)), np.asarray(edited))
+        assert np.array_equal(np.asarray(decode_png(c.get(f"/api/sessions/{sid}/history/0/image").content)), np.asarray(im))
+        assert c.get(f"/api/sessions/{sid}/history/2/image").status_code == 404
+        assert c.get("/api/sessions").json()[0]["edits"] == 1
+        # ids never reach the file system raw
+        for bad in ("..%2F..%2Fetc%2Fpasswd", "....", "A" * 22, "%2e%2e"):
+            assert c.get(f"/api/sessions/{bad}/image").status_code == 404
+            assert c.delete(f"/api/sessions/{bad}").status_code in (404, 405)  # never 2xx
+        files = list((data / "images").rglob("*.png"))
+        assert len(files) == 2
+        assert c.delete(f"/api/sessions/{sid}").status_code == 204
+        assert c.get(f"/api/sessions/{sid}").status_code == 404
+        assert c.get("/api/sessions").json() == []
+        assert list((data / "images").rglob("*.png")) == []
+
+
+def test_openapi_describes_the_api(tmp_path, tiny_pipeline):
+    with service(tmp_path / "d", tiny_pipeline) as c:
+        spec = c.get("/openapi.json").json()
+        paths = spec["paths"]
+        assert {"/api/health", "/api/sessions", "/api/sessions/{sid}", "/api/sessions/{sid}/image",
+                "/api/sessions/{sid}/history/{n}/image"} <= set(paths)
+        schemas = spec["components"]["schemas"]
+        assert {"Health", "SessionCreated", "SessionSummary", "SessionDetail", "HistoryEntry"} <= set(schemas)
+        assert "image/png" in paths["/api/sessions/{sid}/image"]["get"]["responses"]["200"]["content"]
+        assert paths["/api/sessions"]["post"]["responses"]["201"]["content"]["application/json"]["schema"]["$ref"].endswith("SessionCreated")
+        assert c.get("/").status_code == 200
+
+
+def test_persistence_across_app_restart(tmp_path, tiny_pipeline):
+    data = tmp_path / "data"
+    im = noise_image(64, 64, seed=3)
+    mask = box_mask(64, 64, (16, 16, 40, 40))
+    with service(data, tiny_pipeline) as c:
+        with c.websocket_connect("/ws") as raw:
+            ws = WS(raw)
+            sid = ws.hello()["session"]
+            ws.canvas(im)
+            _, res, region = ws.edit_result(mask, "e1", steps=1, seed=11)
+            ws.send({"type": "accept", "id": "a", "target": "e1"})
+            assert ws.recv()[0]["of"] == "accept"
+            ws.send({"type": "undo", "id": "u"})
+            assert ws.recv()[0]["position"] == 0
+    edited = paste(im, region.convert("RGB"), res["box"])
+    with service(data, tiny_pipeline) as c:  # a new app, process state gone: only the data folder remains
+        with c.websocket_connect("/ws") as raw:
+            ws = WS(raw)
+            ready = ws.hello(session=sid)
+            assert ready["position"] == 0 and [e["seed"] for e in ready["history"]] == [None, 11]
+            h, parts = ws.recv()
+            assert h["type"] == "canvas" and np.array_equal(np.asarray(decode_png(parts["image"])), np.asarray(im))
+            ws.send({"type": "redo", "id": "r"})
+            h, parts = ws.recv()
+            assert np.array_equal(np.asarray(decode_png(parts["image"])), np.asarray(edited))
+            ws.edit_result(mask, "e2", steps=1)
