@@ -271,7 +271,11 @@ class StageNet(torch.nn.Module):
         b = image.shape[0]
         device = image.device
         canvas = self._encode(image)
-        goal = self._encode(target)
+        # most targets equal their canvas (insertions, completions): encode only those that differ (removals)
+        differ = (target != image).flatten(1).any(1)
+        goal = canvas.clone()
+        if differ.any():
+            goal[differ] = self._encode(target[differ])
         tok, index, valid = hole_plan(mask, unit)
         grid = tuple(tok.shape[1:])
         context = ctx_enc(canvas, latent_mask_from_tokens(tok, p), index)

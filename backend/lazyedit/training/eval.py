@@ -1,0 +1,389 @@
+"""`lazyedit eval`: measure a model on a seeded, held-out set of procedural-world edits.
+
+Cases (index i of world ``--seed``, never the training seed 0):
+- ``insert``  canvas = the scene without the object, mask = the object's grown mask, prompt = its caption;
+- ``remove``  canvas = the scene, same mask, empty prompt, ground truth = the scene without the object;
+- ``sketch``  like insert, plus the object's outline as a sketch (when the model has a sketch tuner).
+
+Metrics (all from pixels, pure numpy functions below, checked on hand-made cases in tests/test_eval.py):
+- colour accuracy: the dominant colour class (hue for chromatic pixels, white/black by value) of what was
+  generated in the hole equals the prompt's colour;
+- shape accuracy: the shape template (7 shapes, fitted to the generated object's box, a few rotations)
+  with the highest IoU is the prompt's shape;
+- style accuracy: the generated object's style (shadow / outline / stripes / plain) equals the scene's;
+- sketch IoU: IoU of the generated object with the sketched shape;
+- removal PSNR: PSNR inside the hole against the true background;
+- preserved error: the largest pixel difference outside the mask (must be 0);
+- seam error: mean absolute error against the ground truth in a 3-pixel band inside the mask edge,
+  asymmetric decoder vs the plain VAE decoder on the same latents (removal cases);
+- RegenerateCrop beside LazyDiffusion (strategy="regenerate_crop") on the same insert cases, with timings.
+"""
+
+from __future__ import annotations
+
+import argparse
+import colorsys
+import json
+import math
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageFilter
+
+from .masks import object_mask
+from .world import COLOURS, SHAPES, Sample, SceneObject, make_sample, shape_mask
+
+CHROMATIC = {"red": 0.0, "orange": 30.0, "yellow": 53.0, "green": 129.0, "blue": 224.0, "purple": 277.0}
+DIFF_THRESHOLD = 36.0  # RGB distance from the true background for a pixel to count as "object"
+PSNR_CAP = 100.0
+
+
+# ----------------------------------------------------------------------------------------------------
+# Pixel classification
+# ----------------------------------------------------------------------------------------------------
+
+
+def colour_classes(rgb: np.ndarray) -> np.ndarray:
+    """(N, 3) uint8 -> (N,) colour index into COLOURS order, or -1 (unclassifiable: greyish mid-tones)."""
+    names = list(COLOURS)
+    a = rgb.astype(np.float32) / 255
+    mx, mn = a.max(1), a.min(1)
+    v = mx
+    s = np.where(mx > 0, (mx - mn) / np.maximum(mx, 1e-6), 0)
+    out = np.full(len(a), -1, np.int64)
+    # hue in degrees
+    r, g, b = a[:, 0], a[:, 1], a[:, 2]
+    d = np.maximum(mx - mn, 1e-6)
+    h = np.where(mx == r, ((g - b) / d) % 6, np.where(mx == g, (b - r) / d + 2, (r - g) / d + 4)) * 60
+    chrom = (s > 0.45) & (v > 0.2)
+    hues = np.array(list(CHROMATIC.values()))
+    dist = np.abs(((h[:, None] - hues[None]) + 180) % 360 - 180)
+    idx = np.array([names.index(n) for n in CHROMATIC])[dist.argmin(1)]
+    out[chrom] = idx[chrom]
+    out[(~chrom) & (s < 0.2) & (v > 0.82)] = names.index("white")
+    out[(~chrom) & (v < 0.2)] = names.index("black")
+    return out
+
+
+def dominant_colour(rgb: np.ndarray) -> str | None:
+    cls = colour_classes(rgb)
+    cls = cls[cls >= 0]
+    if len(cls) == 0:
+        return None
+    return list(COLOURS)[int(np.bincount(cls, minlength=len(COLOURS)).argmax())]
+
+
+def _erode(mask: np.ndarray, px: int) -> np.ndarray:
+    im = Image.fromarray(mask.astype(np.uint8) * 255, "L")
+    for _ in range(px):
+        im = im.filter(ImageFilter.MinFilter(3))
+    return np.asarray(im) > 127
+
+
+def _grow(mask: np.ndarray, px: int) -> np.ndarray:
+    im = Image.fromarray(mask.astype(np.uint8) * 255, "L")
+    for _ in range(px):
+        im = im.filter(ImageFilter.MaxFilter(3))
+    return np.asarray(im) > 127
+
+
+def _segment(out: np.ndarray, background: np.ndarray, hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(object, shadow) pixels of the hole. Shadow = the background at half brightness (the world's drop
+    shadow) outside the object's closed silhouette, so dark stripes inside an object are not taken for it."""
+    o = out.astype(np.float32)
+    bg = background.astype(np.float32)
+    half = bg * 0.5
+    # distance to the segment background -> half background (a shadow and its anti-aliased edge)
+    d = half - bg
+    t = np.clip(((o - bg) * d).sum(-1) / np.maximum((d * d).sum(-1), 1e-6), 0, 1)
+    off = np.linalg.norm(o - (bg + t[..., None] * d), axis=-1)
+    candidates = hole & (off < 14) & (t > 0.25) & (np.abs(d).max(-1) > 20)
+    differs = hole & (np.linalg.norm(o - bg, axis=-1) > DIFF_THRESHOLD)
+    core = differs & ~candidates
+    closed = _erode(_grow(core, 3), 3)
+    shadow = candidates & ~closed
+    return differs & ~shadow, shadow & (t > 0.6)
+
+
+def shadow_pixels(out: np.ndarray, background: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """Pixels of the hole that look like the world's drop shadow."""
+    return _segment(out, background, hole)[1]
+
+
+def object_pixels(out: np.ndarray, background: np.ndarray, hole: np.ndarray) -> np.ndarray:
+    """What was generated in the hole that is not background (nor the object's shadow)."""
+    return _segment(out, background, hole)[0]
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    u = np.count_nonzero(a | b)
+    return float(np.count_nonzero(a & b)) / u if u else 0.0
+
+
+_EXTENT_CACHE: dict[tuple[str, float], float] = {}
+
+
+def _shape_extent(shape: str, rot: float) -> float:
+    """Largest side of the shape's box / its diameter, at rotation ``rot``."""
+    key = (shape, round(rot, 4))
+    if key not in _EXTENT_CACHE:
+        m = shape_mask(SceneObject(shape, "red", 0.5, 0.5, 0.8, rot), 400)
+        ys, xs = np.nonzero(m)
+        _EXTENT_CACHE[key] = max(xs.max() - xs.min() + 1, ys.max() - ys.min() + 1) / (0.8 * 400)
+    return _EXTENT_CACHE[key]
+
+
+def classify_shape(obj: np.ndarray, rotations=(-0.35, -0.23, -0.12, 0.0, 0.12, 0.23, 0.35)) -> tuple[str | None, float]:
+    """Best-fitting shape template for a bool object mask: (shape, IoU). Templates are scaled so their box
+    matches the object's box and centred on it, for a few rotations."""
+    if np.count_nonzero(obj) < 12:
+        return None, 0.0
+    h, w = obj.shape
+    ys, xs = np.nonzero(obj)
+    x0, x1, y0, y1 = xs.min(), xs.max() + 1, ys.min(), ys.max() + 1
+    side = max(x1 - x0, y1 - y0)
+    m = float(min(w, h))
+    best, best_iou = None, -1.0
+    for shape in SHAPES:
+        for rot in rotations if shape not in ("circle", "ring") else (0.0,):
+            size = side / _shape_extent(shape, rot) / m
+            tmpl = shape_mask(SceneObject(shape, "red", 0.5, 0.5, size, rot), (w, h))
+            ty, tx = np.nonzero(tmpl)
+            if len(tx) == 0:
+                continue
+            # align box centres
+            dx = int(round((x0 + x1) / 2 - (tx.min() + tx.max() + 1) / 2))
+            dy = int(round((y0 + y1) / 2 - (ty.min() + ty.max() + 1) / 2))
+            tmpl = np.roll(np.roll(tmpl, dy, 0), dx, 1)
+            score = iou(obj, tmpl)
+            if score > best_iou:
+                best, best_iou = shape, score
+    return best, best_iou
+
+
+def classify_style(out: np.ndarray, background: np.ndarray, hole: np.ndarray) -> str:
+    """plain / outlined / shadowed / striped, from the pixels generated in the hole."""
+    obj, shadow = _segment(out, background, hole)
+    n = np.count_nonzero(obj)
+    if n < 12:
+        return "plain"
+    if np.count_nonzero(shadow) > 0.06 * n:
+        return "shadowed"
+    o = out.astype(np.float32)
+    lum = o @ np.array([0.299, 0.587, 0.114], np.float32)
+    band = obj & ~_erode(obj, 2)
+    inner = _erode(obj, 3)
+    inner_lum = lum[inner] if np.count_nonzero(inner) >= 8 else lum[obj]
+    dominant = dominant_colour(out[inner] if np.count_nonzero(inner) >= 8 else out[obj])
+    if np.count_nonzero(band):
+        if dominant == "black":
+            edge_frac = float(np.mean(lum[band] > 200))
+        else:
+            edge_frac = float(np.mean(lum[band] < 45))
+        if edge_frac > 0.45:
+            return "outlined"
+    if inner_lum.std() > 8:
+        return "striped"
+    return "plain"
+
+
+def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float:
+    x, y = a.astype(np.float64), b.astype(np.float64)
+    if where is not None:
+        x, y = x[where], y[where]
+    mse = float(np.mean((x - y) ** 2)) if x.size else 0.0
+    return PSNR_CAP if mse == 0 else min(PSNR_CAP, 10 * math.log10(255.0**2 / mse))
+
+
+def seam_error(out: np.ndarray, truth: np.ndarray, hole: np.ndarray, band: int = 3) -> float:
+    """Mean absolute error against the truth in the band of `band` pixels inside the hole's edge."""
+    ring = hole & ~_erode(hole, band)
+    if not np.count_nonzero(ring):
+        return 0.0
+    return float(np.abs(out.astype(np.float32) - truth.astype(np.float32))[ring].mean())
+
+
+def preserved_error(out: np.ndarray, canvas: np.ndarray, hole: np.ndarray) -> int:
+    """Largest absolute pixel difference outside the hole (an editor must keep it at 0)."""
+    keep = ~hole
+    if not np.count_nonzero(keep):
+        return 0
+    return int(np.abs(out.astype(np.int16) - canvas.astype(np.int16))[keep].max())
+
+
+# ----------------------------------------------------------------------------------------------------
+# Scoring one case
+# ----------------------------------------------------------------------------------------------------
+
+
+def score_insert(out: np.ndarray, background: np.ndarray, hole: np.ndarray, sample: Sample) -> dict:
+    """Scores of an inserted object against the sample's prompt (colour, shape, style, sketch IoU)."""
+    obj = object_pixels(out, background, hole)
+    inner = _erode(obj, 2)
+    pix = out[inner] if np.count_nonzero(inner) >= 8 else out[obj]
+    colour = dominant_colour(pix) if len(pix) else None
+    shape, shape_iou = classify_shape(obj)
+    style = classify_style(out, background, hole)
+    truth_shape = shape_mask(sample.scene.objects[sample.target], (out.shape[1], out.shape[0]))
+    return {
+        "colour": colour,
+        "colour_ok": colour == sample.colour,
+        "shape": shape,
+        "shape_ok": shape == sample.shape,
+        "style": style,
+        "style_ok": style == sample.style,
+        "sketch_iou": iou(obj, truth_shape),
+        "object_px": int(np.count_nonzero(obj)),
+    }
+
+
+# ----------------------------------------------------------------------------------------------------
+# Running a model
+# ----------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class EvalCase:
+    index: int
+    kind: str  # insert | remove | sketch
+    sample: Sample
+    mask: np.ndarray
+
+
+def eval_cases(n: int, seed: int = 1234, size: int = 256, sketch: bool = True) -> list[EvalCase]:
+    kinds = ("insert", "remove", "sketch") if sketch else ("insert", "remove")
+    cases = []
+    for i in range(n):
+        s = make_sample(seed, i, size)
+        rng = np.random.default_rng([seed, i, 0xE7A1])
+        mask = object_mask(s.mask, rng)
+        cases.append(EvalCase(i, kinds[i % len(kinds)], s, mask))
+    return cases
+
+
+@dataclass
+class Totals:
+    values: dict = field(default_factory=dict)
+
+    def add(self, key: str, value) -> None:
+        self.values.setdefault(key, []).append(float(value))
+
+    def summary(self) -> dict:
+        return {k: round(float(np.mean(v)), 4) for k, v in sorted(self.values.items())} | {
+            f"n_{k}": len(v) for k, v in sorted(self.values.items())}
+
+
+def run_eval(pipe, cases: list[EvalCase], steps: int | None = None, guidance: float | None = None,
+             strategies=("lazy", "regenerate_crop"), seam: bool = True, progress: bool = True) -> dict:
+    from tqdm.auto import tqdm
+
+    tot = {s: Totals() for s in strategies}
+    worst_preserved = 0
+    asym = getattr(pipe, "asym_vae", None)
+    for case in tqdm(cases, desc="eval", disable=not progress):
+        s = case.sample
+        canvas = s.removed if case.kind in ("insert", "sketch") else s.image
+        prompt = s.caption if case.kind != "remove" else ""
+        sketch = s.sketch if case.kind == "sketch" else None
+        truth_bg = np.asarray(s.removed)
+        canvas_np = np.asarray(canvas)
+        for strategy in strategies:
+            if strategy != "lazy" and case.kind == "sketch":
+                continue
+            t0 = time.perf_counter()
+            res = pipe.edit(canvas, case.mask, prompt=prompt, sketch=sketch, steps=steps, guidance=guidance,
+                            seed=case.index, strategy=strategy)
+            ms = (time.perf_counter() - t0) * 1000
+            out = np.asarray(res.image)
+            t = tot[strategy]
+            t.add("ms_per_edit", ms)
+            pe = preserved_error(out, canvas_np, case.mask)
+            worst_preserved = max(worst_preserved, pe)
+            t.add("preserved_error_max", pe)
+            if case.kind == "remove":
+                t.add("removal_psnr", psnr(out, truth_bg, case.mask))
+                if seam and strategy == "lazy":
+                    t.add("seam_error_asym" if asym is not None else "seam_error_plain", seam_error(out, truth_bg, case.mask))
+                    if asym is not None:
+                        pipe.register_modules(asym_vae=None)
+                        try:
+                            plain = pipe.edit(canvas, case.mask, prompt=prompt, steps=steps, guidance=guidance,
+                                              seed=case.index, strategy=strategy)
+                        finally:
+                            pipe.register_modules(asym_vae=asym)
+                        t.add("seam_error_plain", seam_error(np.asarray(plain.image), truth_bg, case.mask))
+            else:
+                sc = score_insert(out, truth_bg, case.mask, s)
+                prefix = "sketch_" if case.kind == "sketch" else ""
+                t.add(prefix + "colour_acc", sc["colour_ok"])
+                t.add(prefix + "shape_acc", sc["shape_ok"])
+                t.add(prefix + "style_acc", sc["style_ok"])
+                t.add(prefix + "sketch_iou" if case.kind == "sketch" else "object_iou", sc["sketch_iou"])
+    report = {s: tot[s].summary() for s in strategies}
+    report["preserved_error_max"] = worst_preserved
+    return report
+
+
+def ground_truth_report(cases: list[EvalCase]) -> dict:
+    """The metrics of perfect answers (the true scenes): the ceiling the metrics can measure."""
+    t = Totals()
+    for case in cases:
+        s = case.sample
+        truth_bg = np.asarray(s.removed)
+        if case.kind == "remove":
+            t.add("removal_psnr", psnr(truth_bg, truth_bg, case.mask))
+        else:
+            sc = score_insert(np.asarray(s.image), truth_bg, case.mask, s)
+            t.add("colour_acc", sc["colour_ok"])
+            t.add("shape_acc", sc["shape_ok"])
+            t.add("style_acc", sc["style_ok"])
+            t.add("sketch_iou", sc["sketch_iou"])
+    return t.summary()
+
+
+def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
+    p = parser or argparse.ArgumentParser(prog="lazyedit eval", description="Evaluate a lazyedit model on held-out procedural edits.")
+    p.add_argument("--model", default="demo", help="model folder (DiffusionPipeline layout), or tiny / demo")
+    p.add_argument("--cases", type=int, default=510, help="number of held-out cases (>= 500 for a report)")
+    p.add_argument("--seed", type=int, default=1234, help="held-out world seed (training uses 0)")
+    p.add_argument("--size", type=int, default=256, help="canvas size in pixels")
+    p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
+    p.add_argument("--guidance", type=float, help="guidance (default: the model's)")
+    p.add_argument("--strategies", default="lazy,regenerate_crop", help="comma-separated: lazy, regenerate_crop, regenerate_image")
+    p.add_argument("--no-seam", action="store_true", help="skip the plain-decoder rerun of removal cases")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--out", help="write the report as JSON here")
+    p.add_argument("--ground-truth", action="store_true", help="score the true scenes instead of a model (metric ceiling)")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def eval_main(argv: list[str] | None = None) -> int:
+    """Entry point of `lazyedit eval`."""
+    ns = build_parser().parse_args(argv)
+    if ns.ground_truth:
+        report = {"ground_truth": ground_truth_report(eval_cases(ns.cases, ns.seed, ns.size))}
+    else:
+        from lazyedit.engine import load_pipeline
+
+        pipe = load_pipeline(ns.model, device=ns.device)
+        cases = eval_cases(ns.cases, ns.seed, ns.size, sketch=pipe.sketch_tuner is not None)
+        strategies = tuple(s.strip() for s in ns.strategies.split(",") if s.strip())
+        report = run_eval(pipe, cases, ns.steps, ns.guidance, strategies, seam=not ns.no_seam, progress=not ns.no_progress)
+        report["model"] = ns.model
+        report["cases"] = ns.cases
+        report["seed"] = ns.seed
+        report["size"] = ns.size
+    text = json.dumps(report, indent=2)
+    print(text)
+    if ns.out:
+        Path(ns.out).parent.mkdir(parents=True, exist_ok=True)
+        Path(ns.out).write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(eval_main())

@@ -1,0 +1,103 @@
+"""Eval metrics on hand-made cases: perfect answers score perfectly, wrong ones score zero."""
+
+import numpy as np
+import pytest
+
+from lazyedit.training.eval import (
+    PSNR_CAP, classify_shape, dominant_colour, eval_cases, eval_main, preserved_error, psnr, run_eval,
+    score_insert, seam_error,
+)
+from lazyedit.training.masks import object_mask
+from lazyedit.training.world import COLOURS, SHAPES, STYLES, Background, Scene, SceneObject, sample_from_scene, shape_mask
+
+BG = Background("flat", ((120, 125, 118), (120, 125, 118)))
+
+
+def _case(shape="star", colour="red", style="plain", rot=0.1, size=0.34):
+    scene = Scene(BG, style, (SceneObject(shape, colour, 0.5, 0.5, size, rot),
+                              SceneObject("circle", "blue", 0.18, 0.18, 0.16)))
+    s = sample_from_scene(scene, 0, 128)
+    hole = object_mask(s.mask, np.random.default_rng(0))
+    return scene, s, hole
+
+
+@pytest.mark.parametrize("style", STYLES)
+def test_perfect_fill_scores_perfectly(style):
+    _, s, hole = _case(style=style)
+    sc = score_insert(np.asarray(s.image), np.asarray(s.removed), hole, s)
+    assert sc["colour_ok"] and sc["shape_ok"] and sc["style_ok"], sc
+    assert sc["sketch_iou"] > 0.8
+
+
+@pytest.mark.parametrize("colour", list(COLOURS))
+def test_colours_are_recognised(colour):
+    _, s, hole = _case(shape="square", colour=colour)
+    assert score_insert(np.asarray(s.image), np.asarray(s.removed), hole, s)["colour"] == colour
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_shapes_are_recognised(shape):
+    _, s, _ = _case(shape=shape, rot=0.2 if shape not in ("circle", "ring") else 0.0)
+    assert classify_shape(shape_mask(s.scene.objects[0], 128))[0] == shape
+
+
+def test_wrong_colour_scores_zero():
+    scene, s, hole = _case(colour="red")
+    _, wrong, _ = _case(colour="green")  # same scene, the object painted green
+    sc = score_insert(np.asarray(wrong.image), np.asarray(s.removed), hole, s)
+    assert sc["colour_ok"] is False and sc["colour"] == "green"
+    assert sc["shape_ok"]  # only the colour is wrong
+
+
+def test_wrong_shape_and_nothing_score_zero():
+    _, s, hole = _case(shape="star")
+    _, circle, _ = _case(shape="circle")
+    sc = score_insert(np.asarray(circle.image), np.asarray(s.removed), hole, s)
+    assert not sc["shape_ok"] and sc["colour_ok"]
+    # an empty fill (background only) is wrong on everything but style "plain" has nothing to judge
+    empty = score_insert(np.asarray(s.removed), np.asarray(s.removed), hole, s)
+    assert not empty["colour_ok"] and not empty["shape_ok"] and empty["sketch_iou"] == 0.0
+
+
+def test_wrong_style_is_detected():
+    _, s, hole = _case(style="outlined")
+    _, plain, _ = _case(style="shadowed")
+    sc = score_insert(np.asarray(plain.image), np.asarray(s.removed), hole, s)
+    assert sc["style"] == "shadowed" and not sc["style_ok"]
+
+
+def test_psnr_preserved_and_seam():
+    _, s, hole = _case()
+    truth = np.asarray(s.removed)
+    assert psnr(truth, truth, hole) == PSNR_CAP
+    noisy = np.clip(truth.astype(int) + 10, 0, 255).astype(np.uint8)
+    assert 25 < psnr(noisy, truth, hole) < 30  # 10 grey levels everywhere: 28.1 dB
+    assert seam_error(truth, truth, hole) == 0.0 and seam_error(noisy, truth, hole) == pytest.approx(10, abs=0.5)
+    canvas = np.asarray(s.image)
+    out = canvas.copy()
+    out[hole] = 0
+    assert preserved_error(out, canvas, hole) == 0
+    out[0, 0] = canvas[0, 0] ^ 1
+    assert preserved_error(out, canvas, hole) == 1
+
+
+def test_held_out_set_is_seeded():
+    a, b = eval_cases(6, 77, 64), eval_cases(6, 77, 64)
+    assert [c.sample.caption for c in a] == [c.sample.caption for c in b]
+    assert all(np.array_equal(x.mask, y.mask) for x, y in zip(a, b))
+    assert {c.kind for c in a} == {"insert", "remove", "sketch"}
+
+
+def test_run_eval_plumbing_on_tiny():
+    from lazyedit.engine import load_pipeline
+
+    pipe = load_pipeline("tiny")
+    report = run_eval(pipe, eval_cases(3, 5, 64), steps=2, progress=False)
+    assert report["preserved_error_max"] == 0
+    assert "removal_psnr" in report["lazy"] and "seam_error_plain" in report["lazy"]
+    assert "colour_acc" in report["regenerate_crop"]
+
+
+def test_eval_main_ground_truth(capsys):
+    assert eval_main(["--ground-truth", "--cases", "6", "--size", "96"]) == 0
+    assert '"colour_acc": 1.0' in capsys.readouterr().out
