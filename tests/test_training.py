@@ -112,3 +112,18 @@ def test_parser_knows_the_stages():
     p = build_parser()
     for stage in ("vae", "asym-decoder", "lazy", "sketch", "all", "export"):
         assert p.parse_args([stage]).stage == stage
+
+
+def test_folder_data(tmp_path):
+    from lazyedit.training.data import StageDataset
+
+    folder = tmp_path / "images"
+    folder.mkdir()
+    for i in range(3):
+        make_sample(4, i, size=(80, 72)).image.save(folder / f"img{i}.png")
+        (folder / f"img{i}.txt").write_text(f"picture {i}")
+    item = StageDataset("lazy", 64, 0, str(folder))[5]
+    assert item["image"].shape == (3, 64, 64) and item["caption"] in ("", "picture 2")
+    out = tmp_path / "run"
+    assert train_stage(_args(out, "vae", 3, data=str(folder)))["done"]
+    assert train_stage(_args(out, "lazy", 2, data=str(folder)))["done"]
