@@ -745,7 +745,6 @@ export class App {
     const id = this.nextId("c", "open");
     this.pendingCanvas = { id, bmp, name };
     this.conn.send(canvasFrame(id, png));
-    this.ui.progressText.textContent = `uploading ${name}…`;
     this.refresh();
   }
 
@@ -982,7 +981,9 @@ export class App {
     ui.brushSize.value = String(size);
     ui.brushSizeLabel.textContent = String(Math.round(size));
     ui.sketchSize.value = String(ed.sketchSize);
-    ui.info.textContent = ed.image ? `${ed.width}×${ed.height} · v${this.version}` : "no image";
+    ui.info.textContent = this.pendingCanvas
+      ? `uploading ${this.pendingCanvas.name}…`
+      : ed.image ? `${ed.width}×${ed.height} · v${this.version}` : "no image";
     ui.zoom.textContent = ed.image ? `${Math.round(ed.view.scale * 100)}%` : "";
     ui.empty.hidden = !!ed.image || !!this.pendingCanvas;
     const open = this.connState === "open";
@@ -1113,9 +1114,9 @@ export class App {
         if (!img) return null;
         return Array.from(ctx2d(img).getImageData(x, y, 1, 1).data);
       },
-      /** Timings (ms) of recent pointer-event handlers and frame renders. */
+      /** Timings (ms) of recent pointermove handlers, pointerdown/up handlers and frame renders. */
       perf() {
-        return { events: ed().eventTimes.values(), frames: ed().frameTimes.values() };
+        return { events: ed().eventTimes.values(), edges: ed().edgeTimes.values(), frames: ed().frameTimes.values() };
       },
       /** Where image pixel (x, y) currently is on screen (client coordinates). */
       imageToClient(x: number, y: number) {

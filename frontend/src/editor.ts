@@ -43,6 +43,9 @@ class Ring {
   clear() {
     this.a.length = 0;
   }
+  get length() {
+    return this.a.length;
+  }
 }
 
 const MASK_ALPHA = 0.45;
@@ -53,8 +56,18 @@ export class Editor {
   image: HTMLCanvasElement | null = null;
   mask: Layer | null = null;
   sketch: Layer | null = null;
-  private live: HTMLCanvasElement | null = null; // the stroke being drawn, image resolution
-  private scratch: HTMLCanvasElement; // screen-size compositing buffer for the mask overlay
+  // Screen-resolution buffers. Image-resolution canvases (up to 4096x4096) are only read when the
+  // view or their content changes; while a stroke is drawn only the screen-size live buffer changes.
+  private live: HTMLCanvasElement; // the stroke being drawn, screen resolution
+  private liveKey = ""; // view the live buffer was drawn with
+  private scratch: HTMLCanvasElement; // compositing buffer for the mask overlay
+  private baseCache: HTMLCanvasElement; // image + preview/result
+  private maskCache: HTMLCanvasElement; // opaque mask layer
+  private sketchCache: HTMLCanvasElement; // sketch layer
+  private baseKey = "";
+  private maskKey = "";
+  private sketchKey = "";
+  private imageVersion = 0;
   view: ViewTransform = { scale: 1, ox: 0, oy: 0 };
   private dpr = 1;
   private cssW = 0;
@@ -79,8 +92,10 @@ export class Editor {
   private frame = 0;
   private userMovedView = false;
 
-  readonly eventTimes = new Ring(2000);
-  readonly frameTimes = new Ring(2000);
+  /** Handler times (ms) of pointermove events, and of pointerdown/up (stroke start and commit). */
+  readonly eventTimes = new Ring(5000);
+  readonly edgeTimes = new Ring(500);
+  readonly frameTimes = new Ring(5000);
 
   /** Called when a finished op (stroke, rect, lasso) should enter the undo history. */
   onOp: (op: LayerOp) => void = () => {};
@@ -94,6 +109,10 @@ export class Editor {
     parent.appendChild(this.el);
     this.ctx = ctx2d(this.el);
     this.scratch = makeCanvas(1, 1);
+    this.live = makeCanvas(1, 1);
+    this.baseCache = makeCanvas(1, 1);
+    this.maskCache = makeCanvas(1, 1);
+    this.sketchCache = makeCanvas(1, 1);
     new ResizeObserver(() => this.resize()).observe(parent);
     this.resize();
     this.bindPointer();
@@ -116,7 +135,6 @@ export class Editor {
       this.image = makeCanvas(w, h);
       this.mask = new Layer("mask", w, h);
       this.sketch = new Layer("sketch", w, h);
-      this.live = makeCanvas(w, h);
       this.brushSize = Math.max(4, Math.round(Math.max(w, h) / 16));
       this.sketchSize = Math.max(2, Math.round(Math.max(w, h) / 100));
       this.userMovedView = false;
@@ -124,6 +142,7 @@ export class Editor {
     const c = ctx2d(this.image!);
     c.clearRect(0, 0, w, h);
     c.drawImage(bmp, 0, 0);
+    this.imageVersion++;
     this.result = null;
     this.preview = null;
     if (sizeChanged) this.fit();
@@ -138,6 +157,7 @@ export class Editor {
     const [x0, y0, x1, y1] = o.box;
     c.clearRect(x0, y0, x1 - x0, y1 - y0);
     c.drawImage(o.bitmap, x0, y0, x1 - x0, y1 - y0);
+    this.imageVersion++;
     this.requestRender();
   }
 
@@ -170,8 +190,11 @@ export class Editor {
     this.el.height = Math.max(1, Math.round(this.cssH * this.dpr));
     this.el.style.width = `${this.cssW}px`;
     this.el.style.height = `${this.cssH}px`;
-    this.scratch.width = this.el.width;
-    this.scratch.height = this.el.height;
+    for (const c of [this.scratch, this.live, this.baseCache, this.maskCache, this.sketchCache]) {
+      c.width = this.el.width;
+      c.height = this.el.height;
+    }
+    this.baseKey = this.maskKey = this.sketchKey = this.liveKey = "";
     if (!this.userMovedView && this.image) this.view = fitView(this.width, this.height, this.cssW, this.cssH);
     this.requestRender();
   }
@@ -201,10 +224,10 @@ export class Editor {
   private bindPointer(): void {
     const el = this.el;
     el.addEventListener("contextmenu", (e) => e.preventDefault());
-    el.addEventListener("pointerdown", (e) => this.timed(() => this.down(e)));
-    el.addEventListener("pointermove", (e) => this.timed(() => this.move(e)));
-    el.addEventListener("pointerup", (e) => this.timed(() => this.up(e, false)));
-    el.addEventListener("pointercancel", (e) => this.timed(() => this.up(e, true)));
+    el.addEventListener("pointerdown", (e) => this.timed(this.edgeTimes, () => this.down(e)));
+    el.addEventListener("pointermove", (e) => this.timed(this.eventTimes, () => this.move(e)));
+    el.addEventListener("pointerup", (e) => this.timed(this.edgeTimes, () => this.up(e, false)));
+    el.addEventListener("pointercancel", (e) => this.timed(this.edgeTimes, () => this.up(e, true)));
     el.addEventListener("pointerleave", () => {
       this.cursor = null;
       this.requestRender();
@@ -222,10 +245,10 @@ export class Editor {
     );
   }
 
-  private timed(fn: () => void): void {
+  private timed(ring: Ring, fn: () => void): void {
     const t0 = performance.now();
     fn();
-    this.eventTimes.push(performance.now() - t0);
+    ring.push(performance.now() - t0);
   }
 
   private down(e: PointerEvent): void {
@@ -338,23 +361,47 @@ export class Editor {
   }
 
   abortDrawing(): void {
-    if (this.stroke && this.live) {
-      const [x0, y0, x1, y1] = this.stroke.bounds;
-      ctx2d(this.live).clearRect(x0, y0, x1 - x0, y1 - y0);
-    }
+    if (this.stroke) this.clearLive();
     this.stroke = null;
     this.shape = null;
     this.requestRender();
   }
 
-  /** Draw only the newest part of the stroke into the live canvas: cost per event is independent of stroke length. */
+  private viewKey(): string {
+    const v = this.view;
+    return `${v.scale},${v.ox},${v.oy},${this.el.width},${this.el.height}`;
+  }
+
+  private liveCtx(): CanvasRenderingContext2D {
+    const c = ctx2d(this.live);
+    const v = this.view, d = this.dpr;
+    c.setTransform(v.scale * d, 0, 0, v.scale * d, v.ox * d, v.oy * d);
+    return c;
+  }
+
+  private clearLive(): void {
+    const c = ctx2d(this.live);
+    c.setTransform(1, 0, 0, 1, 0, 0);
+    c.clearRect(0, 0, this.live.width, this.live.height);
+    this.liveKey = "";
+  }
+
+  /**
+   * Draw only the newest part of the stroke (overlapping the previous piece by two points) into the
+   * screen-size live buffer: the cost per event does not grow with the stroke or the image size.
+   */
   private drawStrokeTail(): void {
     const s = this.stroke;
-    if (!s || !this.live) return;
+    if (!s) return;
+    if (this.liveKey !== this.viewKey()) {
+      // the view moved mid-stroke (wheel zoom): redraw the whole stroke at the new view
+      this.clearLive();
+      s.drawnTo = 0;
+      this.liveKey = this.viewKey();
+    }
     const from = Math.max(0, s.drawnTo - 2);
-    const tail = s.points.slice(from);
-    const poly = strokeOutline(tail, s.style);
-    fillPolygon(ctx2d(this.live), poly, s.color, false);
+    const poly = strokeOutline(from === 0 ? s.points : s.points.slice(from), s.style);
+    fillPolygon(this.liveCtx(), poly, s.color, false);
     const b = polygonBounds(poly, 2, this.width, this.height);
     s.bounds = [Math.min(s.bounds[0], b[0]), Math.min(s.bounds[1], b[1]), Math.max(s.bounds[2], b[2]), Math.max(s.bounds[3], b[3])];
     s.drawnTo = s.points.length;
@@ -364,8 +411,7 @@ export class Editor {
   private commitStroke(): void {
     const s = this.stroke!;
     this.stroke = null;
-    const [x0, y0, x1, y1] = s.bounds;
-    ctx2d(this.live!).clearRect(x0 - 1, y0 - 1, x1 - x0 + 2, y1 - y0 + 2);
+    this.clearLive();
     const op: LayerOp = { kind: "stroke", layer: s.layer, erase: s.erase, points: s.points, style: s.style, color: s.color };
     this.layer(s.layer)!.apply(op);
     this.requestRender();
@@ -403,6 +449,33 @@ export class Editor {
     });
   }
 
+  private overlayIds = new WeakMap<ImageBitmap, number>();
+  private overlaySeq = 0;
+  private overlayId(o: Overlay | null): number {
+    if (!o) return 0;
+    let id = this.overlayIds.get(o.bitmap);
+    if (!id) {
+      id = ++this.overlaySeq;
+      this.overlayIds.set(o.bitmap, id);
+    }
+    return id;
+  }
+
+  /** Redraw a screen-size cache from image-resolution sources when its key changed. */
+  private cache(c: HTMLCanvasElement, key: string, oldKey: string, draw: (cx: CanvasRenderingContext2D) => void): string {
+    if (key === oldKey) return key;
+    const cx = ctx2d(c);
+    const v = this.view, d = this.dpr;
+    cx.setTransform(1, 0, 0, 1, 0, 0);
+    cx.globalAlpha = 1;
+    cx.globalCompositeOperation = "source-over";
+    cx.clearRect(0, 0, c.width, c.height);
+    cx.setTransform(v.scale * d, 0, 0, v.scale * d, v.ox * d, v.oy * d);
+    cx.imageSmoothingEnabled = v.scale < 2;
+    draw(cx);
+    return key;
+  }
+
   private render(): void {
     const ctx = this.ctx;
     const d = this.dpr;
@@ -411,47 +484,50 @@ export class Editor {
     ctx.globalCompositeOperation = "source-over";
     ctx.fillStyle = "#1b1d22";
     ctx.fillRect(0, 0, this.el.width, this.el.height);
-    if (!this.image) return;
+    if (!this.image || !this.mask || !this.sketch) return;
     const v = this.view;
-    const t: [number, number, number, number, number, number] = [v.scale * d, 0, 0, v.scale * d, v.ox * d, v.oy * d];
-    ctx.setTransform(...t);
-    ctx.imageSmoothingEnabled = v.scale < 2;
-    // checkerboard-free: image is opaque RGB
-    ctx.drawImage(this.image, 0, 0);
-    if (!this.comparing) {
-      const over = this.result ?? this.preview;
+    const vk = this.viewKey();
+    const over = this.comparing ? null : (this.result ?? this.preview);
+    const image = this.image, mask = this.mask, sketch = this.sketch;
+    this.baseKey = this.cache(this.baseCache, `${vk}|${this.imageVersion}|${over ? `${over.box}` : ""}|${this.overlayId(over)}`, this.baseKey, (cx) => {
+      cx.drawImage(image, 0, 0);
       if (over) {
         const [x0, y0, x1, y1] = over.box;
-        ctx.drawImage(over.bitmap, x0, y0, x1 - x0, y1 - y0);
+        cx.drawImage(over.bitmap, x0, y0, x1 - x0, y1 - y0);
       }
-      // mask overlay: composite the opaque mask layer (and the live stroke) once, then apply alpha once
-      const sc = ctx2d(this.scratch);
-      sc.setTransform(1, 0, 0, 1, 0, 0);
-      sc.globalCompositeOperation = "source-over";
-      sc.clearRect(0, 0, this.scratch.width, this.scratch.height);
-      sc.setTransform(...t);
-      sc.imageSmoothingEnabled = v.scale < 2;
-      sc.drawImage(this.mask!.canvas, 0, 0);
-      if (this.stroke && this.stroke.layer === "mask") {
-        sc.globalCompositeOperation = this.stroke.erase ? "destination-out" : "source-over";
-        sc.drawImage(this.live!, 0, 0);
+    });
+    ctx.drawImage(this.baseCache, 0, 0);
+    if (!this.comparing) {
+      this.maskKey = this.cache(this.maskCache, `${vk}|${mask.version}`, this.maskKey, (cx) => cx.drawImage(mask.canvas, 0, 0));
+      this.sketchKey = this.cache(this.sketchCache, `${vk}|${sketch.version}`, this.sketchKey, (cx) => cx.drawImage(sketch.canvas, 0, 0));
+      const liveOn = this.stroke !== null && this.liveKey === vk;
+      // mask overlay: composite the opaque mask (and the live stroke) first, then apply the alpha once,
+      // so overlapping strokes never darken
+      let maskSrc = this.maskCache;
+      if (liveOn && this.stroke!.layer === "mask") {
+        const sc = ctx2d(this.scratch);
+        sc.setTransform(1, 0, 0, 1, 0, 0);
+        sc.globalCompositeOperation = "source-over";
+        sc.clearRect(0, 0, this.scratch.width, this.scratch.height);
+        sc.drawImage(this.maskCache, 0, 0);
+        sc.globalCompositeOperation = this.stroke!.erase ? "destination-out" : "source-over";
+        sc.drawImage(this.live, 0, 0);
+        sc.globalCompositeOperation = "source-over";
+        maskSrc = this.scratch;
       }
-      ctx.save();
-      ctx.setTransform(1, 0, 0, 1, 0, 0);
       ctx.globalAlpha = this.result ? MASK_ALPHA / 3 : MASK_ALPHA;
-      ctx.drawImage(this.scratch, 0, 0);
-      ctx.restore();
-      ctx.drawImage(this.sketch!.canvas, 0, 0);
-      if (this.stroke && this.stroke.layer === "sketch") ctx.drawImage(this.live!, 0, 0);
-      if (this.result || this.preview) {
-        const [x0, y0, x1, y1] = (this.result ?? this.preview)!.box;
-        ctx.save();
-        ctx.setTransform(1, 0, 0, 1, 0, 0);
+      ctx.drawImage(maskSrc, 0, 0);
+      ctx.globalAlpha = this.result ? 0.35 : 1; // let the result show through the sketch that guided it
+      ctx.drawImage(this.sketchCache, 0, 0);
+      if (liveOn && this.stroke!.layer === "sketch") ctx.drawImage(this.live, 0, 0);
+      ctx.globalAlpha = 1;
+      if (over) {
+        const [x0, y0, x1, y1] = over.box;
         ctx.strokeStyle = this.result ? "rgba(90,220,140,0.9)" : "rgba(255,255,255,0.6)";
         ctx.setLineDash([6, 4]);
         ctx.lineWidth = 1;
-        ctx.strokeRect((x0 * v.scale + v.ox) * d + 0.5, (y0 * v.scale + v.oy) * d + 0.5, (x1 - x0) * v.scale * d, (y1 - y0) * v.scale * d);
-        ctx.restore();
+        ctx.strokeRect(Math.round((x0 * v.scale + v.ox) * d) + 0.5, Math.round((y0 * v.scale + v.oy) * d) + 0.5, Math.round((x1 - x0) * v.scale * d), Math.round((y1 - y0) * v.scale * d));
+        ctx.setLineDash([]);
       }
     }
     ctx.setTransform(d, 0, 0, d, 0, 0);

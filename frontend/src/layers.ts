@@ -77,6 +77,8 @@ export class Layer {
   private base: HTMLCanvasElement | null = null;
   private baseHasContent = false;
   hasContent = false;
+  /** Bumped on every change of the pixels, so views can cache what they drew from it. */
+  version = 0;
 
   constructor(
     public readonly name: LayerName,
@@ -89,6 +91,7 @@ export class Layer {
   apply(op: LayerOp): void {
     applyOp(this.canvas, op);
     this.hasContent = contentAfter(this.hasContent, op);
+    this.version++;
   }
 
   flatten(op: LayerOp): void {
@@ -109,6 +112,7 @@ export class Layer {
       has = contentAfter(has, op);
     }
     this.hasContent = has;
+    this.version++;
   }
 
   async toPNG(): Promise<Uint8Array> {

@@ -7,7 +7,7 @@ import struct
 
 from PIL import Image
 
-from helpers import client_point, drag, generate_and_wait, hook, open_app, open_image, wait_hook
+from e2e_helpers import client_point, drag, generate_and_wait, hook, open_app, open_image, wait_hook
 
 STROKE = [(140, 90), (220, 170), (300, 250)]
 
