@@ -1,0 +1,44 @@
+"""The model worker's queue with the real tiny pipeline: round-robin order, batching, supersede."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+
+from lazyedit.service.scheduler import EditScheduler, Job
+from test_service_helpers import box_mask, noise_image
+
+
+def _job(sid: str, eid: str, events: list, steps: int = 1, done: threading.Event | None = None) -> Job:
+    def emit(kind, payload):
+        if kind != "progress":
+            events.append((kind, sid, eid))
+            if done is not None:
+                done.set()
+    return Job(session_id=sid, edit_id=eid, image=noise_image(32, 32), canvas_key=f"k{sid}",
+               mask=box_mask(32, 32, (8, 8, 24, 24)), prompt="p", steps=steps, emit=emit)
+
+
+def test_round_robin_batching_and_supersede(tiny_pipeline):
+    events: list = []
+    sched = EditScheduler(tiny_pipeline, max_queue=16, max_batch=3)
+    blocker_done = threading.Event()
+    sched.start()
+    try:
+        sched.submit(_job("A", "a0", events, steps=30, done=blocker_done))   # occupies the worker
+        time.sleep(0.3)
+        for sid in "BCDE":
+            sched.submit(_job(sid, f"{sid.lower()}1", events))
+        sched.submit(_job("B", "b2", events))      # supersedes b1, keeps B's place in line
+        sched.cancel("A", "a0")
+        deadline = time.time() + 60
+        while len([e for e in events if e[0] == "result"]) < 4 and time.time() < deadline:
+            time.sleep(0.05)
+    finally:
+        sched.stop()
+    assert ("cancelled", "B", "b1") in events and ("cancelled", "A", "a0") in events
+    results = [e[2] for e in events if e[0] == "result"]
+    assert results == ["b2", "c1", "d1", "e1"]          # arrival order of sessions
+    assert sched.batches == 1 and sched.batched_jobs == 3  # b2, c1, d1 packed in one pass; e1 alone
