@@ -19,11 +19,13 @@ type Slot = "open" | "edit" | "result" | "history" | "mask" | "global";
 const SESSION_KEY = "lazyedit.session";
 const UNDO_CAP = 100;
 const LIVE_DELAY_MS = 600;
+const RESUME_WATCH_MS = 20_000;
 
 interface RunningEdit {
   id: string;
   params: EditParams;
   previews: number;
+  heard: number; // messages received for this edit
   sent: boolean;
   cancelling: boolean;
 }
@@ -54,6 +56,7 @@ export class App {
   private seq = 0;
   private slots = new Map<string, Slot>();
   private helloId: string | null = null;
+  private freshHelloId: string | null = null; // hello sent to start a new session for a new image
   private pendingCanvas: { id: string; bmp: ImageBitmap; name: string } | null = null;
   private gotoIds = new Set<string>();
   private serverUndo: { id: string; dir: "undo" | "redo"; fromStack: boolean } | null = null;
@@ -464,11 +467,10 @@ export class App {
 
   /** Requests in flight are lost with the socket; the session itself is resumed on reconnect. */
   private connectionLost(): void {
+    if (this.edit && !this.edit.sent) this.edit = null;
     if (this.edit) {
-      this.showError("edit", "Connection lost: the edit was interrupted. Generate again once reconnected.", "disconnected");
-      this.edit = null;
-      this.editor.preview = null;
-      this.editor.requestRender();
+      // the server keeps running it and delivers the outcome when the session is resumed
+      this.ui.progressText.textContent = "offline; edit continues on the server";
     }
     if (this.pendingCanvas) {
       this.showError("open", "Connection lost while uploading the image; open it again once reconnected.", "disconnected");
@@ -531,6 +533,9 @@ export class App {
   }
 
   private onReady(m: ReadyMsg): void {
+    const fresh = m.id !== null && m.id === this.freshHelloId;
+    this.freshHelloId = null;
+    if (this.edit && !fresh) this.watchResumedEdit(this.edit);
     this.ready = m;
     this.limits = m.limits;
     this.session = m.session;
@@ -548,11 +553,26 @@ export class App {
     if (this.ui.steps.value === "") this.ui.steps.value = String(m.default_steps);
     if (this.ui.guidance.value === "") this.ui.guidance.value = String(m.default_guidance);
     this.setHistory(m.history, m.position, m.canvas?.version);
-    if (!m.canvas && this.editor.image) {
+    if (!m.canvas && this.editor.image && !fresh) {
       // the server no longer has our image (new session after a restart): upload what we are showing
       void this.reuploadCurrent();
     }
     this.refresh();
+  }
+
+  /**
+   * After a reconnect the server sends a still-running edit's previews again, and a finished edit's
+   * outcome right away. If neither comes, the edit was lost (e.g. the server restarted).
+   */
+  private watchResumedEdit(ed: RunningEdit): void {
+    const heard = ed.heard;
+    setTimeout(() => {
+      if (this.edit === ed && ed.heard === heard) {
+        this.showError("edit", "The running edit was lost while offline; generate again.", "lost");
+        this.ui.progressText.textContent = "lost";
+        this.finishEdit();
+      }
+    }, RESUME_WATCH_MS);
   }
 
   private async reuploadCurrent(): Promise<void> {
@@ -618,6 +638,7 @@ export class App {
     const ed = this.edit;
     if (!ed || m.id !== ed.id) return;
     ed.previews++;
+    ed.heard++;
     this.ui.progress.max = m.total;
     this.ui.progress.value = m.step;
     this.ui.progressText.textContent = `step ${m.step}/${m.total}`;
@@ -635,6 +656,7 @@ export class App {
   private async onResult(m: ResultFrame): Promise<void> {
     const ed = this.edit;
     if (!ed || m.id !== ed.id) return;
+    ed.heard++;
     let bmp: ImageBitmap;
     try {
       bmp = await decodeImage(m.image.data, m.image.mime);
@@ -742,6 +764,12 @@ export class App {
       this.showError("open", "Not connected to the server; try again once reconnected.", "disconnected");
       return;
     }
+    if (this.session && (this.history.length > 0 || this.editor.image)) {
+      // a new image gets a new session; the old one stays stored on the server
+      this.cancelEdit();
+      this.helloId = this.freshHelloId = this.nextId("h", "open");
+      this.conn.send(helloMsg(this.helloId, null));
+    }
     const id = this.nextId("c", "open");
     this.pendingCanvas = { id, bmp, name };
     this.conn.send(canvasFrame(id, png));
@@ -773,7 +801,7 @@ export class App {
     }
     const params = this.readParams(!!opts.newSeed);
     const id = this.nextId("e", "edit");
-    const ed: RunningEdit = { id, params, previews: 0, sent: false, cancelling: false };
+    const ed: RunningEdit = { id, params, previews: 0, heard: 0, sent: false, cancelling: false };
     this.edit = ed;
     this.result = null;
     this.editor.result = null;

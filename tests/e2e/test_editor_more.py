@@ -1,0 +1,190 @@
+"""More end-to-end checks: sessions per image, live mode, supersede, mask import, view, drop/paste."""
+from __future__ import annotations
+
+import base64
+import json
+import struct
+import urllib.request
+
+from PIL import Image
+
+from e2e_helpers import drag, generate_and_wait, hook, open_app, open_image, wait_hook
+
+
+def _frames(page):
+    """Record decoded headers of WebSocket frames sent and received by the page."""
+    log = {"sent": [], "recv": []}
+
+    def header(payload):
+        if isinstance(payload, (bytes, bytearray)):
+            (n,) = struct.unpack(">I", payload[:4])
+            return json.loads(payload[4:4 + n])
+        return json.loads(payload)
+
+    def on_ws(ws):
+        ws.on("framesent", lambda p: log["sent"].append(header(p)))
+        ws.on("framereceived", lambda p: log["recv"].append(header(p)))
+
+    page.on("websocket", on_ws)
+    return log
+
+
+def test_new_image_starts_new_session(page, server, sample_png, tmp_path):
+    open_app(page, server)
+    open_image(page, sample_png)
+    first = hook(page, "sessionId")
+    other = tmp_path / "other.png"
+    Image.new("RGB", (320, 240), (200, 50, 50)).save(other)
+    page.get_by_test_id("file-input").set_input_files(str(other))
+    wait_hook(page, "$.canvasSize && $.canvasSize.width === 320")
+    second = hook(page, "sessionId")
+    assert second != first
+    assert hook(page, "historyLength") == 1
+    with urllib.request.urlopen(server.url + "/api/sessions") as r:
+        ids = {s["session"] for s in json.load(r)}
+    assert {first, second} <= ids
+    page.reload()
+    wait_hook(page, "$.connection === 'open' && $.canvasSize !== null")
+    assert hook(page, "sessionId") == second
+    assert hook(page, "canvasSize") == {"width": 320, "height": 240}
+
+
+def test_live_mode_generates_after_a_pause(page, server, sample_png):
+    log = _frames(page)
+    open_app(page, server)
+    open_image(page, sample_png)
+    page.get_by_test_id("live-toggle").check()
+    page.get_by_test_id("prompt").fill("live edit")
+    drag(page, [(100, 100), (200, 160)])
+    wait_hook(page, "$.resultShown", timeout=120_000)
+    edits = [h for h in log["sent"] if h.get("type") == "edit"]
+    assert len(edits) >= 1 and edits[0]["prompt"] == "live edit"
+    # more drawing while live: another edit follows automatically, one in flight at a time
+    drag(page, [(300, 200), (360, 260)])
+    wait_hook(page, "$.busy || $.resultShown === false", timeout=10_000)
+    wait_hook(page, "!$.busy && $.resultShown", timeout=120_000)
+    assert len([h for h in log["sent"] if h.get("type") == "edit"]) >= 2
+
+
+def test_new_generate_supersedes_running_one(page, server, sample_png):
+    log = _frames(page)
+    open_app(page, server)
+    open_image(page, sample_png)
+    drag(page, [(100, 100), (200, 160)])
+    page.get_by_test_id("steps").fill("10")
+    page.get_by_test_id("prompt").fill("first")
+    page.get_by_test_id("generate").click()
+    wait_hook(page, "$.busy && $.previewCount >= 1", timeout=120_000)
+    page.get_by_test_id("steps").fill("2")
+    page.get_by_test_id("prompt").fill("second")
+    page.get_by_test_id("generate").click()
+    wait_hook(page, "$.resultShown", timeout=120_000)
+    edits = [h for h in log["sent"] if h.get("type") == "edit"]
+    assert [e["prompt"] for e in edits] == ["first", "second"]
+    first_id, second_id = edits[0]["id"], edits[1]["id"]
+    page.wait_for_timeout(500)
+    assert any(h["type"] == "cancelled" and h["id"] == first_id for h in log["recv"])
+    results = [h for h in log["recv"] if h["type"] == "result"]
+    assert [r["id"] for r in results] == [second_id]
+    assert "steps" in page.get_by_test_id("result-info").inner_text()
+
+    # try again: a new edit with a random seed, then discard it
+    page.get_by_test_id("retry").click()
+    wait_hook(page, "$.busy", timeout=10_000)
+    wait_hook(page, "!$.busy && $.resultShown", timeout=120_000)
+    retry = [h for h in log["sent"] if h.get("type") == "edit"][-1]
+    assert retry["seed"] is None
+    page.get_by_test_id("discard").click()
+    assert hook(page, "resultShown") is False
+    assert hook(page, "historyLength") == 1
+
+
+def test_mask_export_import_roundtrip(page, server, sample_png, tmp_path):
+    open_app(page, server)
+    open_image(page, sample_png)
+    page.get_by_test_id("tool-lasso").click()
+    drag(page, [(100, 80), (300, 90), (250, 300), (90, 250)], steps_between=10)
+    covered = hook(page, "maskCoverage()")
+    assert covered > 20_000
+    with page.expect_download() as dl:
+        page.get_by_test_id("mask-export").click()
+    exported = tmp_path / "m.png"
+    dl.value.save_as(exported)
+    page.get_by_test_id("mask-clear").click()
+    assert hook(page, "maskCoverage()") == 0
+    page.get_by_test_id("mask-import-input").set_input_files(str(exported))
+    wait_hook(page, f"$.maskCoverage() === {covered}")
+    # an opaque black/white mask (grey levels, no alpha) imports by grey level
+    bw = Image.new("L", (512, 384), 0)
+    bw.paste(255, (0, 0, 100, 50))
+    bw_path = tmp_path / "bw.png"
+    bw.convert("RGB").save(bw_path)
+    page.get_by_test_id("mask-import-input").set_input_files(str(bw_path))
+    wait_hook(page, "$.maskCoverage() === 5000")
+    page.get_by_test_id("canvas").focus()
+    page.keyboard.press("Control+z")
+    assert hook(page, "maskCoverage()") == covered
+
+
+def test_wheel_zoom_pan_and_fit(page, server, sample_png):
+    open_app(page, server)
+    open_image(page, sample_png)
+    fit = hook(page, "view")
+    box = page.get_by_test_id("canvas").bounding_box()
+    page.mouse.move(box["x"] + 200, box["y"] + 200)
+    page.mouse.wheel(0, -400)
+    wait_hook(page, f"$.view.scale > {fit['scale']} * 1.3")
+    # space-drag pans
+    zoomed = hook(page, "view")
+    page.keyboard.down("Space")
+    page.mouse.move(box["x"] + 300, box["y"] + 300)
+    page.mouse.down()
+    page.mouse.move(box["x"] + 350, box["y"] + 330, steps=5)
+    page.mouse.up()
+    page.keyboard.up("Space")
+    moved = hook(page, "view")
+    assert round(moved["ox"] - zoomed["ox"]) == 50 and round(moved["oy"] - zoomed["oy"]) == 30
+    assert hook(page, "maskCoverage()") == 0  # panning does not paint
+    # middle-button drag pans too
+    page.mouse.move(box["x"] + 300, box["y"] + 300)
+    page.mouse.down(button="middle")
+    page.mouse.move(box["x"] + 280, box["y"] + 300, steps=3)
+    page.mouse.up(button="middle")
+    assert round(hook(page, "view")["ox"] - moved["ox"]) == -20
+    page.get_by_test_id("fit").click()
+    assert abs(hook(page, "view")["scale"] - fit["scale"]) < 1e-6
+
+
+def test_drop_and_paste_open_images(page, server, sample_png):
+    open_app(page, server)
+    b64 = base64.b64encode(sample_png.read_bytes()).decode()
+    page.evaluate(
+        """(b64) => {
+          const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+          const dt = new DataTransfer();
+          dt.items.add(new File([bytes], 'dropped.png', { type: 'image/png' }));
+          const stage = document.querySelector('[data-testid=stage]');
+          stage.dispatchEvent(new DragEvent('dragover', { dataTransfer: dt, bubbles: true, cancelable: true }));
+          stage.dispatchEvent(new DragEvent('drop', { dataTransfer: dt, bubbles: true, cancelable: true }));
+        }""",
+        b64,
+    )
+    wait_hook(page, "$.canvasSize !== null && $.canvasSize.width === 512")
+    first = hook(page, "sessionId")
+    small = Image.new("RGB", (64, 48), (10, 200, 10))
+    import io
+
+    buf = io.BytesIO()
+    small.save(buf, format="PNG")
+    page.evaluate(
+        """(b64) => {
+          const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+          const dt = new DataTransfer();
+          dt.items.add(new File([bytes], 'pasted.png', { type: 'image/png' }));
+          window.dispatchEvent(new ClipboardEvent('paste', { clipboardData: dt, bubbles: true, cancelable: true }));
+        }""",
+        base64.b64encode(buf.getvalue()).decode(),
+    )
+    wait_hook(page, "$.canvasSize !== null && $.canvasSize.width === 64")
+    assert hook(page, "sessionId") != first
+    assert hook(page, "pixel(5, 5)") == [10, 200, 10, 255]
