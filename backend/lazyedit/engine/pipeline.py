@@ -92,7 +92,7 @@ class EditResult:
         return self.image.crop(self.box)
 
 
-@dataclass
+@dataclass(eq=False)  # jobs are compared by identity (they hold arrays)
 class _Job:
     """One validated request on its way through the sampler."""
 
