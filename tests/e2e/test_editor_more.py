@@ -188,3 +188,26 @@ def test_drop_and_paste_open_images(page, server, sample_png):
     wait_hook(page, "$.canvasSize !== null && $.canvasSize.width === 64")
     assert hook(page, "sessionId") != first
     assert hook(page, "pixel(5, 5)") == [10, 200, 10, 255]
+
+
+def test_undo_history_is_capped_and_flattens_old_strokes(page, server, sample_png):
+    open_app(page, server)
+    open_image(page, sample_png)
+    cap = hook(page, "undoCap")
+    page.get_by_test_id("brush-size").fill("6")
+    coverage = []
+    n = cap + 3
+    for i in range(n):
+        x, y = 20 + (i % 20) * 24, 20 + (i // 20) * 24
+        drag(page, [(x, y), (x + 4, y)], steps_between=2)
+        coverage.append(hook(page, "maskCoverage()"))
+    assert hook(page, "undoDepth") == cap
+    page.get_by_test_id("canvas").focus()
+    for _ in range(cap + 5):
+        page.keyboard.press("Control+z")
+    # the 3 oldest strokes were flattened into the layer's base: undo stops there
+    assert hook(page, "undoDepth") == 0
+    assert hook(page, "maskCoverage()") == coverage[2]
+    for _ in range(cap):
+        page.keyboard.press("Control+Shift+z")
+    assert hook(page, "maskCoverage()") == coverage[-1]
