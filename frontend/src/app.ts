@@ -1,5 +1,5 @@
 // The editor application: UI, protocol state machine, undo/redo, live mode.
-import { Connection, type ConnState } from "./connection";
+import { CLOSE_TAKEN_OVER, Connection, type ConnState } from "./connection";
 import { downloadBlob, h, isTextField } from "./dom";
 import { Editor, type Tool } from "./editor";
 import { UndoStack } from "./history";
@@ -423,11 +423,13 @@ export class App {
   // errors
   // =====================================================================================
 
-  showError(slot: Slot, text: string, code = "client"): void {
+  showError(slot: Slot, text: string, code = "client", action?: { label: string; run: () => void }): void {
     const el = this.ui.errorSlots[slot];
     el.replaceChildren();
     const msg = h("div", { class: "error", testid: "error", role: "alert", "data-code": code, "data-slot": slot },
-      h("span", {}, text), h("button", { class: "close", title: "Dismiss", onclick: () => msg.remove() }, "×"));
+      h("span", {}, text),
+      action ? h("button", { testid: "error-action", onclick: () => { msg.remove(); action.run(); } }, action.label) : null,
+      h("button", { class: "close", title: "Dismiss", onclick: () => msg.remove() }, "×"));
     el.append(msg);
   }
 
@@ -455,6 +457,11 @@ export class App {
     } else if (s === "connecting") el.textContent = info.attempt ? `reconnecting (try ${info.attempt + 1})` : "connecting";
     else if (s === "waiting") {
       el.textContent = `offline, retrying in ${Math.ceil((info.retryInMs ?? 0) / 1000)} s`;
+      this.connectionLost();
+    } else if (info.code === CLOSE_TAKEN_OVER) {
+      el.textContent = "session open in another tab";
+      this.showError("global", "This session was opened in another tab or window.", "taken_over",
+        { label: "Use it here", run: () => this.conn.start() });
       this.connectionLost();
     } else {
       el.textContent = "disconnected";

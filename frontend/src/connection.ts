@@ -6,8 +6,13 @@ export function backoffDelay(attempt: number, base = 500, max = 10000, random: (
   return Math.round(exp / 2 + (random() * exp) / 2);
 }
 
-/** Close codes after which reconnecting is pointless (see docs/protocol.md). */
-export const FATAL_CLOSE_CODES = new Set([4401, 4403]);
+/**
+ * Close codes after which the page does not reconnect by itself: 4401 unauthorized and 4403 bad
+ * origin (docs/protocol.md), and 4409, which the server uses when another tab takes the session over
+ * (reconnecting would just take it back and start a tug of war).
+ */
+export const FATAL_CLOSE_CODES = new Set([4401, 4403, 4409]);
+export const CLOSE_TAKEN_OVER = 4409;
 
 export type ConnState = "connecting" | "open" | "waiting" | "closed";
 

@@ -211,3 +211,22 @@ def test_undo_history_is_capped_and_flattens_old_strokes(page, server, sample_pn
     for _ in range(cap):
         page.keyboard.press("Control+Shift+z")
     assert hook(page, "maskCoverage()") == coverage[-1]
+
+
+def test_second_tab_takes_session_over_without_tug_of_war(page, server, sample_png):
+    open_app(page, server)
+    open_image(page, sample_png)
+    session = hook(page, "sessionId")
+    other = page.context.new_page()  # same origin and localStorage: resumes the same session
+    other.goto(server.url + "/")
+    wait_hook(other, f"$.connection === 'open' && $.sessionId === '{session}' && $.canvasSize !== null")
+    err = page.get_by_test_id("error")
+    err.wait_for(state="visible")
+    assert err.get_attribute("data-code") == "taken_over"
+    page.wait_for_timeout(1500)
+    assert hook(page, "connection") == "closed"  # no automatic reconnect
+    assert hook(other, "connection") == "open"
+    page.get_by_test_id("error-action").click()
+    wait_hook(page, f"$.connection === 'open' && $.sessionId === '{session}'")
+    wait_hook(other, "$.connection === 'closed'")
+    other.close()
