@@ -286,7 +286,7 @@ class EditScheduler:
             t = job.timings()
             stages = " ".join(f"{k}={v:.1f}" for k, v in (getattr(payload, "timings", None) or {}).items()
                               if k.endswith("_ms") and isinstance(v, (int, float)))
-            log.info("edit session=%s id=%s steps=%s batch=%d box=%s seed=%s queue_ms=%.1f total_ms=%.1f %s",
+            log.info("edit session=%s id=%s steps=%s batch=%d box=%s seed=%s queue_ms=%.1f service_ms=%.1f %s",
                      job.session_id[:8], job.edit_id, getattr(payload, "steps", job.steps), job.batch_size,
                      list(getattr(payload, "box", ())), getattr(payload, "seed", None), t["queue_ms"],
                      t["service_total_ms"], stages)
