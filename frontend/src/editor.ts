@@ -251,6 +251,14 @@ export class Editor {
     ring.push(performance.now() - t0);
   }
 
+  private capture(id: number): void {
+    try {
+      this.el.setPointerCapture(id);
+    } catch {
+      /* the pointer is already gone (or was synthetic): drawing works without capture */
+    }
+  }
+
   private down(e: PointerEvent): void {
     this.el.focus({ preventScroll: true });
     const [sx, sy] = this.local(e);
@@ -265,12 +273,12 @@ export class Editor {
     if (e.button === 1 || (e.button === 0 && this.spaceDown)) {
       e.preventDefault();
       this.panning = { x: sx, y: sy, ox: this.view.ox, oy: this.view.oy };
-      this.el.setPointerCapture(e.pointerId);
+      this.capture(e.pointerId);
       this.el.style.cursor = "grabbing";
       return;
     }
     if (e.button !== 0 || !this.image) return;
-    this.el.setPointerCapture(e.pointerId);
+    this.capture(e.pointerId);
     const [ix, iy] = screenToImage(this.view, sx, sy);
     const erase = this.tool === "eraser" || ((this.tool === "rect" || this.tool === "lasso") && (e.altKey || this.altDown));
     if (this.tool === "rect" || this.tool === "lasso") {

@@ -230,3 +230,28 @@ def test_second_tab_takes_session_over_without_tug_of_war(page, server, sample_p
     wait_hook(page, f"$.connection === 'open' && $.sessionId === '{session}'")
     wait_hook(other, "$.connection === 'closed'")
     other.close()
+
+
+def test_two_finger_pinch_zooms_and_does_not_paint(page, server, sample_png):
+    open_app(page, server)
+    open_image(page, sample_png)
+    before = hook(page, "view")
+    page.evaluate(
+        """() => {
+          const el = document.querySelector('[data-testid=canvas]');
+          const r = el.getBoundingClientRect();
+          const ev = (type, id, x, y) => el.dispatchEvent(new PointerEvent(type, {
+            pointerId: id, pointerType: 'touch', isPrimary: id === 11, clientX: r.left + x, clientY: r.top + y,
+            button: type === 'pointermove' ? -1 : 0, buttons: type === 'pointerup' ? 0 : 1, bubbles: true, cancelable: true }));
+          ev('pointerdown', 11, 300, 300);
+          ev('pointermove', 11, 302, 300);
+          ev('pointerdown', 12, 400, 300);
+          for (let i = 1; i <= 10; i++) { ev('pointermove', 12, 400 + i * 10, 300); ev('pointermove', 11, 300 - i * 10, 300); }
+          ev('pointerup', 12, 500, 300);
+          ev('pointerup', 11, 200, 300);
+        }"""
+    )
+    after = hook(page, "view")
+    assert after["scale"] > before["scale"] * 2.5  # fingers 100 px apart -> 300 px apart
+    assert hook(page, "maskCoverage()") == 0
+    assert hook(page, "undoDepth") == 0
