@@ -421,8 +421,7 @@ export class Editor {
     this.stroke = null;
     this.clearLive();
     const op: LayerOp = { kind: "stroke", layer: s.layer, erase: s.erase, points: s.points, style: s.style, color: s.color };
-    this.layer(s.layer)!.apply(op);
-    this.requestRender();
+    this.commitOp(op, strokeOutline(s.points, s.style));
     this.onOp(op);
   }
 
@@ -441,8 +440,32 @@ export class Editor {
       poly = sh.points.map(([x, y]) => [x, y] as [number, number]);
     }
     const op: LayerOp = { kind: "poly", layer: "mask", erase: sh.erase, poly, color: MASK_COLOR };
-    this.mask!.apply(op);
+    this.commitOp(op, poly);
     this.onOp(op);
+  }
+
+  /**
+   * Apply a finished stroke or shape to its image-resolution layer and, when that layer's screen
+   * cache is current, fill the same polygon into the cache too instead of re-reading the big layer
+   * (reading it would make the next write copy the whole 4096x4096 buffer).
+   */
+  private commitOp(op: LayerOp & { erase: boolean; color: string }, poly: Polygon): void {
+    const layer = this.layer(op.layer)!;
+    const vk = this.viewKey();
+    const isMask = op.layer === "mask";
+    const current = (isMask ? this.maskKey : this.sketchKey) === `${vk}|${layer.version}`;
+    layer.apply(op);
+    if (current) {
+      const cache = isMask ? this.maskCache : this.sketchCache;
+      const cx = ctx2d(cache);
+      const v = this.view, d = this.dpr;
+      cx.setTransform(v.scale * d, 0, 0, v.scale * d, v.ox * d, v.oy * d);
+      fillPolygon(cx, poly, op.color, op.erase);
+      const key = `${vk}|${layer.version}`;
+      if (isMask) this.maskKey = key;
+      else this.sketchKey = key;
+    }
+    this.requestRender();
   }
 
   // ---------- rendering ----------

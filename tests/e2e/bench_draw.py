@@ -119,6 +119,7 @@ def main() -> int:
         "pointermove_ms": summary(events),
         "pointerdown_up_ms": summary(edges),
         "frame_render_ms": summary(frames),
+        "pointerdown_up_each_ms": [round(x, 1) for x in edges],
         "wall_s": round(wall, 2),
         "mask_pixels_after": coverage,
         "target_pointermove_p95_ms": 8,
