@@ -88,11 +88,13 @@ def test_held_out_set_is_seeded():
     assert {c.kind for c in a} == {"insert", "remove", "sketch"}
 
 
-def test_run_eval_plumbing_on_tiny():
+def test_run_eval_plumbing_on_tiny(tmp_path):
     from lazyedit.engine import load_pipeline
 
     pipe = load_pipeline("tiny")
-    report = run_eval(pipe, eval_cases(3, 5, 64), steps=2, progress=False)
+    grid = tmp_path / "grid.png"
+    report = run_eval(pipe, eval_cases(3, 5, 64), steps=2, progress=False, grid=str(grid))
+    assert grid.exists()
     assert report["preserved_error_max"] == 0
     assert "removal_psnr" in report["lazy"] and "seam_error_plain" in report["lazy"]
     assert "colour_acc" in report["regenerate_crop"]

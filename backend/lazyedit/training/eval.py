@@ -277,8 +277,15 @@ class Totals:
 
 
 def run_eval(pipe, cases: list[EvalCase], steps: int | None = None, guidance: float | None = None,
-             strategies=("lazy", "regenerate_crop"), seam: bool = True, progress: bool = True) -> dict:
+             strategies=("lazy", "regenerate_crop"), seam: bool = True, progress: bool = True,
+             grid: str | None = None, grid_cases: int = 12) -> dict:
+    """Run every case through the pipeline; ``grid``: write a PNG of the first cases
+    (canvas with the hole, one column per strategy, ground truth)."""
     from tqdm.auto import tqdm
+
+    from .world import contact_sheet
+
+    tiles: list = []
 
     tot = {s: Totals() for s in strategies}
     worst_preserved = 0
@@ -290,14 +297,23 @@ def run_eval(pipe, cases: list[EvalCase], steps: int | None = None, guidance: fl
         sketch = s.sketch if case.kind == "sketch" else None
         truth_bg = np.asarray(s.removed)
         canvas_np = np.asarray(canvas)
+        row = []
+        if grid and len(tiles) < grid_cases * (len(strategies) + 2):
+            hole_view = canvas_np.copy()
+            hole_view[case.mask] = 128
+            row.append(Image.fromarray(hole_view))
         for strategy in strategies:
             if strategy != "lazy" and case.kind == "sketch":
+                if row:
+                    row.append(Image.new("RGB", canvas.size, (255, 255, 255)))
                 continue
             t0 = time.perf_counter()
             res = pipe.edit(canvas, case.mask, prompt=prompt, sketch=sketch, steps=steps, guidance=guidance,
                             seed=case.index, strategy=strategy)
             ms = (time.perf_counter() - t0) * 1000
             out = np.asarray(res.image)
+            if row:
+                row.append(res.image)
             t = tot[strategy]
             t.add("ms_per_edit", ms)
             pe = preserved_error(out, canvas_np, case.mask)
@@ -322,8 +338,14 @@ def run_eval(pipe, cases: list[EvalCase], steps: int | None = None, guidance: fl
                 t.add(prefix + "shape_acc", sc["shape_ok"])
                 t.add(prefix + "style_acc", sc["style_ok"])
                 t.add(prefix + "sketch_iou" if case.kind == "sketch" else "object_iou", sc["sketch_iou"])
+        if row:
+            row.append(s.image if case.kind != "remove" else s.removed)
+            tiles += row
     report = {s: tot[s].summary() for s in strategies}
     report["preserved_error_max"] = worst_preserved
+    if grid and tiles:
+        Path(grid).parent.mkdir(parents=True, exist_ok=True)
+        contact_sheet(tiles, cols=2 * (len(strategies) + 2)).save(grid)
     return report
 
 
@@ -356,6 +378,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--no-seam", action="store_true", help="skip the plain-decoder rerun of removal cases")
     p.add_argument("--device", default="cpu")
     p.add_argument("--out", help="write the report as JSON here")
+    p.add_argument("--grid", help="write a PNG of the first cases: canvas with hole | each strategy | truth")
     p.add_argument("--ground-truth", action="store_true", help="score the true scenes instead of a model (metric ceiling)")
     p.add_argument("--no-progress", action="store_true")
     return p
@@ -372,7 +395,8 @@ def eval_main(argv: list[str] | None = None) -> int:
         pipe = load_pipeline(ns.model, device=ns.device)
         cases = eval_cases(ns.cases, ns.seed, ns.size, sketch=pipe.sketch_tuner is not None)
         strategies = tuple(s.strip() for s in ns.strategies.split(",") if s.strip())
-        report = run_eval(pipe, cases, ns.steps, ns.guidance, strategies, seam=not ns.no_seam, progress=not ns.no_progress)
+        report = run_eval(pipe, cases, ns.steps, ns.guidance, strategies, seam=not ns.no_seam, progress=not ns.no_progress,
+                          grid=ns.grid)
         report["model"] = ns.model
         report["cases"] = ns.cases
         report["seed"] = ns.seed
