@@ -10,7 +10,7 @@ import torch
 from PIL import Image
 
 from lazyedit.engine import EditCancelled, EditInputError, EditRequest, LazyEditPipeline, load_pipeline
-from lazyedit.engine.images import decode_image, read_image_file
+from lazyedit.images import decode_canvas, read_file
 from lazyedit.engine.models import CSCTuner, SCTuner
 
 
@@ -329,18 +329,18 @@ def test_bad_input_is_named(pipe, change, code):
 
 def test_image_decoding_refuses_garbage_and_bombs(tmp_path):
     with pytest.raises(EditInputError) as err:
-        decode_image(b"not an image at all")
+        decode_canvas(b"not an image at all", max_bytes=1 << 20, max_pixels=4096 * 4096)
     assert err.value.code == "bad_image"
     import io
 
     buf = io.BytesIO()
     Image.new("L", (6000, 6000)).save(buf, "PNG")  # compresses to a few KB
     with pytest.raises(EditInputError) as err:
-        decode_image(buf.getvalue(), max_pixels=4096 * 4096)
+        decode_canvas(buf.getvalue(), max_bytes=1 << 20, max_pixels=4096 * 4096)
     assert err.value.code == "image_too_large" and "6000x6000" in err.value.message
-    (tmp_path / "x.png").write_bytes(b"\x89PNG garbage")
-    with pytest.raises(EditInputError):
-        read_image_file(str(tmp_path / "x.png"))
+    with pytest.raises(EditInputError) as err:
+        read_file(str(tmp_path / "missing.png"), "image")
+    assert err.value.code == "bad_image" and "missing.png" in err.value.message
 
 
 def test_hf_text_encoder_loads_from_a_local_folder(tmp_path):

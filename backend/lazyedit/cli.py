@@ -60,15 +60,16 @@ def _model_args(p: argparse.ArgumentParser) -> None:
 
 def run_edit(args) -> int:
     from .engine import EditInputError, load_pipeline
-    from .engine.images import read_image_file
+    from .images import decode_canvas, decode_mask, decode_sketch, read_file
 
+    limit = 1 << 30  # files named on the command line are the user's own: only the pixel cap applies
     try:
-        image = read_image_file(args.image)
+        image = decode_canvas(read_file(args.image, "image"), max_bytes=limit, max_pixels=4096 * 4096)
         mask_path = args.mask or (str(ASSETS / "sample_mask.png") if args.image == str(ASSETS / "sample.png") else None)
         if mask_path is None:
             raise EditInputError("empty_mask", "--mask is required for your own image")
-        mask = read_image_file(mask_path, what="mask")
-        sketch = read_image_file(args.sketch, what="sketch") if args.sketch else None
+        mask = decode_mask(read_file(mask_path, "mask"), size=image.size, max_bytes=limit)
+        sketch = decode_sketch(read_file(args.sketch, "sketch"), size=image.size, max_bytes=limit) if args.sketch else None
         pipe = load_pipeline(args.model, device=args.device, vae=args.vae, asym_vae=args.asym_vae, text_encoder=args.text_encoder)
         if pipe.random_weights:
             print(f"warning: model {args.model!r} has no trained weights yet: the edit uses RANDOM weights", file=sys.stderr)

@@ -20,7 +20,8 @@ from starlette.websockets import WebSocket, WebSocketDisconnect
 from . import protocol as P
 from .framing import FrameError, Part, decode_frame, encode_frame
 from .hub import Hub, Outgoing, SessionRuntime, history_models
-from .images import ImageInputError, decode_canvas, decode_mask, decode_sketch, encode_jpeg, encode_png
+from ..engine import EditInputError
+from ..images import decode_canvas, decode_mask, decode_sketch, encode_jpeg, encode_png
 from .scheduler import Job, QueueFull
 from .storage import StorageError
 
@@ -307,7 +308,7 @@ class Connection:
 
         try:
             im, png = await asyncio.to_thread(prepare)
-        except ImageInputError as exc:
+        except EditInputError as exc:
             raise ClientError(exc.code, exc.message) from None
         async with rt.lock:
             try:
@@ -349,7 +350,7 @@ class Connection:
 
         try:
             mask, sketch = await asyncio.to_thread(prepare)
-        except ImageInputError as exc:
+        except EditInputError as exc:
             raise ClientError(exc.code, exc.message) from None
         image = await hub.current_image(rt)
         if rt.state is None:  # deleted meanwhile

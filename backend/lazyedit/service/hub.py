@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Optional
 from PIL import Image
 
 from . import protocol as P
-from .images import encode_png
+from ..images import encode_png
 from .scheduler import EditScheduler, Job
 from .settings import ServiceSettings
 from .storage import SessionState, Storage, iso, new_session_id, valid_session_id

@@ -30,25 +30,6 @@ class QueueFull(Exception):
     pass
 
 
-class _IdentityEqImage(Image.Image):
-    """A PIL image that compares by identity.
-
-    Work-around: the engine's ``edit_batch`` looks its jobs up with ``list.index``, which compares job
-    dataclasses field by field and fails on numpy masks ("truth value of an array is ambiguous") as soon
-    as two requests have equal images (or it compares whole images byte by byte). Requests whose images
-    compare by identity never get that far. Harmless once the engine looks jobs up by identity.
-    """
-
-    __eq__ = object.__eq__
-    __hash__ = object.__hash__
-
-
-def _identity_eq(im: Any) -> Any:
-    if type(im) is Image.Image:
-        im.__class__ = _IdentityEqImage
-    return im
-
-
 _serial = itertools.count(1)
 
 
@@ -228,7 +209,7 @@ class EditScheduler:
         return cb
 
     def _kwargs(self, job: Job) -> dict[str, Any]:
-        return dict(image=_identity_eq(job.image), mask=job.mask, prompt=job.prompt, sketch=job.sketch,
+        return dict(image=job.image, mask=job.mask, prompt=job.prompt, sketch=job.sketch,
                     sketch_strength=job.sketch_strength, steps=job.steps, guidance=job.guidance, seed=job.seed,
                     canvas_key=job.canvas_key, callback=self._callback(job))
 

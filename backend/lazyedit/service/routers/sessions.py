@@ -7,7 +7,8 @@ from fastapi import APIRouter, Depends, File, Path, Response, UploadFile, status
 
 from ..deps import HubDep, http_error, require_token
 from ..hub import history_models
-from ..images import ImageInputError, decode_canvas, encode_png
+from ...engine import EditInputError
+from ...images import decode_canvas, encode_png
 from ..protocol import HTTPErrorOut, SessionCreated, SessionDetail, SessionSummary
 from ..storage import SESSION_ID_RE, StorageError, iso, new_session_id
 
@@ -40,7 +41,7 @@ async def create_session(hub: HubDep, image: UploadFile = File(...)) -> SessionC
 
     try:
         im, png = await asyncio.to_thread(prepare)
-    except ImageInputError as exc:
+    except EditInputError as exc:
         raise http_error(413 if exc.code == "image_too_large" else 400, exc.code, exc.message) from None
     sid = new_session_id()
     try:

@@ -1,4 +1,5 @@
-"""Careful image decoding: byte and pixel caps checked before any pixel is decoded."""
+"""Decoding untrusted images (canvas, mask, sketch): byte and pixel caps checked before any pixel is
+decoded, so decompression bombs are refused. Shared by the service and the command line."""
 
 from __future__ import annotations
 
@@ -8,39 +9,42 @@ import warnings
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
+from .engine.pipeline import EditInputError
+
 ACCEPTED_FORMATS = ("PNG", "JPEG", "WEBP")
 
 
-class ImageInputError(ValueError):
-    def __init__(self, code: str, message: str):
-        super().__init__(message)
-        self.code = code
-        self.message = message
+def read_file(path: str, what: str) -> bytes:
+    try:
+        with open(path, "rb") as f:
+            return f.read()
+    except OSError as e:
+        raise EditInputError("bad_image", f"cannot read {what} {path}: {e.strerror}") from None
 
 
 def _open(data: bytes, *, what: str, max_bytes: int, max_pixels: int) -> Image.Image:
     """Open lazily (header only), check size, then decode."""
     if len(data) > max_bytes:
-        raise ImageInputError("image_too_large", f"{what}: {len(data)} bytes, limit {max_bytes}")
+        raise EditInputError("image_too_large", f"{what}: {len(data)} bytes, limit {max_bytes}")
     if not data:
-        raise ImageInputError("bad_image", f"{what}: empty")
+        raise EditInputError("bad_image", f"{what}: empty")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im = Image.open(io.BytesIO(data), formats=ACCEPTED_FORMATS)
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageInputError("image_too_large", f"{what}: decompression bomb refused") from None
+        raise EditInputError("image_too_large", f"{what}: decompression bomb refused") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError, EOFError) as exc:
-        raise ImageInputError("bad_image", f"{what}: not a PNG/JPEG/WebP image ({type(exc).__name__})") from None
+        raise EditInputError("bad_image", f"{what}: not a PNG/JPEG/WebP image ({type(exc).__name__})") from None
     return im
 
 
 def _check_pixels(im: Image.Image, *, what: str, max_pixels: int) -> None:
     w, h = im.size
     if w < 1 or h < 1:
-        raise ImageInputError("bad_image", f"{what}: empty image {w}x{h}")
+        raise EditInputError("bad_image", f"{what}: empty image {w}x{h}")
     if w * h > max_pixels:
-        raise ImageInputError("image_too_large", f"{what}: {w}x{h} = {w * h} pixels, limit {max_pixels}")
+        raise EditInputError("image_too_large", f"{what}: {w}x{h} = {w * h} pixels, limit {max_pixels}")
 
 
 def _load(im: Image.Image, *, what: str) -> Image.Image:
@@ -49,9 +53,9 @@ def _load(im: Image.Image, *, what: str) -> Image.Image:
             warnings.simplefilter("error", Image.DecompressionBombWarning)
             im.load()
     except (Image.DecompressionBombError, Image.DecompressionBombWarning):
-        raise ImageInputError("image_too_large", f"{what}: decompression bomb refused") from None
+        raise EditInputError("image_too_large", f"{what}: decompression bomb refused") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError) as exc:
-        raise ImageInputError("bad_image", f"{what}: cannot decode ({type(exc).__name__}: {exc})") from None
+        raise EditInputError("bad_image", f"{what}: cannot decode ({type(exc).__name__}: {exc})") from None
     return im
 
 
@@ -75,7 +79,7 @@ def _sized(data: bytes, *, what: str, size: tuple[int, int], code: str, max_byte
     # pixel cap = the canvas size itself: a mask/sketch of any other size is refused from its header
     im = _open(data, what=what, max_bytes=max_bytes, max_pixels=size[0] * size[1])
     if im.size != tuple(size):
-        raise ImageInputError(code, f"{what} is {im.size[0]}x{im.size[1]}, canvas is {size[0]}x{size[1]}")
+        raise EditInputError(code, f"{what} is {im.size[0]}x{im.size[1]}, canvas is {size[0]}x{size[1]}")
     return _load(im, what=what)
 
 
@@ -89,7 +93,7 @@ def decode_mask(data: bytes, *, size: tuple[int, int], max_bytes: int) -> np.nda
         chan = im.convert("L")
     mask = np.asarray(chan) > 127
     if not mask.any():
-        raise ImageInputError("empty_mask", "the mask selects no pixel")
+        raise EditInputError("empty_mask", "the mask selects no pixel")
     return mask
 
 
