@@ -247,8 +247,12 @@ class StageNet(torch.nn.Module):
             rec = vae.decode(post.mode()).sample
             l1 = (rec - x).abs().mean()
             mse = F.mse_loss(rec, x)
+            # chroma term: the L1 of the colour part (each channel minus the pixel's grey level). Without it a
+            # small VAE learns luminance first and leaves colours grey for a long time.
+            chroma = ((rec - rec.mean(1, keepdim=True)) - (x - x.mean(1, keepdim=True))).abs().mean()
             kl = post.kl().mean() / x[0].numel()
-            return l1 + mse + 1e-3 * kl, {"l1": l1.detach(), "mse": mse.detach(), "kl": kl.detach()}
+            loss = l1 + mse + 2 * chroma + 1e-3 * kl
+            return loss, {"l1": l1.detach(), "mse": mse.detach(), "chroma": chroma.detach(), "kl": kl.detach()}
         if self.stage == "asym-decoder":
             asym = self.models["asym_vae"]
             x, m = batch["image"], batch["mask"]
