@@ -11,12 +11,16 @@ from lazyedit.service.scheduler import EditScheduler, Job
 from test_service_helpers import box_mask, noise_image
 
 
-def _job(sid: str, eid: str, events: list, steps: int = 1, done: threading.Event | None = None) -> Job:
+def _job(sid: str, eid: str, events: list, steps: int = 1, started: threading.Event | None = None,
+         gate: threading.Event | None = None) -> Job:
     def emit(kind, payload):
-        if kind != "progress":
+        if kind == "progress":
+            if started is not None:
+                started.set()
+            if gate is not None:  # hold the worker inside the step loop until the test has queued its jobs
+                gate.wait(30)
+        else:
             events.append((kind, sid, eid))
-            if done is not None:
-                done.set()
     return Job(session_id=sid, edit_id=eid, image=noise_image(32, 32), canvas_key=f"k{sid}",
                mask=box_mask(32, 32, (8, 8, 24, 24)), prompt="p", steps=steps, emit=emit)
 
@@ -24,15 +28,16 @@ def _job(sid: str, eid: str, events: list, steps: int = 1, done: threading.Event
 def test_round_robin_batching_and_supersede(tiny_pipeline):
     events: list = []
     sched = EditScheduler(tiny_pipeline, max_queue=16, max_batch=3)
-    blocker_done = threading.Event()
+    started, gate = threading.Event(), threading.Event()
     sched.start()
     try:
-        sched.submit(_job("A", "a0", events, steps=30, done=blocker_done))   # occupies the worker
-        time.sleep(0.3)
+        sched.submit(_job("A", "a0", events, steps=30, started=started, gate=gate))  # occupies the worker
+        assert started.wait(30)
         for sid in "BCDE":
             sched.submit(_job(sid, f"{sid.lower()}1", events))
         sched.submit(_job("B", "b2", events))      # supersedes b1, keeps B's place in line
         sched.cancel("A", "a0")
+        gate.set()
         deadline = time.time() + 60
         while len([e for e in events if e[0] == "result"]) < 4 and time.time() < deadline:
             time.sleep(0.05)

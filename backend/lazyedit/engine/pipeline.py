@@ -557,6 +557,6 @@ def _fit_latent_rgb(latent: torch.Tensor, pixels: torch.Tensor, factor: int) -> 
 
 def sketch_condition(rgba: np.ndarray) -> torch.Tensor:
     """RGBA sketch (H, W, 4) uint8 -> (4, H, W) in [-1, 1]: stroke colours where drawn, and the stroke mask."""
-    t = torch.from_numpy(np.ascontiguousarray(rgba)).permute(2, 0, 1).float() / 255
+    t = torch.from_numpy(np.array(rgba)).permute(2, 0, 1).float() / 255
     drawn = (t[3:] > 0.5).float()
     return torch.cat([t[:3] * drawn, drawn]) * 2 - 1
