@@ -92,6 +92,8 @@ def load_pipeline(
     if asym_vae:
         pipe.register_modules(asym_vae=AsymmetricAutoencoderKL.from_pretrained(asym_vae, local_files_only=True))
     pipe.random_weights = random_weights
+    if random_weights:  # say so wherever the model's name is shown (health, the editor's status bar)
+        pipe.register_to_config(model_name=f"{model} (random weights)")
     pipe = pipe.to(device)
     if dtype is not None:
         pipe = pipe.to(dtype=dtype)
