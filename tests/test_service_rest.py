@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from test_service_helpers import WS, box_mask, decode_png, noise_image, paste, png, service
 

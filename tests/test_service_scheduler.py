@@ -5,7 +5,6 @@ from __future__ import annotations
 import threading
 import time
 
-import numpy as np
 
 from lazyedit.service.scheduler import EditScheduler, Job
 from test_service_helpers import box_mask, noise_image

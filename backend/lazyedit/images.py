@@ -75,6 +75,12 @@ def decode_canvas(data: bytes, *, max_bytes: int, max_pixels: int) -> Image.Imag
     return im
 
 
+def decode_canvas_png(data: bytes, *, max_bytes: int, max_pixels: int) -> tuple[Image.Image, bytes]:
+    """Canvas upload -> (RGB image, the PNG that is stored for it)."""
+    im = decode_canvas(data, max_bytes=max_bytes, max_pixels=max_pixels)
+    return im, encode_png(im)
+
+
 def _sized(data: bytes, *, what: str, size: tuple[int, int], code: str, max_bytes: int) -> Image.Image:
     # pixel cap = the canvas size itself: a mask/sketch of any other size is refused from its header
     im = _open(data, what=what, max_bytes=max_bytes, max_pixels=size[0] * size[1])

@@ -1,13 +1,12 @@
 """End-to-end: the built editor against a real `lazyedit serve --model tiny`, in headless Chromium."""
 from __future__ import annotations
 
-import io
 import json
 import struct
 
 from PIL import Image
 
-from e2e_helpers import client_point, drag, generate_and_wait, hook, open_app, open_image, wait_hook
+from e2e_helpers import drag, generate_and_wait, hook, open_app, open_image, wait_hook
 
 STROKE = [(140, 90), (220, 170), (300, 250)]
 

@@ -8,7 +8,7 @@ import urllib.request
 
 from PIL import Image
 
-from e2e_helpers import drag, generate_and_wait, hook, open_app, open_image, wait_hook
+from e2e_helpers import drag, hook, open_app, open_image, wait_hook
 
 
 def _frames(page):

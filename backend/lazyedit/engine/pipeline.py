@@ -32,7 +32,7 @@ from PIL import Image
 
 from .cache import ByteLRU
 from .holes import Box, HolePlan, mask_box, plan_holes
-from .models import ByteTextEncoder, ContextEncoder, CSCTuner, HFTextEncoder, LazyDiffusionTransformer
+from .models import ContextEncoder, CSCTuner, HFTextEncoder, LazyDiffusionTransformer
 from .models.layers import patchify, unpatchify
 
 logger = logging.getLogger("lazyedit.engine")

@@ -21,7 +21,7 @@ from . import protocol as P
 from .framing import FrameError, Part, decode_frame, encode_frame
 from .hub import Hub, Outgoing, SessionRuntime, history_models
 from ..engine import EditInputError
-from ..images import decode_canvas, decode_mask, decode_sketch, encode_jpeg, encode_png
+from ..images import decode_canvas_png, decode_mask, decode_sketch, encode_jpeg, encode_png
 from .scheduler import Job, QueueFull
 from .storage import StorageError
 
@@ -302,12 +302,8 @@ class Connection:
         s = self.hub.settings
         data = parts["image"].data
 
-        def prepare():
-            im = decode_canvas(data, max_bytes=s.max_image_bytes, max_pixels=s.max_pixels)
-            return im, encode_png(im)
-
         try:
-            im, png = await asyncio.to_thread(prepare)
+            im, png = await asyncio.to_thread(decode_canvas_png, data, max_bytes=s.max_image_bytes, max_pixels=s.max_pixels)
         except EditInputError as exc:
             raise ClientError(exc.code, exc.message) from None
         async with rt.lock:

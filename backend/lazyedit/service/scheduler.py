@@ -21,7 +21,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, Optional
 
 import numpy as np
-from PIL import Image
 
 log = logging.getLogger("lazyedit.service.edits")
 

@@ -5,6 +5,12 @@ Every method here is synchronous and blocking: the service calls them from worke
 A write that must be durable (an accepted edit) is: blob written + fsynced + renamed + folder fsynced,
 then the SQL transaction committed. A crash in between leaves at most an unreferenced blob, which the
 start-up sweep removes.
+
+Several service replicas may share one PostgreSQL database and one images folder (docs/scaling.md):
+writes lock their session row (``SELECT ... FOR UPDATE``), and a blob is written and referenced, or found
+unreferenced and deleted, under a per-blob PostgreSQL advisory lock (shared for writers, exclusive for the
+collector), so one replica never deletes a file another replica is about to reference. On SQLite (one
+server) both are no-ops and the in-process lock is enough.
 """
 
 from __future__ import annotations
@@ -21,12 +27,18 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from sqlalchemy import (BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine,
-                        delete, event, func, select)
+                        delete, event, func, select, text)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
 SHA_RE = re.compile(r"^[0-9a-f]{64}$")
+
+#: temp files younger than this are left alone by the sweep: another replica may be writing them
+TMP_GRACE_S = 600.0
+#: first key of the two-int PostgreSQL advisory locks this module takes ("le" + 1: blobs, 2: schema)
+_PG_LOCK_BLOB = 0x6C6501
+_PG_LOCK_SCHEMA = 0x6C6502
 
 
 def new_session_id() -> str:
@@ -166,6 +178,9 @@ class BlobStore:
         except FileNotFoundError:
             pass
 
+    def exists(self, sha: str) -> bool:
+        return self.path(sha).is_file()
+
     def iter_all(self) -> Iterator[tuple[str, Path]]:
         for sub in self.root.iterdir():
             if not sub.is_dir() or len(sub.name) != 2:
@@ -210,7 +225,11 @@ class Storage:
                 cur.execute("PRAGMA synchronous=FULL")
                 cur.execute("PRAGMA foreign_keys=ON")
                 cur.close()
-        Base.metadata.create_all(self.engine)
+        self.is_postgres = self.engine.dialect.name == "postgresql"
+        with self.engine.begin() as conn:
+            if self.is_postgres:  # replicas starting together: one creates the tables, the others wait
+                conn.execute(text("SELECT pg_advisory_xact_lock(:a, 0)"), {"a": _PG_LOCK_SCHEMA})
+            Base.metadata.create_all(conn)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self.blobs = BlobStore(image_dir)
         # one writer at a time inside this process (keeps blob GC and inserts from racing)
@@ -218,6 +237,33 @@ class Storage:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    # ---- cross-replica locks (PostgreSQL; no-ops elsewhere) ------------------------------------
+    @staticmethod
+    def _blob_key(sha: str) -> int:
+        return int(sha[:8], 16) - (1 << 31)   # signed int4; a collision only serialises two blobs
+
+    def _lock_blobs(self, db: Session, shas, exclusive: bool) -> None:
+        """Transaction-scoped advisory locks on blobs, taken in key order (no deadlock between collectors)."""
+        if not self.is_postgres:
+            return
+        fn = "pg_advisory_xact_lock" if exclusive else "pg_advisory_xact_lock_shared"
+        for key in sorted({self._blob_key(s) for s in shas}):
+            db.execute(text(f"SELECT {fn}(:a, :b)"), {"a": _PG_LOCK_BLOB, "b": key})
+
+    def _put_locked(self, db: Session, png: bytes) -> str:
+        """Write the blob inside ``db``'s transaction, holding its shared lock until commit: a collector on
+        another replica waits for the commit and then sees the new reference."""
+        sha = hashlib.sha256(png).hexdigest()
+        self._lock_blobs(db, [sha], exclusive=False)
+        put = self.blobs.put(png)
+        assert put == sha
+        return sha
+
+    @staticmethod
+    def _text(value: Optional[str]) -> Optional[str]:
+        # PostgreSQL text cannot hold NUL; the prompt is only shown back, so keep a visible stand-in
+        return value.replace("\x00", "\ufffd") if value is not None else None
 
     # ---- reads ---------------------------------------------------------------------------------
     def _state(self, db: Session, sid: str) -> Optional[SessionState]:
@@ -262,10 +308,9 @@ class Storage:
                    max_sessions: Optional[int] = None) -> SessionState:
         """Create the session or restart its history from this canvas."""
         with self._lock:
-            sha = self.blobs.put(png)
             now = time.time()
             with self._session() as db, db.begin():
-                row = db.get(SessionRow, sid)
+                row = db.get(SessionRow, sid, with_for_update=True)
                 old: set[str] = set()
                 if row is None:
                     if max_sessions is not None and (db.scalar(select(func.count(SessionRow.id))) or 0) >= max_sessions:
@@ -279,6 +324,7 @@ class Storage:
                     row.width, row.height, row.position, row.updated = width, height, 0, now
                     row.version += 1
                 db.flush()
+                sha = self._put_locked(db, png)
                 db.add(EntryRow(session_id=sid, idx=0, prompt=None, seed=None, image_sha=sha, created=now))
             self._gc(old - {sha})
             return self.get(sid)  # type: ignore[return-value]
@@ -286,18 +332,18 @@ class Storage:
     def append_edit(self, sid: str, png: bytes, prompt: str, seed: int) -> SessionState:
         """Store an accepted edit after the current position (dropping the redo branch); durable on return."""
         with self._lock:
-            sha = self.blobs.put(png)
             now = time.time()
             with self._session() as db, db.begin():
-                row = db.get(SessionRow, sid)
+                row = db.get(SessionRow, sid, with_for_update=True)
                 if row is None:
                     raise StorageError("unknown_session", "session was deleted")
                 dropped = set(db.scalars(select(EntryRow.image_sha).where(
                     EntryRow.session_id == sid, EntryRow.idx > row.position)).all())
                 db.execute(delete(EntryRow).where(EntryRow.session_id == sid, EntryRow.idx > row.position))
                 db.flush()
-                db.add(EntryRow(session_id=sid, idx=row.position + 1, prompt=prompt, seed=seed, image_sha=sha,
-                                created=now))
+                sha = self._put_locked(db, png)
+                db.add(EntryRow(session_id=sid, idx=row.position + 1, prompt=self._text(prompt), seed=seed,
+                                image_sha=sha, created=now))
                 row.position += 1
                 row.version += 1
                 row.updated = now
@@ -307,7 +353,7 @@ class Storage:
     def move(self, sid: str, position: int) -> SessionState:
         with self._lock:
             with self._session() as db, db.begin():
-                row = db.get(SessionRow, sid)
+                row = db.get(SessionRow, sid, with_for_update=True)
                 if row is None:
                     raise StorageError("unknown_session", "session was deleted")
                 n = db.scalar(select(func.count(EntryRow.id)).where(EntryRow.session_id == sid)) or 0
@@ -323,7 +369,7 @@ class Storage:
             return False
         with self._lock:
             with self._session() as db, db.begin():
-                row = db.get(SessionRow, sid)
+                row = db.get(SessionRow, sid, with_for_update=True)
                 if row is None:
                     return False
                 shas = set(db.scalars(select(EntryRow.image_sha).where(EntryRow.session_id == sid)).all())
@@ -332,25 +378,43 @@ class Storage:
             self._gc(shas)
             return True
 
-    def _gc(self, shas: set[str]) -> None:
+    def _gc(self, shas: set[str]) -> int:
+        """Delete the blobs among ``shas`` that no entry references; returns how many were deleted."""
         if not shas:
-            return
-        with self._session() as db:
+            return 0
+        removed = 0
+        with self._session() as db, db.begin():
+            self._lock_blobs(db, shas, exclusive=True)   # waits for writers of these blobs to commit
             used = set(db.scalars(select(EntryRow.image_sha).where(EntryRow.image_sha.in_(shas))).all())
-        for sha in shas - used:
-            self.blobs.delete(sha)
+            for sha in shas - used:
+                if self.blobs.exists(sha):
+                    self.blobs.delete(sha)
+                    removed += 1
+        return removed
 
     def sweep(self) -> int:
-        """Remove temp files and blobs that no entry references (start-up, after a crash)."""
+        """Remove stale temp files and blobs that no entry references (start-up, after a crash).
+
+        Safe while other replicas write to the same folder: temp files younger than ``TMP_GRACE_S`` are
+        kept (one may be half written), and each candidate blob is re-checked under its exclusive lock."""
         with self._lock:
             with self._session() as db:
                 used = set(db.scalars(select(EntryRow.image_sha).distinct()).all())
             removed = 0
+            candidates: set[str] = set()
+            now = time.time()
             for sha, path in list(self.blobs.iter_all()):
-                if not sha or sha not in used:
-                    try:
+                if sha:
+                    if sha not in used:
+                        candidates.add(sha)
+                    continue
+                try:
+                    if now - path.stat().st_mtime > TMP_GRACE_S:
                         path.unlink()
                         removed += 1
-                    except FileNotFoundError:
-                        pass
+                except FileNotFoundError:
+                    pass
+            batch = sorted(candidates)
+            for i in range(0, len(batch), 256):   # bounded transactions and lock counts
+                removed += self._gc(set(batch[i:i + 256]))
             return removed

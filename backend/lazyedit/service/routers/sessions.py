@@ -1,14 +1,13 @@
 from __future__ import annotations
 
 import asyncio
-import re
 
 from fastapi import APIRouter, Depends, File, Path, Response, UploadFile, status
 
 from ..deps import HubDep, http_error, require_token
 from ..hub import history_models
 from ...engine import EditInputError
-from ...images import decode_canvas, encode_png
+from ...images import decode_canvas_png
 from ..protocol import HTTPErrorOut, SessionCreated, SessionDetail, SessionSummary
 from ..storage import SESSION_ID_RE, StorageError, iso, new_session_id
 
@@ -35,12 +34,8 @@ async def create_session(hub: HubDep, image: UploadFile = File(...)) -> SessionC
     if len(data) > s.max_image_bytes:
         raise http_error(413, "image_too_large", f"image over {s.max_image_bytes} bytes")
 
-    def prepare():
-        im = decode_canvas(data, max_bytes=s.max_image_bytes, max_pixels=s.max_pixels)
-        return im, encode_png(im)
-
     try:
-        im, png = await asyncio.to_thread(prepare)
+        im, png = await asyncio.to_thread(decode_canvas_png, data, max_bytes=s.max_image_bytes, max_pixels=s.max_pixels)
     except EditInputError as exc:
         raise http_error(413 if exc.code == "image_too_large" else 400, exc.code, exc.message) from None
     sid = new_session_id()
