@@ -23,6 +23,8 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     p.add_argument("--frontend-dir", type=Path, default=None, help="built frontend to serve at / (default frontend/dist)")
     p.add_argument("--allow-origin", dest="allowed_origins", action="append", default=None, metavar="ORIGIN",
                    help="extra Origin allowed on /ws, e.g. http://localhost:5173 (repeatable)")
+    p.add_argument("--trusted-proxy", dest="trusted_proxies", action="append", default=None, metavar="ADDR",
+                   help="proxy address or CIDR whose X-Forwarded-For gives the client address (repeatable)")
     p.add_argument("--max-pixels", type=int, default=None)
     p.add_argument("--max-image-bytes", type=int, default=None)
     p.add_argument("--max-message-bytes", type=int, default=None)
@@ -65,7 +67,8 @@ def run(settings) -> int:
     app = create_app(settings)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                 ws_max_size=settings.max_message_bytes * 2 + 4096, ws_ping_interval=20, ws_ping_timeout=60,
-                proxy_headers=False)
+                proxy_headers=bool(settings.trusted_proxies),
+                forwarded_allow_ips=",".join(settings.trusted_proxies) or None)
     return 0
 
 

@@ -38,6 +38,9 @@ class ServiceSettings(BaseSettings):
     token: Optional[str] = Field(None, min_length=1)
     frontend_dir: Optional[Path] = Field(None, description="built frontend; default frontend/dist or lazyedit/static")
     allowed_origins: list[str] = Field(default_factory=list, description="extra Origins allowed on /ws")
+    trusted_proxies: list[str] = Field(default_factory=list,
+                                       description="proxy addresses/CIDRs whose X-Forwarded-For is believed "
+                                                   "(per-client limits behind nginx; docs/scaling.md)")
 
     max_pixels: int = Field(2048 * 2048, ge=1)
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
