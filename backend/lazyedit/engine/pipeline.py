@@ -11,6 +11,7 @@ canvas, `regenerate_crop` denoises every token of a crop around the mask.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import secrets
@@ -58,7 +59,13 @@ class StepPreview:
     step: int  # 1-based
     total: int
     box: Box
-    image: Image.Image  # latent -> RGB of the box, cheap (no VAE)
+    render: Callable[[], Image.Image] = field(repr=False)
+
+    @functools.cached_property
+    def image(self) -> Image.Image:
+        """Latent -> RGB of the box (cheap, no VAE), rendered only if someone looks: a client that is sent
+        every fourth preview costs one render in four."""
+        return self.render()
 
 
 @dataclass
@@ -389,12 +396,13 @@ class LazyEditPipeline(DiffusionPipeline):
         for b, job in enumerate(jobs):
             sample[b, : job.plan.num_tokens] = job.tokens * getattr(scheduler, "init_noise_sigma", 1.0)
         row_of_job = {id(job): [r for r, (j, _) in enumerate(rows) if j is job] for job in jobs}
+        job_of_row = [jobs.index(j) for j, _ in rows]
         active = torch.ones(len(jobs), dtype=torch.bool)
         t0 = time.perf_counter()
         timesteps = scheduler.timesteps
         for step, t in enumerate(timesteps):
             model_in, sigma = self._model_input(scheduler, sample, t)
-            row_in = torch.stack([model_in[jobs.index(j)] for j, _ in rows])
+            row_in = model_in[job_of_row]
             flow_t = torch.full((len(rows),), float(sigma) * 1000, device=self.device)
             velocity = self.transformer(
                 row_in.to(dtype), context, index, grid, flow_t.to(dtype), text.to(dtype), text_mask, token_mask, adapter
@@ -477,17 +485,21 @@ class LazyEditPipeline(DiffusionPipeline):
         return x0 * u, y0 * u, x1 * u, y1 * u
 
     def _preview(self, job: _Job, x0_tokens: torch.Tensor, step: int, total: int) -> StepPreview:
-        latent = self._scatter(job, x0_tokens)
-        bx0, by0, bx1, by1 = box = self._result_box(job)
-        f = self.vae_factor
-        lx0, ly0, lx1, ly1 = bx0 // f, by0 // f, -(-bx1 // f), -(-by1 // f)
-        crop = latent[0, :, ly0:ly1, lx0:lx1].float()
-        feats = torch.cat([crop, torch.ones_like(crop[:1])]).flatten(1).T
-        rgb = (feats @ job.rgb_fit.float()).T.reshape(3, ly1 - ly0, lx1 - lx0)
-        rgb = F.interpolate(rgb[None], scale_factor=f, mode="bilinear", align_corners=False)[0]
-        rgb = rgb[:, by0 - ly0 * f : by1 - ly0 * f, bx0 - lx0 * f : bx1 - lx0 * f]
-        arr = ((rgb.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-        return StepPreview(step=step, total=total, box=self._offset_box(job, box), image=Image.fromarray(arr))
+        box = self._result_box(job)
+
+        def render() -> Image.Image:
+            latent = self._scatter(job, x0_tokens)
+            bx0, by0, bx1, by1 = box
+            f = self.vae_factor
+            lx0, ly0, lx1, ly1 = bx0 // f, by0 // f, -(-bx1 // f), -(-by1 // f)
+            crop = latent[0, :, ly0:ly1, lx0:lx1].float()
+            feats = torch.cat([crop, torch.ones_like(crop[:1])]).flatten(1).T
+            rgb = (feats @ job.rgb_fit.float()).T.reshape(3, ly1 - ly0, lx1 - lx0)
+            rgb = F.interpolate(rgb[None], scale_factor=f, mode="bilinear", align_corners=False)[0]
+            rgb = rgb[:, by0 - ly0 * f : by1 - ly0 * f, bx0 - lx0 * f : bx1 - lx0 * f]
+            return Image.fromarray(((rgb.clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy())
+
+        return StepPreview(step=step, total=total, box=self._offset_box(job, box), render=render)
 
     def _result_box(self, job: _Job) -> Box:
         return mask_box(job.mask)
