@@ -64,13 +64,13 @@ def test_supersede_and_cancel(client):
         ws.canvas(noise_image(96, 64))
         mask = box_mask(96, 64, (10, 10, 50, 50))
         # a long edit, superseded by a new one: the first is cancelled, the second completes
-        ws.edit(mask, "slow", steps=60)
+        ws.edit(mask, "slow", steps=100)
         ws.edit(mask, "fast", steps=2)
         seen, _ = ws.recv_until("result")
         ends = [(h["type"], h.get("id")) for h in seen if h["type"] in ("cancelled", "result", "error")]
         assert ends == [("cancelled", "slow"), ("result", "fast")]
         # cancel names one edit: a wrong target does nothing, the right one cancels
-        ws.edit(mask, "c1", steps=60)
+        ws.edit(mask, "c1", steps=100)
         ws.send({"type": "cancel", "id": "x", "target": "nope"})
         ws.send({"type": "cancel", "id": "x2", "target": "c1"})
         seen, _ = ws.recv_until("cancelled", "result")

@@ -164,7 +164,7 @@ def test_escape_cancels_running_edit(page, server, sample_png):
     open_app(page, server)
     open_image(page, sample_png)
     drag(page, STROKE)
-    page.get_by_test_id("steps").fill("12")
+    page.get_by_test_id("steps").fill("100")  # long enough that Escape always lands mid-run
     page.get_by_test_id("prompt").fill("slow one")
     page.get_by_test_id("generate").click()
     wait_hook(page, "$.busy && $.previewCount >= 1", timeout=120_000)

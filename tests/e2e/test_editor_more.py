@@ -71,7 +71,7 @@ def test_new_generate_supersedes_running_one(page, server, sample_png):
     open_app(page, server)
     open_image(page, sample_png)
     drag(page, [(100, 100), (200, 160)])
-    page.get_by_test_id("steps").fill("10")
+    page.get_by_test_id("steps").fill("100")  # long enough that the second Generate always lands mid-run
     page.get_by_test_id("prompt").fill("first")
     page.get_by_test_id("generate").click()
     wait_hook(page, "$.busy && $.previewCount >= 1", timeout=120_000)
