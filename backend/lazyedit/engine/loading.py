@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 from diffusers import AsymmetricAutoencoderKL, AutoencoderKL, FlowMatchEulerDiscreteScheduler
+from diffusers.utils import logging as diffusers_logging
 
 from .configs import get_config
 from .models import ByteTextEncoder, ContextEncoder, CSCTuner, LazyDiffusionTransformer
@@ -72,7 +73,14 @@ def load_pipeline(
     if model == "demo" and (DEMO_MODEL_DIR / "model_index.json").is_file():
         path = DEMO_MODEL_DIR
     if (path / "model_index.json").is_file():
-        pipe = LazyEditPipeline.from_pretrained(str(path))
+        # diffusers warns that AsymmetricAutoencoderKL's own saved config has keys its __init__ does not
+        # take (block_out_channels, force_upcast): true of every such checkpoint, so not worth a warning.
+        verbosity = diffusers_logging.get_verbosity()
+        diffusers_logging.set_verbosity_error()
+        try:
+            pipe = LazyEditPipeline.from_pretrained(str(path))
+        finally:
+            diffusers_logging.set_verbosity(verbosity)
         pipe.register_to_config(model_name=pipe.config.model_name if model != "demo" else "demo")
     elif model in ("tiny", "demo", "base"):
         if model != "tiny":
