@@ -408,3 +408,17 @@ def test_bench_reports_speed_table(tmp_path):
     assert "end to end" in format_table(report)
     plot(report, str(tmp_path / "p.png"))
     assert Image.open(tmp_path / "p.png").size[0] > 500
+
+
+def test_position_offset_places_a_crop_inside_a_larger_canvas():
+    """Training crops at an offset see exactly the positional embeddings of those tokens on the big canvas."""
+    from lazyedit.engine.models.layers import sincos_positions
+
+    index = torch.tensor([[0, 5, 15], [3, 4, 12]])  # flat indices on a 4x4 crop grid
+    offset = torch.tensor([[2, 3], [0, 7]])
+    shifted = sincos_positions(16, (4, 4), index, offset)
+    rows, cols = index // 4 + offset[:, :1], index % 4 + offset[:, 1:]
+    on_canvas = sincos_positions(16, (12, 12), rows * 12 + cols)
+    assert torch.equal(shifted, on_canvas)
+    assert torch.equal(sincos_positions(16, (4, 4), index, torch.zeros(2, 2, dtype=torch.long))[0],
+                       sincos_positions(16, (4, 4), index)[0])

@@ -97,7 +97,7 @@ def test_asym_and_sketch_stages_and_cli(trained):
     assert train_main(["asym-decoder", "--config", "tiny", "--output", str(out), "--resolution", "64",
                        "--batch-size", "2", "--steps", "3", "--no-progress"]) == 0
     assert train_main(["sketch", "--config", "tiny", "--output", str(out), "--resolution", "64",
-                       "--batch-size", "2", "--steps", "3", "--no-progress"]) == 0
+                       "--batch-size", "2", "--steps", "3", "--no-progress", "--position-grid", "16"]) == 0
     index = json.loads((out / "model" / "model_index.json").read_text())
     assert index["asym_vae"][1] == "AsymmetricAutoencoderKL" and index["sketch_tuner"][1] == "CSCTuner"
     from lazyedit.engine import load_pipeline

@@ -47,6 +47,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes (0 on a shared CPU)")
     p.add_argument("--resume", default="auto", help="'auto' (latest checkpoint of the stage), 'never', or a checkpoint folder")
     p.add_argument("--text-dropout", type=float, default=0.1, help="probability of an empty caption (lazy stage, for guidance)")
+    p.add_argument("--position-grid", type=int, default=0,
+                   help="lazy/sketch: train the token positions of canvases up to this many tokens wide by placing each "
+                        "crop at a random offset (demo: 32 = 512 px); 0 = the crop's own positions only")
     p.add_argument("--sample-steps", type=int, default=12)
     p.add_argument("--sample-guidance", type=float, default=2.0)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -81,6 +84,7 @@ def _args_for(ns: argparse.Namespace, stage: str) -> TrainArgs:
         num_workers=ns.num_workers,
         resume=ns.resume,
         text_dropout=ns.text_dropout,
+        position_grid=ns.position_grid,
         sample_steps=ns.sample_steps,
         sample_guidance=ns.sample_guidance,
         progress=not ns.no_progress,

@@ -25,6 +25,7 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -33,6 +34,9 @@ from torch.utils.data import DataLoader
 
 from .data import StageDataset, StreamSampler, to_image
 from .world import contact_sheet
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 logger = logging.getLogger("lazyedit.training")
 
@@ -64,6 +68,7 @@ class TrainArgs:
     num_workers: int = 0
     resume: str = "auto"  # auto | never | path to a checkpoint folder
     text_dropout: float = 0.1
+    position_grid: int = 0  # lazy/sketch: place each crop at a random offset in a grid this many tokens wide
     sample_steps: int = 12
     sample_guidance: float = 2.0
     progress: bool = True
@@ -220,12 +225,14 @@ class StageNet(torch.nn.Module):
     """The trainable models of a stage behind one forward(batch) -> (loss, logs), so accelerate/DDP wraps
     a single module whose forward computes the whole loss (gradient sync hooks see every parameter)."""
 
-    def __init__(self, stage: str, models: dict, frozen: dict, text_dropout: float, generator: torch.Generator):
+    def __init__(self, stage: str, models: dict, frozen: dict, text_dropout: float, generator: torch.Generator,
+                 position_grid: int = 0):
         super().__init__()
         self.stage = stage
         self.models = torch.nn.ModuleDict(models)
         self.frozen = frozen  # plain dict: not parameters of this module, never in the optimizer or checkpoints
         self.text_dropout = text_dropout
+        self.position_grid = position_grid
         self.generator = generator
 
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
@@ -284,7 +291,12 @@ class StageNet(torch.nn.Module):
             goal[differ] = self._encode(target[differ])
         tok, index, valid = hole_plan(mask, unit)
         grid = tuple(tok.shape[1:])
-        context = ctx_enc(canvas, latent_mask_from_tokens(tok, p), index)
+        offset = None
+        if self.position_grid > max(grid):
+            # crops smaller than the canvases the model will see: shift their positions at random so every
+            # position of a canvas up to position_grid tokens wide is trained
+            offset = torch.randint(0, self.position_grid - max(grid) + 1, (b, 2), generator=self.generator).to(device)
+        context = ctx_enc(canvas, latent_mask_from_tokens(tok, p), index, offset)
         x0 = gather_tokens(patchify(goal, p), index)
         captions = list(batch["caption"])
         if self.stage == "lazy" and self.text_dropout > 0:
@@ -299,7 +311,7 @@ class StageNet(torch.nn.Module):
         adapter = None
         if self.stage == "sketch":
             adapter = self.models["sketch_tuner"].adapter([(batch["sketch"], 1.0)], index)
-        pred = tr(xt, context, index, grid, t * 1000, text, tmask, valid, adapter)
+        pred = tr(xt, context, index, grid, t * 1000, text, tmask, valid, adapter, offset)
         w = valid.float()[..., None]
         loss = ((pred.float() - v) ** 2 * w).sum() / (w.sum() * x0.shape[-1])
         return loss, {"hole_tokens": valid.sum().float() / b}
@@ -374,7 +386,7 @@ class StageTrainer:
             raise ValueError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)}")
         for m in self.frozen.values():
             m.to(self.device)
-        self.net_inner = StageNet(stage, self.models, self.frozen, a.text_dropout, self.generator)
+        self.net_inner = StageNet(stage, self.models, self.frozen, a.text_dropout, self.generator, a.position_grid)
         params = [p for p in self.net_inner.parameters() if p.requires_grad]
         self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.99), weight_decay=a.weight_decay)
@@ -406,7 +418,7 @@ class StageTrainer:
 
     # ---------------------------------------------------------------- samples
     @torch.no_grad()
-    def sample_grid(self, batch: dict) -> "Image.Image | None":
+    def sample_grid(self, batch: dict) -> Image.Image | None:
         stage = self.args.stage
         n = min(4, batch["image"].shape[0])
         ims = []
@@ -451,7 +463,12 @@ class StageTrainer:
         canvas = self._encode(image)
         tok, index, valid = hole_plan(mask, unit)
         grid = tuple(tok.shape[1:])
-        context = ctx_enc(canvas, latent_mask_from_tokens(tok, p), index)
+        offset = None
+        if self.position_grid > max(grid):
+            # crops smaller than the canvases the model will see: shift their positions at random so every
+            # position of a canvas up to position_grid tokens wide is trained
+            offset = torch.randint(0, self.position_grid - max(grid) + 1, (b, 2), generator=self.generator).to(device)
+        context = ctx_enc(canvas, latent_mask_from_tokens(tok, p), index, offset)
         captions = list(batch["caption"])
         emb, tmask = text_enc.encode(captions + [""] * b, self.device)
         adapter = None
@@ -552,6 +569,7 @@ class StageTrainer:
         bar = tqdm(total=a.steps, initial=self.step, desc=f"train {a.stage}", disable=not (a.progress and acc.is_main_process),
                    dynamic_ncols=True)
         t_start = time.time()
+        first_step = self.step
         fixed_batch = None
         stopped_early = False
         self.net.train()
@@ -579,6 +597,10 @@ class StageTrainer:
                 logs = {"loss": lv, "lr": self.scheduler.get_last_lr()[0], **logs}
                 acc.log(logs, step=self.step)
                 bar.set_postfix(loss=f"{np.mean(self.losses[-a.log_every:]):.4f}")
+                if bar.disable and acc.is_main_process:  # logs and nohup runs still show progress, a line at a time
+                    rate = (time.time() - t_start) / max(1, self.step - first_step)
+                    print(f"[lazyedit train] {a.stage} step {self.step}/{a.steps} loss {np.mean(self.losses[-a.log_every:]):.4f} "
+                          f"{rate:.2f} s/step", flush=True)
             out_of_time = a.max_minutes is not None and (time.time() - t_start) / 60 >= a.max_minutes
             if self.step % a.sample_every == 0 and acc.is_main_process:
                 self._save_samples(fixed_batch)

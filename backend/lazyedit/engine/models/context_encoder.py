@@ -35,15 +35,17 @@ class ContextEncoder(ModelMixin, ConfigMixin):
         self.out = nn.Linear(width, out_dim)
         self.apply(_init_linear)
 
-    def forward(self, latent: torch.Tensor, latent_mask: torch.Tensor, hole_index: torch.Tensor) -> torch.Tensor:
+    def forward(self, latent: torch.Tensor, latent_mask: torch.Tensor, hole_index: torch.Tensor,
+                position_offset: torch.Tensor | None = None) -> torch.Tensor:
         """latent (B, C, h, w), latent_mask (B, 1, h, w) with 1 in the hole, hole_index (B, L) flat token
-        indices -> context tokens (B, L, out_dim) for the hole positions only."""
+        indices -> context tokens (B, L, out_dim) for the hole positions only. position_offset (B, 2): token
+        (row, col) shift of the positional embedding (training crops; None at inference)."""
         p = self.config.patch_size
         visible = torch.cat([latent * (1 - latent_mask), latent_mask], dim=1)
         x = self.embed(patchify(visible, p))
         grid = (latent.shape[2] // p, latent.shape[3] // p)
         all_index = torch.arange(grid[0] * grid[1], device=x.device).expand(x.shape[0], -1)
-        x = x + sincos_positions(x.shape[-1], grid, all_index).to(x.dtype)
+        x = x + sincos_positions(x.shape[-1], grid, all_index, position_offset).to(x.dtype)
         for block in self.blocks:
             x = block(x)
         return self.out(self.norm(gather_tokens(x, hole_index)))

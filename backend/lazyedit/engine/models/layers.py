@@ -116,13 +116,21 @@ def _sincos_table(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
     return torch.cat([axis(dim // 2, ys), axis(dim // 2, xs)], dim=1).float()
 
 
-def sincos_positions(dim: int, grid: tuple[int, int], index: torch.Tensor) -> torch.Tensor:
+def sincos_positions(dim: int, grid: tuple[int, int], index: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
     """2-D sin-cos embeddings of the token grid, gathered at flat token indices (B, L) -> (B, L, dim).
 
-    Positions are absolute grid coordinates, so a hole keeps its place on any canvas size.
+    Positions are absolute grid coordinates, so a hole keeps its place on any canvas size. ``offset`` (B, 2)
+    shifts each sample's (row, col) coordinates: training on small crops placed at random offsets teaches
+    the positions of canvases larger than the crops.
     """
-    table = _sincos_table(dim, grid[0], grid[1]).to(index.device)
-    return table[index]
+    if offset is None:
+        table = _sincos_table(dim, grid[0], grid[1]).to(index.device)
+        return table[index]
+    rows = index // grid[1] + offset[:, :1]
+    cols = index % grid[1] + offset[:, 1:]
+    high = int(rows.max()) + 1, int(cols.max()) + 1
+    table = _sincos_table(dim, max(high), max(high)).to(index.device)
+    return table[rows * max(high) + cols]
 
 
 def patchify(latent: torch.Tensor, p: int) -> torch.Tensor:

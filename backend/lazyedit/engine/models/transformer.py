@@ -121,14 +121,16 @@ class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
         text_mask: torch.Tensor | None = None,
         token_mask: torch.Tensor | None = None,
         skip_adapter: SkipAdapter | None = None,
+        position_offset: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """noisy_tokens (B, L, C*p*p) and context (B, L, context_dim) at flat grid indices token_index (B, L);
-        timestep (B,) in 0..1000; text (B, T, text_dim). Returns the prediction per token (B, L, C*p*p)."""
+        timestep (B,) in 0..1000; text (B, T, text_dim); position_offset (B, 2) shifts the token positions
+        (training crops). Returns the prediction per token (B, L, C*p*p)."""
         frozen = not any(p.requires_grad for p in self.first_half_parameters())
         # With the first half frozen (SCEdit tuning) no gradient may flow back through it: run it without a graph.
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             x = self.x_embedder(torch.cat([noisy_tokens, context], dim=-1))
-            x = x + sincos_positions(x.shape[-1], grid, token_index).to(x.dtype)
+            x = x + sincos_positions(x.shape[-1], grid, token_index, position_offset).to(x.dtype)
             t = self.t_embedder(timestep)
             t_mod = self.t_block(t)
             text = self.caption_proj(text)
