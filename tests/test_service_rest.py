@@ -91,3 +91,30 @@ def test_persistence_across_app_restart(tmp_path, tiny_pipeline):
             h, parts = ws.recv()
             assert np.array_equal(np.asarray(decode_png(parts["image"])), np.asarray(edited))
             ws.edit_result(mask, "e2", steps=1)
+
+
+def test_replica_serves_the_stored_session_not_its_stale_copy(tmp_path, tiny_pipeline):
+    """Two replicas on one store (docs/scaling.md): a session served by A, then by B (which accepts an edit),
+    then by A again. A must answer with the stored state, not the copy it still holds in memory."""
+    data = tmp_path / "data"
+    im = noise_image(64, 64, seed=5)
+    mask = box_mask(64, 64, (8, 8, 40, 40))
+    with service(data, tiny_pipeline) as a, service(data, tiny_pipeline) as b:
+        with a.websocket_connect("/ws") as raw:
+            ws = WS(raw)
+            sid = ws.hello()["session"]
+            ws.canvas(im)
+        with b.websocket_connect(f"/ws?session={sid}") as raw:
+            ws = WS(raw)
+            ws.hello(session=sid)
+            assert ws.recv()[0]["type"] == "canvas"
+            _, res, region = ws.edit_result(mask, "e1", steps=1, seed=3)
+            ws.send({"type": "accept", "id": "a", "target": "e1"})
+            assert ws.recv()[0]["of"] == "accept"
+        edited = paste(im, region.convert("RGB"), res["box"])
+        with a.websocket_connect(f"/ws?session={sid}") as raw:
+            ws = WS(raw)
+            ready = ws.hello(session=sid)
+            assert ready["position"] == 1 and [e["seed"] for e in ready["history"]] == [None, 3]
+            h, parts = ws.recv()
+            assert h["type"] == "canvas" and np.array_equal(np.asarray(decode_png(parts["image"])), np.asarray(edited))

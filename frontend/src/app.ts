@@ -1,12 +1,12 @@
 // The editor application: UI, protocol state machine, undo/redo, live mode.
-import { CLOSE_TAKEN_OVER, Connection, type ConnState } from "./connection";
+import { CLOSE_TAKEN_OVER, Connection, socketUrl, type ConnState } from "./connection";
 import { downloadBlob, h, isTextField } from "./dom";
 import { Editor, type Tool } from "./editor";
 import { UndoStack } from "./history";
 import { canvasToPNG, ctx2d, decodeImage, makeCanvas, type LayerOp } from "./layers";
 import { countMasked, maskFromRGBA, maskToRGBA } from "./mask";
 import {
-  acceptMsg, binaryToMessage, canvasFrame, cancelMsg, decodeFrame, decodeText, describeError, editFrame,
+  acceptMsg, binaryToMessage, cancelMsg, decodeFrame, decodeText, describeError, editFrame,
   gotoMsg, helloMsg, redoMsg, undoMsg,
   type AckMsg, type Box, type CanvasFrame, type EditParams, type ErrorMsg, type HistoryEntry, type Limits,
   type ProgressFrame, type ReadyMsg, type ResultFrame, type ServerMessage,
@@ -56,7 +56,6 @@ export class App {
   private seq = 0;
   private slots = new Map<string, Slot>();
   private helloId: string | null = null;
-  private freshHelloId: string | null = null; // hello sent to start a new session for a new image
   private pendingCanvas: { id: string; bmp: ImageBitmap; name: string } | null = null;
   private gotoIds = new Set<string>();
   private serverUndo: { id: string; dir: "undo" | "redo"; fromStack: boolean } | null = null;
@@ -119,9 +118,7 @@ export class App {
       if (old.kind === "layer") this.editor.layer(old.op.layer)?.flatten(old.op);
     });
     this.buildUI();
-    const proto = location.protocol === "https:" ? "wss:" : "ws:";
-    const url = `${proto}//${location.host}/ws${this.token ? `?token=${encodeURIComponent(this.token)}` : ""}`;
-    this.conn = new Connection(url, {
+    this.conn = new Connection(() => socketUrl(location, this.token, this.session), {
       onOpen: () => this.sendHello(),
       onText: (t) => this.onText(t),
       onBinary: (b) => this.onBinary(b),
@@ -479,10 +476,6 @@ export class App {
       // the server keeps running it and delivers the outcome when the session is resumed
       this.ui.progressText.textContent = "offline; edit continues on the server";
     }
-    if (this.pendingCanvas) {
-      this.showError("open", "Connection lost while uploading the image; open it again once reconnected.", "disconnected");
-      this.pendingCanvas = null;
-    }
     if (this.accepting) {
       this.accepting = null;
       this.showError("result", "Connection lost while accepting; check the history once reconnected.", "disconnected");
@@ -540,9 +533,7 @@ export class App {
   }
 
   private onReady(m: ReadyMsg): void {
-    const fresh = m.id !== null && m.id === this.freshHelloId;
-    this.freshHelloId = null;
-    if (this.edit && !fresh) this.watchResumedEdit(this.edit);
+    if (this.edit) this.watchResumedEdit(this.edit);
     this.ready = m;
     this.limits = m.limits;
     this.session = m.session;
@@ -560,7 +551,7 @@ export class App {
     if (this.ui.steps.value === "") this.ui.steps.value = String(m.default_steps);
     if (this.ui.guidance.value === "") this.ui.guidance.value = String(m.default_guidance);
     this.setHistory(m.history, m.position, m.canvas?.version);
-    if (!m.canvas && this.editor.image && !fresh) {
+    if (!m.canvas && this.editor.image && !this.pendingCanvas) {
       // the server no longer has our image (new session after a restart): upload what we are showing
       void this.reuploadCurrent();
     }
@@ -586,21 +577,12 @@ export class App {
     if (!this.editor.image) return;
     const png = await canvasToPNG(this.editor.image);
     const bmp = await decodeImage(png);
-    this.sendCanvas(png, bmp, "current image");
+    await this.sendCanvas(png, bmp, "current image");
   }
 
   private onAck(m: AckMsg): void {
     if (m.of === "canvas") {
-      const pc = this.pendingCanvas;
-      if (pc && m.id === pc.id) {
-        this.pendingCanvas = null;
-        this.stack.clear();
-        this.discardResultState();
-        this.editor.setImage(pc.bmp);
-        this.ui.empty.hidden = true;
-        this.clearError("open");
-      }
-      this.setHistory(m.history, m.position, m.version);
+      this.setHistory(m.history, m.position, m.version); // (this page uploads images over REST: see sendCanvas)
     } else if (m.of === "accept") {
       if (m.id === this.accepting) {
         this.accepting = null;
@@ -702,12 +684,11 @@ export class App {
       localStorage.removeItem(SESSION_KEY);
       this.history = [];
       this.renderHistory();
-      this.sendHello();
+      this.conn.reconnect(); // a socket opened with ?session= serves that session only: open an unbound one
       this.showError("history", "The previous session is gone on the server; a new one was started.", m.code);
       return;
     }
     this.showError(slot, describeError(m.code, m.message), m.code);
-    if (this.pendingCanvas && m.id === this.pendingCanvas.id) this.pendingCanvas = null;
     if (this.edit && m.id === this.edit.id) {
       this.ui.progressText.textContent = "failed";
       this.finishEdit();
@@ -763,24 +744,54 @@ export class App {
       ctx2d(c).drawImage(bmp, 0, 0);
       png = await canvasToPNG(c);
     }
-    this.sendCanvas(png, bmp, file.name ?? "image");
+    await this.sendCanvas(png, bmp, file.name ?? "image");
   }
 
-  private sendCanvas(png: Uint8Array, bmp: ImageBitmap, name: string): void {
-    if (!this.conn.isOpen) {
-      this.showError("open", "Not connected to the server; try again once reconnected.", "disconnected");
-      return;
-    }
-    if (this.session && (this.history.length > 0 || this.editor.image)) {
-      // a new image gets a new session; the old one stays stored on the server
-      this.cancelEdit();
-      this.helloId = this.freshHelloId = this.nextId("h", "open");
-      this.conn.send(helloMsg(this.helloId, null));
-    }
-    const id = this.nextId("c", "open");
-    this.pendingCanvas = { id, bmp, name };
-    this.conn.send(canvasFrame(id, png));
+  /**
+   * A new image starts a new session (the old one stays stored on the server). It is created over REST,
+   * then the socket is reopened with the session's routing key (`/ws?session=<id>`), so behind a proxy
+   * with several replicas every edit of the session reaches the replica that holds its state.
+   */
+  private async sendCanvas(png: Uint8Array, bmp: ImageBitmap, name: string): Promise<void> {
+    const upload = { id: this.nextId("c", "open"), bmp, name };
+    this.pendingCanvas = upload;
     this.refresh();
+    let created: { session: string } | null = null;
+    try {
+      const form = new FormData();
+      form.append("image", new Blob([png as Uint8Array<ArrayBuffer>], { type: "image/png" }), "image.png");
+      const res = await fetch("/api/sessions", { method: "POST", body: form, headers: this.authHeaders() });
+      const body = await res.json().catch(() => null);
+      if (res.ok) created = body;
+      else {
+        const detail = body?.detail ?? {};
+        const code = typeof detail.code === "string" ? detail.code : `http_${res.status}`;
+        this.showError("open", describeError(code, typeof detail.message === "string" ? detail.message : res.statusText), code);
+      }
+    } catch {
+      this.showError("open", "Could not reach the server to upload the image; try again once reconnected.", "disconnected");
+    }
+    if (this.pendingCanvas !== upload) return; // another image was opened meanwhile
+    this.pendingCanvas = null;
+    if (!created) return void this.refresh();
+    this.cancelEdit();
+    this.edit = null; // its outcome belongs to the old session, on the old socket
+    this.ui.progressText.textContent = "";
+    this.stack.clear();
+    this.discardResultState();
+    this.editor.setImage(bmp);
+    this.ui.empty.hidden = true;
+    this.clearError("open");
+    this.session = created.session;
+    localStorage.setItem(SESSION_KEY, created.session);
+    this.history = [];
+    this.renderHistory();
+    this.conn.reconnect(); // hello on the new socket resumes the new session: ready, then its canvas and history
+    this.refresh();
+  }
+
+  private authHeaders(): Record<string, string> {
+    return this.token ? { Authorization: `Bearer ${this.token}` } : {};
   }
 
   private readParams(newSeed: boolean): EditParams {
@@ -1060,7 +1071,7 @@ export class App {
     if (!url) {
       try {
         const res = await fetch(`/api/sessions/${encodeURIComponent(this.session)}/history/${entry.index}/image`, {
-          headers: this.token ? { Authorization: `Bearer ${this.token}` } : {},
+          headers: this.authHeaders(),
         });
         if (!res.ok) return;
         const blob = await res.blob();

@@ -1,5 +1,18 @@
 // WebSocket with automatic reconnection (exponential backoff with jitter).
 
+/**
+ * The socket URL. With a session it carries `?session=<id>`, the routing key a proxy in front of several
+ * replicas hashes so every socket of a session reaches the replica holding its state (docs/protocol.md).
+ * Pure.
+ */
+export function socketUrl(loc: { protocol: string; host: string }, token: string | null, session: string | null): string {
+  const params = new URLSearchParams();
+  if (session) params.set("session", session);
+  if (token) params.set("token", token);
+  const query = params.toString();
+  return `${loc.protocol === "https:" ? "wss:" : "ws:"}//${loc.host}/ws${query ? `?${query}` : ""}`;
+}
+
 /** Delay before reconnect attempt `attempt` (0-based), in ms. Pure. */
 export function backoffDelay(attempt: number, base = 500, max = 10000, random: () => number = Math.random): number {
   const exp = Math.min(max, base * 2 ** Math.min(attempt, 16));
@@ -30,8 +43,9 @@ export class Connection {
   private stopped = false;
   state: ConnState = "closed";
 
+  /** `url` is asked again at every (re)connection, so it can follow the session. */
   constructor(
-    private url: string,
+    private url: () => string,
     private h: ConnectionHandlers,
   ) {}
 
@@ -54,6 +68,16 @@ export class Connection {
     }
   }
 
+  /** Close the socket (if any) and open a new one at once, at the URL as it is now. */
+  reconnect(): void {
+    if (this.timer) clearTimeout(this.timer);
+    const old = this.ws;
+    this.ws = null; // its close event is then ignored
+    old?.close(1000);
+    this.stopped = false;
+    this.open();
+  }
+
   get isOpen(): boolean {
     return this.ws !== null && this.ws.readyState === WebSocket.OPEN;
   }
@@ -74,7 +98,7 @@ export class Connection {
     this.setState("connecting");
     let ws: WebSocket;
     try {
-      ws = new WebSocket(this.url);
+      ws = new WebSocket(this.url());
     } catch {
       this.scheduleRetry(1006, "could not open socket");
       return;

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { UndoStack } from "../src/history";
-import { backoffDelay } from "../src/connection";
+import { backoffDelay, socketUrl } from "../src/connection";
 
 describe("UndoStack", () => {
   it("undoes and redoes in order", () => {
@@ -80,5 +80,14 @@ describe("reconnect backoff", () => {
     expect(backoffDelay(3, 500, 10000, () => 1)).toBe(4000);
     expect(backoffDelay(30, 500, 10000, () => 1)).toBe(10000);
     expect(backoffDelay(30, 500, 10000, () => 0)).toBe(5000);
+  });
+});
+
+describe("socket URL", () => {
+  it("carries the session as the routing key, and the token", () => {
+    const loc = { protocol: "http:", host: "127.0.0.1:7860" };
+    expect(socketUrl(loc, null, null)).toBe("ws://127.0.0.1:7860/ws");
+    expect(socketUrl(loc, null, "AbC-_9")).toBe("ws://127.0.0.1:7860/ws?session=AbC-_9");
+    expect(socketUrl({ protocol: "https:", host: "edit.example" }, "t&k", "s1")).toBe("wss://edit.example/ws?session=s1&token=t%26k");
   });
 });

@@ -17,12 +17,16 @@ def _decode_binary_header(payload: bytes) -> dict:
 
 
 def test_open_paint_generate_accept_undo_reload_export(page, server, sample_png, shots_dir, tmp_path):
+    sockets: list[str] = []
+    page.on("websocket", lambda ws: sockets.append(ws.url))
     open_app(page, server)
     assert hook(page, "model")["model"] == "tiny"
     assert "tiny" in page.get_by_test_id("status").inner_text()
     open_image(page, sample_png)
     assert hook(page, "canvasSize") == {"width": 512, "height": 384}
     session = hook(page, "sessionId")
+    # the session was created over REST and the socket reopened with its routing key (sticky behind a proxy)
+    assert sockets[-1].endswith(f"/ws?session={session}"), sockets
     original = hook(page, "pixel(220, 170)")
 
     # paint a mask with the mouse

@@ -36,10 +36,10 @@ def test_new_image_starts_new_session(page, server, sample_png, tmp_path):
     other = tmp_path / "other.png"
     Image.new("RGB", (320, 240), (200, 50, 50)).save(other)
     page.get_by_test_id("file-input").set_input_files(str(other))
-    wait_hook(page, "$.canvasSize && $.canvasSize.width === 320")
+    # shown at once; the new session's history arrives once the socket is reopened on it
+    wait_hook(page, "$.canvasSize && $.canvasSize.width === 320 && $.historyLength === 1")
     second = hook(page, "sessionId")
     assert second != first
-    assert hook(page, "historyLength") == 1
     with urllib.request.urlopen(server.url + "/api/sessions") as r:
         ids = {s["session"] for s in json.load(r)}
     assert {first, second} <= ids

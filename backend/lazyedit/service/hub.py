@@ -109,6 +109,16 @@ class Hub:
             return None
         rt = self.sessions.get(sid)
         if rt is not None:
+            if rt.conn is None and rt.state is not None and not self.scheduler.busy(sid):
+                # Detached: another replica may have served (or deleted) the session since; the stored row wins.
+                stored = await asyncio.to_thread(self.storage.get, sid)
+                if stored is None:
+                    self.sessions.pop(sid, None)
+                    return None
+                if stored.version != rt.state.version:
+                    rt.state, rt.image = stored, None
+                    rt.results.clear()
+                    rt.undelivered.clear()
             return rt
         state = await asyncio.to_thread(self.storage.get, sid)
         if state is None:
