@@ -108,6 +108,30 @@ def test_asym_and_sketch_stages_and_cli(trained):
     assert res.image.size == (64, 64)
 
 
+def test_ship_writes_fp16_safetensors_that_load_as_fp32(trained, tmp_path):
+    from safetensors import safe_open
+
+    from lazyedit.engine import load_pipeline
+
+    out, _, _ = trained
+    dest = tmp_path / "demo"
+    (dest).mkdir()
+    (dest / "README.md").write_text("model card")
+    assert train_main(["ship", "--output", str(out), "--dest", str(dest)]) == 0
+    assert (dest / "README.md").read_text() == "model card"  # the card survives a re-ship
+    files = sorted(dest.rglob("*.safetensors"))
+    assert {f.parent.name for f in files} >= {"vae", "text_encoder", "context_encoder", "transformer"}
+    for f in files:
+        with safe_open(str(f), "pt") as st:
+            assert all(st.get_tensor(k).dtype == torch.float16 for k in st.keys()), f
+    pipe = load_pipeline(str(dest))
+    assert pipe.transformer.dtype == torch.float32 and pipe.config.model_name == "demo"
+    s = make_sample(0, 3, size=64)
+    res = pipe.edit(s.image, s.mask, prompt=s.caption, seed=1, steps=2)
+    outside = ~np.asarray(s.mask, bool)
+    assert np.array_equal(np.asarray(res.image)[outside], np.asarray(s.image.convert("RGB"))[outside])
+
+
 def test_parser_knows_the_stages():
     p = build_parser()
     for stage in ("vae", "asym-decoder", "lazy", "sketch", "all", "export"):

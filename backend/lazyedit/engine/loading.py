@@ -102,7 +102,5 @@ def load_pipeline(
     pipe.random_weights = random_weights
     if random_weights:  # say so wherever the model's name is shown (health, the editor's status bar)
         pipe.register_to_config(model_name=f"{model} (random weights)")
-    pipe = pipe.to(device)
-    if dtype is not None:
-        pipe = pipe.to(dtype=dtype)
-    return pipe
+    # the shipped weights are fp16 (small); compute in fp32 unless told otherwise
+    return pipe.to(device).to(dtype=dtype or torch.float32)

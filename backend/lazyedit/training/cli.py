@@ -17,13 +17,15 @@ import json
 import logging
 import sys
 
-from .trainer import STAGE_DEFAULTS, STAGES, TrainArgs, export_pipeline
+from .trainer import STAGE_DEFAULTS, STAGES, TrainArgs, export_pipeline, ship_pipeline
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="lazyedit train", description="Train a lazyedit model stage by stage.")
-    p.add_argument("stage", choices=(*STAGES, "all", "export"),
-                   help="stage to train; 'all' runs vae, asym-decoder, lazy, sketch in order; 'export' only writes the pipeline index")
+    p.add_argument("stage", choices=(*STAGES, "all", "export", "ship"),
+                   help="stage to train; 'all' runs vae, asym-decoder, lazy, sketch in order; 'export' only writes the pipeline "
+                        "index; 'ship' copies <output>/model as fp16 to --dest (default: the bundled demo model's folder)")
+    p.add_argument("--dest", help="with 'ship': destination folder")
     p.add_argument("--config", default="demo", help="model config: tiny, demo (default), base")
     p.add_argument("--output", default="runs/demo", help="run folder; the model goes to <output>/model")
     p.add_argument("--data", default="world", help="'world' (procedural, default) or a folder of images with .txt captions")
@@ -101,6 +103,11 @@ def run(ns: argparse.Namespace) -> int:
         ok = export_pipeline(ns.output, ns.config)
         print(f"{ns.output}/model: {'pipeline written' if ok else 'vae, text_encoder, context_encoder and transformer are not all trained yet'}")
         return 0 if ok else 1
+    if ns.stage == "ship":
+        dest = ship_pipeline(ns.output, ns.dest)
+        size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
+        print(f"{ns.output}/model -> {dest} (fp16, {size / 2**20:.1f} MiB)")
+        return 0
     stages = STAGES if ns.stage == "all" else (ns.stage,)
     for stage in stages:
         result = train_stage(_args_for(ns, stage))

@@ -134,6 +134,29 @@ def load_component(cls, path: Path):
     return cls.from_pretrained(str(path))
 
 
+def ship_pipeline(output: str | Path, dest: str | Path | None = None) -> Path:
+    """Copy ``<output>/model`` as fp16 safetensors to ``dest`` (default: where ``load_pipeline("demo")``
+    looks), the form the demo model ships in. Returns the destination folder."""
+    from lazyedit.engine import LazyEditPipeline
+    from lazyedit.engine.loading import DEMO_MODEL_DIR
+
+    dest = Path(dest) if dest else DEMO_MODEL_DIR
+    pipe = LazyEditPipeline.from_pretrained(str(model_dir(output)))
+    pipe.register_to_config(model_name="demo")
+    pipe = pipe.to(dtype=torch.float16)
+    tmp = dest.with_name(dest.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    pipe.save_pretrained(str(tmp), safe_serialization=True)
+    if dest.exists():
+        keep = [p for p in dest.iterdir() if p.suffix == ".md"]  # the model card stays
+        for p in keep:
+            shutil.copy2(p, tmp / p.name)
+        shutil.rmtree(dest)
+    tmp.rename(dest)
+    return dest
+
+
 def export_pipeline(output: str | Path, config_name: str) -> bool:
     """Write ``<output>/model/model_index.json`` (and every component) through LazyEditPipeline.save_pretrained
     when the VAE and the backbone exist. Returns whether the folder is a loadable pipeline."""
@@ -238,7 +261,8 @@ class StageNet(torch.nn.Module):
     def _encode(self, pixels: torch.Tensor) -> torch.Tensor:
         vae = self.frozen["vae"]
         with torch.no_grad():
-            return vae.encode(pixels.to(vae.dtype)).latent_dist.mode().float() * vae.config.scaling_factor
+            pixels = pixels.to(vae.dtype).contiguous(memory_format=torch.channels_last)
+            return vae.encode(pixels).latent_dist.mode().float().contiguous() * vae.config.scaling_factor
 
     def backbone(self):
         src = self.models if self.stage == "lazy" else self.frozen
@@ -386,6 +410,9 @@ class StageTrainer:
             raise ValueError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)}")
         for m in self.frozen.values():
             m.to(self.device)
+        if "vae" in self.frozen:
+            # the frozen encoder runs on every batch; channels-last convolutions are ~20% faster on CPUs
+            self.frozen["vae"].to(memory_format=torch.channels_last)
         self.net_inner = StageNet(stage, self.models, self.frozen, a.text_dropout, self.generator, a.position_grid)
         params = [p for p in self.net_inner.parameters() if p.requires_grad]
         self.params = params
@@ -463,12 +490,7 @@ class StageTrainer:
         canvas = self._encode(image)
         tok, index, valid = hole_plan(mask, unit)
         grid = tuple(tok.shape[1:])
-        offset = None
-        if self.position_grid > max(grid):
-            # crops smaller than the canvases the model will see: shift their positions at random so every
-            # position of a canvas up to position_grid tokens wide is trained
-            offset = torch.randint(0, self.position_grid - max(grid) + 1, (b, 2), generator=self.generator).to(device)
-        context = ctx_enc(canvas, latent_mask_from_tokens(tok, p), index, offset)
+        context = ctx_enc(canvas, latent_mask_from_tokens(tok, p), index)
         captions = list(batch["caption"])
         emb, tmask = text_enc.encode(captions + [""] * b, self.device)
         adapter = None
