@@ -377,7 +377,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--strategies", default="lazy,regenerate_crop", help="comma-separated: lazy, regenerate_crop, regenerate_image")
     p.add_argument("--no-seam", action="store_true", help="skip the plain-decoder rerun of removal cases")
     p.add_argument("--device", default="cpu")
-    p.add_argument("--out", help="write the report as JSON here")
+    p.add_argument("--json", "--out", dest="out", help="write the report as JSON here")
     p.add_argument("--grid", help="write a PNG of the first cases: canvas with hole | each strategy | truth")
     p.add_argument("--ground-truth", action="store_true", help="score the true scenes instead of a model (metric ceiling)")
     p.add_argument("--no-progress", action="store_true")
