@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
@@ -75,12 +76,8 @@ def load_pipeline(
     if (path / "model_index.json").is_file():
         # diffusers warns that AsymmetricAutoencoderKL's own saved config has keys its __init__ does not
         # take (block_out_channels, force_upcast): true of every such checkpoint, so not worth a warning.
-        verbosity = diffusers_logging.get_verbosity()
-        diffusers_logging.set_verbosity_error()
-        try:
+        with _diffusers_errors_only():
             pipe = LazyEditPipeline.from_pretrained(str(path))
-        finally:
-            diffusers_logging.set_verbosity(verbosity)
         pipe.register_to_config(model_name=pipe.config.model_name if model != "demo" else "demo")
     elif model in ("tiny", "demo", "base"):
         if model != "tiny":
@@ -102,5 +99,20 @@ def load_pipeline(
     pipe.random_weights = random_weights
     if random_weights:  # say so wherever the model's name is shown (health, the editor's status bar)
         pipe.register_to_config(model_name=f"{model} (random weights)")
+    pipe = pipe.to(device)
     # the shipped weights are fp16 (small); compute in fp32 unless told otherwise
-    return pipe.to(device).to(dtype=dtype or torch.float32)
+    want = dtype or torch.float32
+    if any(p.dtype != want for m in pipe.components.values() if isinstance(m, torch.nn.Module) for p in m.parameters()):
+        with _diffusers_errors_only():  # its "modules to keep in float32" notice does not apply to these models
+            pipe = pipe.to(dtype=want)
+    return pipe
+
+
+@contextmanager
+def _diffusers_errors_only():
+    verbosity = diffusers_logging.get_verbosity()
+    diffusers_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        diffusers_logging.set_verbosity(verbosity)
