@@ -422,3 +422,20 @@ def test_position_offset_places_a_crop_inside_a_larger_canvas():
     assert torch.equal(shifted, on_canvas)
     assert torch.equal(sincos_positions(16, (4, 4), index, torch.zeros(2, 2, dtype=torch.long))[0],
                        sincos_positions(16, (4, 4), index)[0])
+
+
+def test_shipped_demo_model_is_trained_and_loads_in_fp32():
+    """The bundled demo weights (backend/lazyedit/weights/demo) load by name, are not the random fallback,
+    and edit the bundled sample with every pixel outside the mask kept."""
+    from lazyedit.engine.loading import DEMO_MODEL_DIR
+
+    assert (DEMO_MODEL_DIR / "model_index.json").is_file(), "the demo model is not shipped"
+    pipe = load_pipeline("demo")
+    assert pipe.config.model_name == "demo" and not pipe.random_weights
+    assert pipe.transformer.dtype == torch.float32 and pipe.sketch_tuner is not None and pipe.asym_vae is not None
+    image = Image.new("RGB", (96, 80), (90, 140, 200))
+    mask = np.zeros((80, 96), bool)
+    mask[20:50, 30:70] = True
+    res = pipe.edit(image, mask, prompt="a red circle", seed=0, steps=2)
+    out, src = np.asarray(res.image), np.asarray(image)
+    assert np.array_equal(out[~mask], src[~mask])
