@@ -157,9 +157,16 @@ class Connection:
             except (asyncio.CancelledError, Exception):
                 pass
 
+    def take_unsent_outcomes(self) -> list[Outgoing]:
+        """Edit outcomes (result / cancelled / error) still queued here: the session's next socket sends them."""
+        outcomes = [m for m in self._out if m.job is not None]
+        self._out = deque(m for m in self._out if m.job is None)
+        return outcomes
+
     def _detach(self) -> None:
         rt, self.session = self.session, None
         if rt is not None and rt.conn is self:
+            rt.undelivered.extend(self.take_unsent_outcomes())
             rt.conn = None
             import time as _t
             rt.detached_at = _t.monotonic()
@@ -265,6 +272,7 @@ class Connection:
         if rt.conn is not None and rt.conn is not self:
             old = rt.conn
             old.session = None
+            rt.undelivered.extend(old.take_unsent_outcomes())  # its client may be gone already
             asyncio.create_task(old.close(P.CLOSE_TAKEN_OVER))
         rt.conn = self
         self.session = rt
