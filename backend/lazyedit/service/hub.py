@@ -116,9 +116,8 @@ class Hub:
                     self.sessions.pop(sid, None)
                     return None
                 if stored.version != rt.state.version:
+                    # the stored row is the truth; outcomes of edits this replica ran still go to the client
                     rt.state, rt.image = stored, None
-                    rt.results.clear()
-                    rt.undelivered.clear()
             return rt
         state = await asyncio.to_thread(self.storage.get, sid)
         if state is None:
