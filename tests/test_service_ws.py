@@ -100,8 +100,11 @@ def test_resume_after_reconnect(client):
         ws.send({"type": "accept", "id": "a2", "target": "e2"})
         ack, _ = ws.recv()
         assert ack["type"] == "ack" and ack["position"] == 2
-        # an edit running while the socket drops is delivered to the resumed socket
+        # an edit running while the socket drops is delivered to the resumed socket. Wait for its first
+        # preview: the test client cancels the server's task on close, which can stop an edit message that is
+        # still being read (before it is queued); such an edit was never started, and the editor times it out.
         ws.edit(mask, "e3", steps=30)
+        ws.recv_until("progress")
     with client.websocket_connect("/ws") as raw:
         ws = WS(raw)
         ws.hello(session=sid)
@@ -120,3 +123,33 @@ def test_takeover_closes_older_socket(client):
             ws2.recv()  # canvas
             h, _ = ws1.recv()
             assert h["type"] == "__closed__" and h["code"] == 4409
+
+
+def test_state_change_finishes_when_its_socket_task_is_cancelled():
+    """A storage write and the in-memory state it installs happen together, even if the socket drops between."""
+    import asyncio
+
+    from lazyedit.service.connection import run_to_end
+
+    events: list[str] = []
+
+    async def commit():
+        await asyncio.sleep(0.05)   # the storage write, in a thread in the real handlers
+        events.append("installed")
+
+    async def handler():
+        await run_to_end(commit())
+        events.append("acknowledged")
+
+    async def main():
+        task = asyncio.create_task(handler())
+        await asyncio.sleep(0.01)
+        task.cancel()               # what a dropped socket does to its handler
+        try:
+            await task
+        except asyncio.CancelledError:
+            events.append("cancelled")
+        await asyncio.sleep(0.1)
+
+    asyncio.run(main())
+    assert events == ["cancelled", "installed"]

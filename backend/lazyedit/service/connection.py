@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import time
 from collections import deque
 from typing import Any, Optional
 
@@ -26,6 +27,20 @@ from .scheduler import Job, QueueFull
 from .storage import StorageError
 
 log = logging.getLogger("lazyedit.service.ws")
+
+
+async def run_to_end(coro: Any) -> Any:
+    """Awaits ``coro`` so that it finishes even if the awaiting task is cancelled (a dropped socket).
+
+    A state change writes storage in a thread, then installs the new state in memory; cut between the two,
+    the session would be durable in one version and live in another.
+    """
+    task = asyncio.ensure_future(coro)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        task.add_done_callback(lambda t: t.cancelled() or t.exception())  # its error has no one left to tell
+        raise
 
 
 class ClientError(Exception):
@@ -168,8 +183,7 @@ class Connection:
         if rt is not None and rt.conn is self:
             rt.undelivered.extend(self.take_unsent_outcomes())
             rt.conn = None
-            import time as _t
-            rt.detached_at = _t.monotonic()
+            rt.detached_at = time.monotonic()
 
     # ---- parsing ---------------------------------------------------------------------------------
     @staticmethod
@@ -314,15 +328,18 @@ class Connection:
             im, png = await asyncio.to_thread(decode_canvas_png, data, max_bytes=s.max_image_bytes, max_pixels=s.max_pixels)
         except EditInputError as exc:
             raise ClientError(exc.code, exc.message) from None
-        async with rt.lock:
-            try:
-                rt.state = await asyncio.to_thread(self.hub.storage.set_canvas, rt.id, png, im.width, im.height,
-                                                   self.client, s.max_stored_sessions)
-            except StorageError as exc:
-                raise ClientError(exc.code, exc.message) from None
-            rt.image = im
-            rt.results.clear()
-            self.hub.scheduler.cancel_session(rt.id)
+        async def commit() -> None:
+            async with rt.lock:
+                try:
+                    rt.state = await asyncio.to_thread(self.hub.storage.set_canvas, rt.id, png, im.width, im.height,
+                                                       self.client, s.max_stored_sessions)
+                except StorageError as exc:
+                    raise ClientError(exc.code, exc.message) from None
+                rt.image = im
+                rt.results.clear()
+                self.hub.scheduler.cancel_session(rt.id)
+
+        await run_to_end(commit())
         self._ack(msg.id, "canvas", rt)
 
     async def _edit(self, msg: P.EditIn, parts: dict[str, Part]) -> None:
@@ -372,37 +389,45 @@ class Connection:
 
     async def _accept(self, msg: P.Accept) -> None:
         rt = self._need_session()
-        async with rt.lock:
-            pending = rt.results.get(msg.target)
-            if pending is None:
-                raise ClientError("unknown_target", f"no result named {msg.target!r} to accept")
-            if pending.base_sha != rt.sha:
-                raise ClientError("unknown_target", "the canvas changed since this edit; it can no longer be accepted")
-            png = await asyncio.to_thread(encode_png, pending.image)
-            try:
-                rt.state = await asyncio.to_thread(self.hub.storage.append_edit, rt.id, png, pending.prompt,
-                                                   pending.seed)
-            except StorageError as exc:
-                raise ClientError(exc.code, exc.message) from None
-            rt.image = pending.image
-            rt.results.pop(msg.target, None)
+
+        async def commit() -> None:
+            async with rt.lock:
+                pending = rt.results.get(msg.target)
+                if pending is None:
+                    raise ClientError("unknown_target", f"no result named {msg.target!r} to accept")
+                if pending.base_sha != rt.sha:
+                    raise ClientError("unknown_target",
+                                      "the canvas changed since this edit; it can no longer be accepted")
+                png = await asyncio.to_thread(encode_png, pending.image)
+                try:
+                    rt.state = await asyncio.to_thread(self.hub.storage.append_edit, rt.id, png, pending.prompt,
+                                                       pending.seed)
+                except StorageError as exc:
+                    raise ClientError(exc.code, exc.message) from None
+                rt.image = pending.image
+                rt.results.pop(msg.target, None)
+
+        await run_to_end(commit())
         self._ack(msg.id, "accept", rt)
 
     async def _move(self, req_id: Optional[str], n: int, *, relative: bool) -> None:
         rt = self._need_session()
         if rt.state is None:
             raise ClientError("no_canvas", "no canvas yet")
-        async with rt.lock:
-            st = rt.state
-            target = st.position + n if relative else n
-            if not 0 <= target < len(st.history):
-                if relative:
-                    raise ClientError("nothing_to_undo", "nothing to undo" if n < 0 else "nothing to redo")
-                raise ClientError("out_of_range", f"history index must be in 0..{len(st.history) - 1}")
-            try:
-                rt.state = await asyncio.to_thread(self.hub.storage.move, rt.id, target)
-            except StorageError as exc:
-                raise ClientError(exc.code, exc.message) from None
-            png = await asyncio.to_thread(self.hub.storage.blobs.get, rt.state.current.image_sha)
-            rt.image = None  # decoded lazily at the next edit
+        async def commit() -> None:
+            async with rt.lock:
+                st = rt.state
+                target = st.position + n if relative else n
+                if not 0 <= target < len(st.history):
+                    if relative:
+                        raise ClientError("nothing_to_undo", "nothing to undo" if n < 0 else "nothing to redo")
+                    raise ClientError("out_of_range", f"history index must be in 0..{len(st.history) - 1}")
+                try:
+                    rt.state = await asyncio.to_thread(self.hub.storage.move, rt.id, target)
+                except StorageError as exc:
+                    raise ClientError(exc.code, exc.message) from None
+                rt.image = None  # decoded lazily at the next edit
+
+        await run_to_end(commit())
+        png = await asyncio.to_thread(self.hub.storage.blobs.get, rt.state.current.image_sha)
         self._send_canvas(req_id, rt, png)
