@@ -24,10 +24,12 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def start(data_dir, port) -> subprocess.Popen:
+def start(data_dir, port, **settings) -> subprocess.Popen:
+    """A real server process; ``settings`` go in as LAZYEDIT_* environment variables."""
+    env = {**os.environ, **{f"LAZYEDIT_{k.upper()}": str(v) for k, v in settings.items()}}
     proc = subprocess.Popen([sys.executable, "-m", "lazyedit.service", "--model", "tiny", "--device", "cpu",
                              "--port", str(port), "--data-dir", str(data_dir), "--log-level", "warning"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, env=env)
     deadline = time.time() + 90
     while time.time() < deadline:
         if proc.poll() is not None:

@@ -128,6 +128,7 @@ def test_takeover_closes_older_socket(client):
 def test_state_change_finishes_when_its_socket_task_is_cancelled():
     """A storage write and the in-memory state it installs happen together, even if the socket drops between."""
     import asyncio
+    from concurrent.futures import ThreadPoolExecutor
 
     from lazyedit.service.connection import run_to_end
 
@@ -151,5 +152,6 @@ def test_state_change_finishes_when_its_socket_task_is_cancelled():
             events.append("cancelled")
         await asyncio.sleep(0.1)
 
-    asyncio.run(main())
+    with ThreadPoolExecutor(1) as pool:    # a thread of its own: the browser tests leave a loop in this one
+        pool.submit(asyncio.run, main()).result()
     assert events == ["cancelled", "installed"]

@@ -64,15 +64,30 @@ class Connection:
         self.client = client
         self.session: Optional[SessionRuntime] = None
         self._out: deque[Outgoing] = deque()
+        self._out_bytes = 0
         self._slot: Optional[tuple[Job, Any]] = None
         self._wake = asyncio.Event()
         self._closed = False
 
     # ---- outgoing --------------------------------------------------------------------------------
     def enqueue(self, msg: Outgoing) -> None:
-        if not self._closed:
+        if self._closed:
+            return
+        size = len(msg.data)
+        if self._out and self._out_bytes + size > self.hub.settings.max_outgoing_bytes:
+            # Not reading (or far too slow): drop the socket rather than buffer without bound. Edit outcomes
+            # wait on the session for the next socket, so the client loses nothing by reconnecting.
+            log.warning("closing a socket that left %d bytes unread", self._out_bytes)
             self._out.append(msg)
-            self._wake.set()
+            self._closed = True
+            self._detach()
+            self._out.clear()
+            self._out_bytes = 0
+            asyncio.create_task(self.close(P.CLOSE_TOO_SLOW))
+            return
+        self._out.append(msg)
+        self._out_bytes += size
+        self._wake.set()
 
     def post_preview(self, job: Job, payload: Any) -> None:
         if not self._closed:
@@ -109,6 +124,7 @@ class Connection:
                 while self._out or self._slot is not None:
                     if self._out:
                         msg = self._out.popleft()
+                        self._out_bytes -= len(msg.data)
                         if msg.job is not None and self._slot is not None and self._slot[0] is msg.job:
                             job, payload = self._slot
                             self._slot = None
@@ -176,6 +192,7 @@ class Connection:
         """Edit outcomes (result / cancelled / error) still queued here: the session's next socket sends them."""
         outcomes = [m for m in self._out if m.job is not None]
         self._out = deque(m for m in self._out if m.job is None)
+        self._out_bytes = sum(len(m.data) for m in self._out)
         return outcomes
 
     def _detach(self) -> None:

@@ -24,10 +24,12 @@ ErrorCode = Literal[
     "no_canvas", "unknown_session", "unknown_target", "nothing_to_undo", "queue_full", "too_many_sessions",
     "unauthorized", "bad_origin", "internal",
 ]
-#: WebSocket close codes (only these two errors close the socket).
+#: WebSocket close codes: a bad token or Origin (the only errors that close the socket), a client that let
+#: more than max_outgoing_bytes pile up unread (reconnect and resume), an older socket whose session another
+#: socket resumed.
 CLOSE_UNAUTHORIZED = 4401
 CLOSE_BAD_ORIGIN = 4403
-#: Sent to the older socket when another socket resumes the same session.
+CLOSE_TOO_SLOW = 4408
 CLOSE_TAKEN_OVER = 4409
 
 #: Largest seed accepted (fits an int64; JavaScript numbers are exact up to 2**53 - 1).

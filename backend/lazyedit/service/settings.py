@@ -49,6 +49,9 @@ class ServiceSettings(BaseSettings):
     max_sessions_per_client: int = Field(8, ge=1, description="sessions open over WebSockets per client address")
     max_stored_sessions: int = Field(1000, ge=1)
     max_queue: int = Field(64, ge=1, description="edits waiting across all sessions")
+    max_outgoing_bytes: int = Field(64 * 1024 * 1024, ge=1024,
+                                    description="unsent bytes queued for one socket; a client that lets more pile "
+                                                "up is too slow (or not reading) and is disconnected")
     max_batch: int = Field(8, ge=1, description="edits packed into one forward pass (1 = no batching)")
     results_kept: int = Field(4, ge=1, description="un-accepted results kept per session for accept")
     preview_quality: int = Field(70, ge=1, le=95)
