@@ -156,8 +156,15 @@ class LazyEditPipeline(DiffusionPipeline):
         self.context_cache = ByteLRU(256 << 20)
         self.text_cache = ByteLRU(64 << 20)
         self.random_weights = False  # set by load_pipeline when no trained weights were found
+        self._pinned_device: torch.device | None = None
 
     # ----------------------------------------------------------------- properties
+    @property
+    def device(self) -> torch.device:
+        # DiffusionPipeline.device walks every module of every component (about 1 ms on a CPU) and an edit asks
+        # some twenty times, so edit_batch pins it for the length of a call.
+        return self._pinned_device or super().device
+
     @property
     def model_name(self) -> str:
         return self.config.model_name
@@ -232,9 +239,13 @@ class LazyEditPipeline(DiffusionPipeline):
         for i, job in enumerate(jobs):  # one packed batch per step count and token grid
             grid = tuple(-(-n // self.unit) for n in job.mask.shape)
             groups.setdefault((job.steps, grid), []).append(i)
-        for members in groups.values():
-            for i, out in zip(members, self._run_group([jobs[i] for i in members])):
-                results[i] = out
+        self._pinned_device = super().device
+        try:
+            for members in groups.values():
+                for i, out in zip(members, self._run_group([jobs[i] for i in members])):
+                    results[i] = out
+        finally:
+            self._pinned_device = None
         return results
 
     # ----------------------------------------------------------------- validation
