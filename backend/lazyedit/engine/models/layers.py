@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import torch
 import torch.nn as nn
@@ -105,32 +104,26 @@ class TimestepEmbedder(nn.Module):
         return self.mlp(emb.to(self.mlp[0].weight.dtype))
 
 
-@lru_cache(maxsize=32)
-def _sincos_table(dim: int, grid_h: int, grid_w: int) -> torch.Tensor:
-    def axis(d: int, pos: torch.Tensor) -> torch.Tensor:
-        omega = 1.0 / 10000 ** (torch.arange(d // 2, dtype=torch.float64) / (d / 2))
-        out = pos.reshape(-1, 1).double() * omega[None]
-        return torch.cat([torch.sin(out), torch.cos(out)], dim=1)
-
-    ys, xs = torch.meshgrid(torch.arange(grid_h), torch.arange(grid_w), indexing="ij")
-    return torch.cat([axis(dim // 2, ys), axis(dim // 2, xs)], dim=1).float()
+def _axis_sincos(dim: int, pos: torch.Tensor) -> torch.Tensor:
+    """1-D sin-cos embedding of integer positions (...,) -> (..., dim), computed where the positions are."""
+    omega = 1.0 / 10000 ** (torch.arange(dim // 2, device=pos.device, dtype=torch.float32) / (dim / 2))
+    angle = pos[..., None].float() * omega
+    return torch.cat([torch.sin(angle), torch.cos(angle)], dim=-1)
 
 
 def sincos_positions(dim: int, grid: tuple[int, int], index: torch.Tensor, offset: torch.Tensor | None = None) -> torch.Tensor:
-    """2-D sin-cos embeddings of the token grid, gathered at flat token indices (B, L) -> (B, L, dim).
+    """2-D sin-cos embeddings of the token grid at flat token indices (B, L) -> (B, L, dim): half the channels
+    encode the row, half the column.
 
     Positions are absolute grid coordinates, so a hole keeps its place on any canvas size. ``offset`` (B, 2)
     shifts each sample's (row, col) coordinates: training on small crops placed at random offsets teaches
-    the positions of canvases larger than the crops.
+    the positions of canvases larger than the crops. Computed from the indices (no table), so nothing waits
+    on the host and nothing is copied to the device.
     """
-    if offset is None:
-        table = _sincos_table(dim, grid[0], grid[1]).to(index.device)
-        return table[index]
-    rows = index // grid[1] + offset[:, :1]
-    cols = index % grid[1] + offset[:, 1:]
-    high = int(rows.max()) + 1, int(cols.max()) + 1
-    table = _sincos_table(dim, max(high), max(high)).to(index.device)
-    return table[rows * max(high) + cols]
+    rows, cols = index // grid[1], index % grid[1]
+    if offset is not None:
+        rows, cols = rows + offset[:, :1], cols + offset[:, 1:]
+    return torch.cat([_axis_sincos(dim // 2, rows), _axis_sincos(dim // 2, cols)], dim=-1)
 
 
 def patchify(latent: torch.Tensor, p: int) -> torch.Tensor:
