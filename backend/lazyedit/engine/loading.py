@@ -76,7 +76,7 @@ def load_pipeline(
     if (path / "model_index.json").is_file():
         # diffusers warns that AsymmetricAutoencoderKL's own saved config has keys its __init__ does not
         # take (block_out_channels, force_upcast): true of every such checkpoint, so not worth a warning.
-        with _diffusers_errors_only():
+        with diffusers_errors_only():
             pipe = LazyEditPipeline.from_pretrained(str(path))
         pipe.register_to_config(model_name=pipe.config.model_name if model != "demo" else "demo")
     elif model in ("tiny", "demo", "base"):
@@ -103,7 +103,7 @@ def load_pipeline(
     # the shipped weights are fp16 (small); compute in fp32 unless told otherwise
     want = dtype or torch.float32
     if any(p.dtype != want for m in pipe.components.values() if isinstance(m, torch.nn.Module) for p in m.parameters()):
-        with _diffusers_errors_only():  # its "modules to keep in float32" notice does not apply to these models
+        with diffusers_errors_only():  # its "modules to keep in float32" notice does not apply to these models
             pipe = pipe.to(dtype=want)
     for vae in (pipe.vae, pipe.asym_vae):  # conv stacks: channels-last runs 10-20% faster (measured on CPU)
         if vae is not None:
@@ -112,7 +112,7 @@ def load_pipeline(
 
 
 @contextmanager
-def _diffusers_errors_only():
+def diffusers_errors_only():
     verbosity = diffusers_logging.get_verbosity()
     diffusers_logging.set_verbosity_error()
     try:
