@@ -73,7 +73,7 @@ CONFIGS: dict[str, ModelConfig] = {
         vae=_vae((32, 64, 64, 64), 1, 16),
         asym_vae=_asym((32, 64, 64, 64), 1, (48, 96, 96, 96), 1, 16),
         default_steps=8,
-        default_guidance=2.0,
+        default_guidance=4.0,  # 510-case eval: shape 0.47 vs 0.35 and colour 0.42 vs 0.40 at 2.0
         **_lazy(256, 8, 4, 192, 4, 3, 128, 32, 32),
     ),
     "base": ModelConfig(

@@ -138,12 +138,13 @@ def ship_pipeline(output: str | Path, dest: str | Path | None = None) -> Path:
     """Copy ``<output>/model`` as fp16 safetensors to ``dest`` (default: where ``load_pipeline("demo")``
     looks), the form the demo model ships in. Returns the destination folder."""
     from lazyedit.engine import LazyEditPipeline
-    from lazyedit.engine.loading import DEMO_MODEL_DIR
+    from lazyedit.engine.loading import DEMO_MODEL_DIR, diffusers_errors_only
 
     dest = Path(dest) if dest else DEMO_MODEL_DIR
-    pipe = LazyEditPipeline.from_pretrained(str(model_dir(output)))
-    pipe.register_to_config(model_name="demo")
-    pipe = pipe.to(dtype=torch.float16)
+    with diffusers_errors_only():  # notices about the asymmetric VAE's config and fp32-kept modules do not apply
+        pipe = LazyEditPipeline.from_pretrained(str(model_dir(output)))
+        pipe.register_to_config(model_name="demo")
+        pipe = pipe.to(dtype=torch.float16)
     tmp = dest.with_name(dest.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
