@@ -95,7 +95,7 @@ def load_pipeline(
     if vae:
         pipe.register_modules(vae=AutoencoderKL.from_pretrained(vae, local_files_only=True))
     if asym_vae:
-        pipe.register_modules(asym_vae=AsymmetricAutoencoderKL.from_pretrained(asym_vae, local_files_only=True))
+        pipe.register_modules(asym_vae=load_asym_vae(asym_vae))
     pipe.random_weights = random_weights
     if random_weights:  # say so wherever the model's name is shown (health, the editor's status bar)
         pipe.register_to_config(model_name=f"{model} (random weights)")
@@ -109,6 +109,13 @@ def load_pipeline(
         if vae is not None:
             vae.to(memory_format=torch.channels_last)
     return pipe
+
+
+def load_asym_vae(path: str | Path) -> AsymmetricAutoencoderKL:
+    """An AsymmetricAutoencoderKL folder (a published checkpoint or our own), without diffusers' notice that
+    its saved config has keys its __init__ does not take: true of every such checkpoint."""
+    with diffusers_errors_only():
+        return AsymmetricAutoencoderKL.from_pretrained(str(path), local_files_only=True)
 
 
 @contextmanager

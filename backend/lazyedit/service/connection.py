@@ -73,21 +73,15 @@ class Connection:
     def enqueue(self, msg: Outgoing) -> None:
         if self._closed:
             return
-        size = len(msg.data)
-        if self._out and self._out_bytes + size > self.hub.settings.max_outgoing_bytes:
-            # Not reading (or far too slow): drop the socket rather than buffer without bound. Edit outcomes
-            # wait on the session for the next socket, so the client loses nothing by reconnecting.
-            log.warning("closing a socket that left %d bytes unread", self._out_bytes)
-            self._out.append(msg)
-            self._closed = True
-            self._detach()
-            self._out.clear()
-            self._out_bytes = 0
-            asyncio.create_task(self.close(P.CLOSE_TOO_SLOW))
-            return
+        over = bool(self._out) and self._out_bytes + len(msg.data) > self.hub.settings.max_outgoing_bytes
         self._out.append(msg)
-        self._out_bytes += size
-        self._wake.set()
+        self._out_bytes += len(msg.data)
+        if over:
+            # Not reading (or far too slow): drop the socket rather than buffer without bound.
+            log.warning("closing a socket that left %d bytes unread", self._out_bytes)
+            self.abandon(P.CLOSE_TOO_SLOW)
+        else:
+            self._wake.set()
 
     def post_preview(self, job: Job, payload: Any) -> None:
         if not self._closed:
@@ -188,19 +182,24 @@ class Connection:
             except (asyncio.CancelledError, Exception):
                 pass
 
-    def take_unsent_outcomes(self) -> list[Outgoing]:
-        """Edit outcomes (result / cancelled / error) still queued here: the session's next socket sends them."""
-        outcomes = [m for m in self._out if m.job is not None]
-        self._out = deque(m for m in self._out if m.job is None)
-        self._out_bytes = sum(len(m.data) for m in self._out)
-        return outcomes
-
     def _detach(self) -> None:
+        """Leave the session. Edit outcomes (result / cancelled / error) still queued here stay with it: its next
+        socket sends them."""
         rt, self.session = self.session, None
         if rt is not None and rt.conn is self:
-            rt.undelivered.extend(self.take_unsent_outcomes())
+            rt.undelivered.extend(m for m in self._out if m.job is not None)
+            self._out = deque(m for m in self._out if m.job is None)
+            self._out_bytes = sum(len(m.data) for m in self._out)
             rt.conn = None
             rt.detached_at = time.monotonic()
+
+    def abandon(self, code: int) -> None:
+        """Stop serving this socket (taken over, or not reading) and close it; nothing of the session is lost."""
+        self._detach()
+        self._closed = True
+        self._out.clear()
+        self._out_bytes = 0
+        asyncio.create_task(self.close(code))
 
     # ---- parsing ---------------------------------------------------------------------------------
     @staticmethod
@@ -301,10 +300,7 @@ class Connection:
         if self.session is not None and self.session is not rt:
             self._detach()
         if rt.conn is not None and rt.conn is not self:
-            old = rt.conn
-            old.session = None
-            rt.undelivered.extend(old.take_unsent_outcomes())  # its client may be gone already
-            asyncio.create_task(old.close(P.CLOSE_TAKEN_OVER))
+            rt.conn.abandon(P.CLOSE_TAKEN_OVER)  # its client may be gone already
         rt.conn = self
         self.session = rt
         st = rt.state

@@ -158,21 +158,13 @@ def ship_pipeline(output: str | Path, dest: str | Path | None = None) -> Path:
     return dest
 
 
-def _load_asym(path: Path):
-    from diffusers import AsymmetricAutoencoderKL
-
-    from lazyedit.engine.loading import diffusers_errors_only
-
-    with diffusers_errors_only():  # its own saved config has keys its __init__ does not take: not worth a warning
-        return AsymmetricAutoencoderKL.from_pretrained(str(path))
-
-
 def export_pipeline(output: str | Path, config_name: str) -> bool:
     """Write ``<output>/model/model_index.json`` (and every component) through LazyEditPipeline.save_pretrained
     when the VAE and the backbone exist. Returns whether the folder is a loadable pipeline."""
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
 
     from lazyedit.engine import LazyEditPipeline, get_config
+    from lazyedit.engine.loading import load_asym_vae
     from lazyedit.engine.models import ByteTextEncoder, ContextEncoder, CSCTuner, LazyDiffusionTransformer
 
     cfg = get_config(config_name)
@@ -186,7 +178,7 @@ def export_pipeline(output: str | Path, config_name: str) -> bool:
         context_encoder=ContextEncoder.from_pretrained(str(root / "context_encoder")),
         transformer=LazyDiffusionTransformer.from_pretrained(str(root / "transformer")),
         scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0),
-        asym_vae=_load_asym(root / "asym_vae") if (root / "asym_vae" / "config.json").exists() else None,
+        asym_vae=load_asym_vae(root / "asym_vae") if (root / "asym_vae" / "config.json").exists() else None,
         sketch_tuner=CSCTuner.from_pretrained(str(root / "sketch_tuner")) if (root / "sketch_tuner" / "config.json").exists() else None,
         model_name=f"{cfg.name}-trained",
         default_steps=cfg.default_steps,
