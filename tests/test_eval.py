@@ -1,5 +1,6 @@
 """Eval metrics on hand-made cases: perfect answers score perfectly, wrong ones score zero."""
 
+import json
 import numpy as np
 import pytest
 
@@ -103,3 +104,13 @@ def test_run_eval_plumbing_on_tiny(tmp_path):
 def test_eval_main_ground_truth(capsys):
     assert eval_main(["--ground-truth", "--cases", "6", "--size", "96"]) == 0
     assert '"colour_acc": 1.0' in capsys.readouterr().out
+
+
+def test_eval_main_autoencoder_ceiling_scores_every_case_through_both_decoders(capsys):
+    assert eval_main(["--model", "tiny", "--autoencoder", "--cases", "6", "--size", "64", "--no-progress"]) == 0
+    report = json.loads(capsys.readouterr().out)["autoencoder"]
+    assert set(report) == {"plain", "asym"}
+    for scores in report.values():
+        # 6 cases: 2 insert, 2 remove, 2 sketch
+        assert scores["n_removal_psnr"] == 2 and scores["n_colour_acc"] == 2 and scores["n_sketch_colour_acc"] == 2
+        assert 0 < scores["removal_psnr"] <= PSNR_CAP

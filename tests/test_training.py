@@ -117,8 +117,14 @@ def test_ship_writes_fp16_safetensors_that_load_as_fp32(trained, tmp_path):
     dest = tmp_path / "demo"
     (dest).mkdir()
     (dest / "README.md").write_text("model card")
+    (dest / "eval.json").write_text("{}")
+    (dest / "transformer").mkdir()
+    (dest / "transformer" / "stale.safetensors").write_bytes(b"old")
     assert train_main(["ship", "--output", str(out), "--dest", str(dest)]) == 0
-    assert (dest / "README.md").read_text() == "model card"  # the card survives a re-ship
+    # the card and the eval reports survive a re-ship; component folders are replaced whole
+    assert (dest / "README.md").read_text() == "model card" and (dest / "eval.json").read_text() == "{}"
+    assert not (dest / "transformer" / "stale.safetensors").exists()
+    assert not dest.with_name("demo.tmp").exists()
     files = sorted(dest.rglob("*.safetensors"))
     assert {f.parent.name for f in files} >= {"vae", "text_encoder", "context_encoder", "transformer"}
     for f in files:
@@ -130,6 +136,17 @@ def test_ship_writes_fp16_safetensors_that_load_as_fp32(trained, tmp_path):
     res = pipe.edit(s.image, s.mask, prompt=s.caption, seed=1, steps=2)
     outside = ~np.asarray(s.mask, bool)
     assert np.array_equal(np.asarray(res.image)[outside], np.asarray(s.image.convert("RGB"))[outside])
+
+
+def test_large_object_fraction_draws_bigger_objects_into_training_items():
+    from lazyedit.training.data import StageDataset
+
+    def mean_object_size(large):
+        ds = StageDataset("sketch", 64, 0, large_objects=large)  # sketch items: object masks only
+        return np.mean([float(ds[i]["mask"].mean()) for i in range(12)])
+
+    assert mean_object_size(1.0) > 2 * mean_object_size(0.0)
+    assert build_parser().parse_args(["lazy", "--large-objects", "0.3"]).large_objects == 0.3
 
 
 def test_parser_knows_the_stages():

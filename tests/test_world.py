@@ -5,7 +5,8 @@ import pytest
 
 from lazyedit.training.masks import grow
 from lazyedit.training.world import (
-    COLOURS, SHAPES, STYLES, World, make_sample, mask_box, render_scene, sample_rng, sample_scene, shape_mask,
+    COLOURS, LARGE_OBJECT_SIZES, SHAPES, STYLES, World, make_sample, mask_box, render_scene,
+    sample_rng, sample_scene, shape_mask,
 )
 
 
@@ -71,6 +72,25 @@ def test_objects_do_not_overlap_and_shapes_render():
         assert all(m.any() for m in masks)
     img = render_scene(scene, 64)
     assert img.size == (64, 64)
+
+
+def test_large_object_scenes_keep_sizes_whole_objects_and_exact_removal():
+    rng = sample_rng(8)
+    lo, hi = LARGE_OBJECT_SIZES
+    for _ in range(10):
+        scene = sample_scene(rng, sizes=LARGE_OBJECT_SIZES)
+        assert all(lo <= o.size <= hi for o in scene.objects)
+        masks = [shape_mask(o, 128) for o in scene.objects]
+        assert np.sum(masks, axis=0).max() <= 1
+    # whole objects, and the removal ground truth still differs only inside the target's footprint
+    for i in range(6):
+        s = make_sample(2, i, size=128, sizes=LARGE_OBJECT_SIZES)
+        assert lo <= s.scene.objects[s.target].size <= hi
+        x0, y0, x1, y1 = s.box
+        assert x0 > 0 and y0 > 0 and x1 < 128 and y1 < 128
+        changed = np.any(np.asarray(s.image) != np.asarray(s.removed), axis=-1)
+        assert changed.any() and not np.any(changed & ~s.mask)
+    assert _eq(make_sample(2, 3, size=96).image, make_sample(2, 3, size=96).image)
 
 
 def test_all_attributes_occur():

@@ -15,7 +15,7 @@ from PIL import Image
 from torch.utils.data import Dataset, Sampler
 
 from .masks import full_or_lama_mask, make_case, random_mask
-from .world import make_sample
+from .world import LARGE_OBJECT_SIZES, make_sample
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 HUGE = 2**31 - 1
@@ -82,8 +82,10 @@ class StageDataset(Dataset):
     """
 
     def __init__(self, stage: str, size: int = 256, seed: int = 0, folder: str | None = None,
-                 p_kinds: tuple[float, float, float] | None = None):
+                 p_kinds: tuple[float, float, float] | None = None, large_objects: float = 0.0):
+        """large_objects: the fraction of world scenes (lazy / sketch) drawn with LARGE_OBJECT_SIZES."""
         self.stage = stage
+        self.large_objects = float(large_objects)
         self.size = int(size)
         self.seed = int(seed)
         self.folder = FolderImages(folder) if folder else None
@@ -120,7 +122,8 @@ class StageDataset(Dataset):
                 image = target = img
                 sketch = None
             else:
-                case = make_case(self.seed, index, s, p_kinds=self.p_kinds)
+                kw = {"sizes": LARGE_OBJECT_SIZES} if rng.random() < self.large_objects else {}
+                case = make_case(self.seed, index, s, p_kinds=self.p_kinds, **kw)
                 image, target, mask, caption, sketch = case.image, case.target, case.mask, case.caption, case.sketch
             return {
                 "image": to_tensor(image),

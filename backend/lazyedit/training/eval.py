@@ -17,6 +17,10 @@ Metrics (all from pixels, pure numpy functions below, checked on hand-made cases
 - seam error: mean absolute error against the ground truth in a 3-pixel band inside the mask edge,
   asymmetric decoder vs the plain VAE decoder on the same latents (removal cases);
 - RegenerateCrop beside LazyDiffusion (strategy="regenerate_crop") on the same insert cases, with timings.
+
+Two ceilings put the scores in context: ``--ground-truth`` scores the true scenes (what the metrics can
+measure), ``--autoencoder`` scores the true scenes after a round trip through the model's VAE and decoders
+(what the autoencoder leaves a perfect transformer).
 """
 
 from __future__ import annotations
@@ -319,8 +323,8 @@ def run_eval(pipe, cases: list[EvalCase], steps: int | None = None, guidance: fl
             pe = preserved_error(out, canvas_np, case.mask)
             worst_preserved = max(worst_preserved, pe)
             t.add("preserved_error_max", pe)
+            score_case(t, case, out)
             if case.kind == "remove":
-                t.add("removal_psnr", psnr(out, truth_bg, case.mask))
                 if seam and strategy == "lazy":
                     t.add("seam_error_asym" if asym is not None else "seam_error_plain", seam_error(out, truth_bg, case.mask))
                     if asym is not None:
@@ -331,13 +335,6 @@ def run_eval(pipe, cases: list[EvalCase], steps: int | None = None, guidance: fl
                         finally:
                             pipe.register_modules(asym_vae=asym)
                         t.add("seam_error_plain", seam_error(np.asarray(plain.image), truth_bg, case.mask))
-            else:
-                sc = score_insert(out, truth_bg, case.mask, s)
-                prefix = "sketch_" if case.kind == "sketch" else ""
-                t.add(prefix + "colour_acc", sc["colour_ok"])
-                t.add(prefix + "shape_acc", sc["shape_ok"])
-                t.add(prefix + "style_acc", sc["style_ok"])
-                t.add(prefix + "sketch_iou" if case.kind == "sketch" else "object_iou", sc["sketch_iou"])
         if row:
             row.append(s.image if case.kind != "remove" else s.removed)
             tiles += row
@@ -349,21 +346,63 @@ def run_eval(pipe, cases: list[EvalCase], steps: int | None = None, guidance: fl
     return report
 
 
+def score_case(t: Totals, case: EvalCase, out: np.ndarray) -> None:
+    """Add the scores of one answer ``out`` (H, W, 3 uint8) to ``t``: removal PSNR for removals, colour,
+    shape, style and IoU for insertions (sketch cases under ``sketch_`` names)."""
+    s = case.sample
+    truth_bg = np.asarray(s.removed)
+    if case.kind == "remove":
+        t.add("removal_psnr", psnr(out, truth_bg, case.mask))
+        return
+    sc = score_insert(out, truth_bg, case.mask, s)
+    prefix = "sketch_" if case.kind == "sketch" else ""
+    t.add(prefix + "colour_acc", sc["colour_ok"])
+    t.add(prefix + "shape_acc", sc["shape_ok"])
+    t.add(prefix + "style_acc", sc["style_ok"])
+    t.add("sketch_iou" if case.kind == "sketch" else "object_iou", sc["sketch_iou"])
+
+
+def _truth(case: EvalCase) -> np.ndarray:
+    return np.asarray(case.sample.removed if case.kind == "remove" else case.sample.image)
+
+
 def ground_truth_report(cases: list[EvalCase]) -> dict:
     """The metrics of perfect answers (the true scenes): the ceiling the metrics can measure."""
     t = Totals()
     for case in cases:
-        s = case.sample
-        truth_bg = np.asarray(s.removed)
-        if case.kind == "remove":
-            t.add("removal_psnr", psnr(truth_bg, truth_bg, case.mask))
-        else:
-            sc = score_insert(np.asarray(s.image), truth_bg, case.mask, s)
-            t.add("colour_acc", sc["colour_ok"])
-            t.add("shape_acc", sc["shape_ok"])
-            t.add("style_acc", sc["style_ok"])
-            t.add("sketch_iou", sc["sketch_iou"])
+        score_case(t, case, _truth(case))
     return t.summary()
+
+
+def autoencoder_report(pipe, cases: list[EvalCase], progress: bool = True) -> dict:
+    """The metrics of the true scenes after a round trip through the model's autoencoder: encoded by its
+    VAE, decoded by the asymmetric decoder (given the canvas and the mask, as an edit is) and by the plain
+    VAE decoder, pasted into the canvas. The ceiling a perfect generator of latents can reach with these
+    decoders: what the eval's scores owe to the autoencoder rather than the transformer."""
+    import torch
+    from tqdm.auto import tqdm
+
+    vae, asym = pipe.vae, getattr(pipe, "asym_vae", None)
+    decoders = {"plain": None} | ({"asym": asym} if asym is not None else {})
+    tot = {name: Totals() for name in decoders}
+
+    def tensor(rgb: np.ndarray) -> torch.Tensor:
+        return (torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float() / 127.5 - 1).to(pipe.device)
+
+    for case in tqdm(cases, desc="autoencoder", disable=not progress):
+        s = case.sample
+        canvas = np.asarray(s.image if case.kind == "remove" else s.removed)
+        with torch.no_grad():
+            z = vae.encode(tensor(_truth(case)).to(vae.dtype)).latent_dist.mode()
+            for name, dec in decoders.items():
+                if dec is None:
+                    rec = vae.decode(z).sample
+                else:
+                    mask = torch.from_numpy(case.mask.astype(np.float32))[None, None].to(pipe.device, dec.dtype)
+                    rec = dec.decode(z.to(dec.dtype), image=tensor(canvas).to(dec.dtype), mask=mask).sample
+                rec = ((rec[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
+                score_case(tot[name], case, np.where(case.mask[..., None], rec, canvas))
+    return {name: t.summary() for name, t in tot.items()}
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -380,6 +419,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--json", "--out", dest="out", help="write the report as JSON here")
     p.add_argument("--grid", help="write a PNG of the first cases: canvas with hole | each strategy | truth")
     p.add_argument("--ground-truth", action="store_true", help="score the true scenes instead of a model (metric ceiling)")
+    p.add_argument("--autoencoder", action="store_true",
+                   help="score the true scenes after a round trip through the model's VAE and decoders "
+                        "(the ceiling its autoencoder leaves the generator)")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -394,9 +436,12 @@ def eval_main(argv: list[str] | None = None) -> int:
 
         pipe = load_pipeline(ns.model, device=ns.device)
         cases = eval_cases(ns.cases, ns.seed, ns.size, sketch=pipe.sketch_tuner is not None)
-        strategies = tuple(s.strip() for s in ns.strategies.split(",") if s.strip())
-        report = run_eval(pipe, cases, ns.steps, ns.guidance, strategies, seam=not ns.no_seam, progress=not ns.no_progress,
-                          grid=ns.grid)
+        if ns.autoencoder:
+            report = {"autoencoder": autoencoder_report(pipe, cases, progress=not ns.no_progress)}
+        else:
+            strategies = tuple(s.strip() for s in ns.strategies.split(",") if s.strip())
+            report = run_eval(pipe, cases, ns.steps, ns.guidance, strategies, seam=not ns.no_seam,
+                              progress=not ns.no_progress, grid=ns.grid)
         report["model"] = ns.model
         report["cases"] = ns.cases
         report["seed"] = ns.seed

@@ -69,6 +69,7 @@ class TrainArgs:
     resume: str = "auto"  # auto | never | path to a checkpoint folder
     text_dropout: float = 0.1
     position_grid: int = 0  # lazy/sketch: place each crop at a random offset in a grid this many tokens wide
+    large_objects: float = 0.0  # lazy/sketch: fraction of world scenes with large objects (world.LARGE_OBJECT_SIZES)
     sample_steps: int = 12
     sample_guidance: float = 2.0
     progress: bool = True
@@ -145,17 +146,27 @@ def ship_pipeline(output: str | Path, dest: str | Path | None = None) -> Path:
         pipe = LazyEditPipeline.from_pretrained(str(model_dir(output)))
         pipe.register_to_config(model_name="demo")
         pipe = pipe.to(dtype=torch.float16)
+    save_into(pipe, dest)  # the model card and eval files beside the weights stay
+    return dest
+
+
+def save_into(pipe, dest: Path) -> None:
+    """``pipe.save_pretrained`` into ``dest``, replacing only what it writes (the index and the component
+    folders) and keeping everything else there (model card, eval reports, stage markers). Written to a
+    sibling folder first, so an interrupted save leaves the old components whole."""
     tmp = dest.with_name(dest.name + ".tmp")
     if tmp.exists():
         shutil.rmtree(tmp)
     pipe.save_pretrained(str(tmp), safe_serialization=True)
-    if dest.exists():
-        keep = [p for p in dest.iterdir() if p.suffix == ".md"]  # the model card stays
-        for p in keep:
-            shutil.copy2(p, tmp / p.name)
-        shutil.rmtree(dest)
-    tmp.rename(dest)
-    return dest
+    dest.mkdir(parents=True, exist_ok=True)
+    for child in tmp.iterdir():
+        old = dest / child.name
+        if old.is_dir():
+            shutil.rmtree(old)
+        elif old.exists():
+            old.unlink()
+        child.rename(old)
+    shutil.rmtree(tmp)
 
 
 def export_pipeline(output: str | Path, config_name: str) -> bool:
@@ -184,25 +195,19 @@ def export_pipeline(output: str | Path, config_name: str) -> bool:
         default_steps=cfg.default_steps,
         default_guidance=cfg.default_guidance,
     )
-    tmp = root.with_name(root.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    pipe.save_pretrained(str(tmp))
-    # swap in atomically-ish: replace the component folders and the index
-    for child in tmp.iterdir():
-        dest = root / child.name
-        if dest.is_dir():
-            shutil.rmtree(dest)
-        elif dest.exists():
-            dest.unlink()
-        child.rename(dest)
-    shutil.rmtree(tmp)
+    save_into(pipe, root)
     return True
 
 
 # ----------------------------------------------------------------------------------------------------
 # Helpers
 # ----------------------------------------------------------------------------------------------------
+
+
+def chroma_error(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Per-pixel L1 of the colour part (each channel minus the pixel's grey level). Without it a small VAE
+    learns luminance first and leaves colours grey, or shifted in hue, for a long time."""
+    return ((rec - rec.mean(1, keepdim=True)) - (x - x.mean(1, keepdim=True))).abs()
 
 
 def flow_noising(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -280,9 +285,7 @@ class StageNet(torch.nn.Module):
             rec = vae.decode(post.mode()).sample
             l1 = (rec - x).abs().mean()
             mse = F.mse_loss(rec, x)
-            # chroma term: the L1 of the colour part (each channel minus the pixel's grey level). Without it a
-            # small VAE learns luminance first and leaves colours grey for a long time.
-            chroma = ((rec - rec.mean(1, keepdim=True)) - (x - x.mean(1, keepdim=True))).abs().mean()
+            chroma = chroma_error(rec, x).mean()
             kl = post.kl().mean() / x[0].numel()
             loss = l1 + mse + 2 * chroma + 1e-3 * kl
             return loss, {"l1": l1.detach(), "mse": mse.detach(), "chroma": chroma.detach(), "kl": kl.detach()}
@@ -294,9 +297,13 @@ class StageNet(torch.nn.Module):
             # keywords: AsymmetricAutoencoderKL.forward would pass image/mask positionally and drop the mask
             rec = asym.decode(z, image=x, mask=m).sample
             err = (rec - x).abs()
-            hole = (err * m).sum() / (m.sum() * 3 + 1)
+            chroma = chroma_error(rec, x)
+            # the hole is what the decoder must invent from latents alone; its colours are what users judge
+            # (without the chroma term a hue shift such as purple -> blue costs little L1)
+            hole = ((err + 2 * chroma) * m).sum() / (m.sum() * 3 + 1)
             l1 = err.mean()
-            return l1 + F.mse_loss(rec, x) + hole, {"l1": l1.detach(), "hole_l1": hole.detach()}
+            loss = l1 + F.mse_loss(rec, x) + 2 * chroma.mean() + hole
+            return loss, {"l1": l1.detach(), "chroma": chroma.mean().detach(), "hole": hole.detach()}
         return self._flow_loss(batch)
 
     def _flow_loss(self, batch: dict):
@@ -583,7 +590,8 @@ class StageTrainer:
                 print(f"[lazyedit train] resumed {a.stage} at step {self.step} from {resume}", flush=True)
         self.generator.manual_seed(a.seed * 1000 + acc.process_index + 7919 * self.step)
         acc.init_trackers(a.stage.replace("-", "_"), config={k: v for k, v in vars(a).items() if isinstance(v, (int, float, str, bool))})
-        ds = StageDataset(a.stage, a.resolution, a.seed, None if a.data == "world" else a.data)
+        ds = StageDataset(a.stage, a.resolution, a.seed, None if a.data == "world" else a.data,
+                          large_objects=a.large_objects)
         sampler = StreamSampler(self.step * a.batch_size, acc.process_index, acc.num_processes)
         loader = DataLoader(ds, batch_size=a.batch_size, sampler=sampler, num_workers=a.num_workers,
                             persistent_workers=a.num_workers > 0)

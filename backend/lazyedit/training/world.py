@@ -40,6 +40,9 @@ BACKGROUNDS: tuple[str, ...] = ("flat", "gradient", "stripes", "checkers", "nois
 SUPERSAMPLE = 4
 MIN_OBJECT_SIZE = 0.14  # diameter as a fraction of min(width, height): 36 px at 256
 MAX_OBJECT_SIZE = 0.36
+# Objects as big as the demo model meets on a 512 px canvas (4-12 tokens wide) drawn on a 128 px
+# training crop (the crop is then a zoomed-in view of a 512 px scene): trains that scale at the 128 px cost.
+LARGE_OBJECT_SIZES = (0.3, 0.85)
 
 
 def caption_for(colour: str, shape: str) -> str:
@@ -170,8 +173,11 @@ def sample_scene(
     shapes: Sequence[str] | None = None,
     colours: Sequence[str] | None = None,
     aspect: float = 1.0,
+    sizes: tuple[float, float] = (MIN_OBJECT_SIZE, MAX_OBJECT_SIZE),
 ) -> Scene:
-    """Draw a random scene. ``aspect`` = width / height of the canvas it will be rendered on."""
+    """Draw a random scene. ``aspect`` = width / height of the canvas it will be rendered on; ``sizes``: the
+    range of object diameters (fraction of the shorter side)."""
+    lo_size, hi_size = sizes
     shapes = tuple(shapes or SHAPES)
     colours = tuple(colours or COLOUR_NAMES)
     style = style or STYLES[rng.integers(len(STYLES))]
@@ -189,8 +195,8 @@ def sample_scene(
     while len(objs) < n and attempts < 400:
         attempts += 1
         # bigger objects early, smaller ones to fill in when the canvas gets crowded
-        hi = MAX_OBJECT_SIZE if attempts < 100 else (MIN_OBJECT_SIZE + MAX_OBJECT_SIZE) / 2
-        size = float(rng.uniform(MIN_OBJECT_SIZE, hi))
+        hi = hi_size if attempts < 100 else (lo_size + hi_size) / 2
+        size = float(rng.uniform(lo_size, hi))
         fr = _footprint_radius(size)
         # keep the whole footprint inside the canvas
         fx, fy = fr * sx, fr * sy
@@ -218,7 +224,7 @@ def sample_scene(
         )
         placed.append((ux, uy, fr))
     if not objs:  # cannot happen with sane bounds, but keep the contract "at least one object"
-        objs.append(SceneObject(shapes[0], colours[0], 0.5, 0.5, 0.3))
+        objs.append(SceneObject(shapes[0], colours[0], 0.5, 0.5, min(lo_size, 0.8)))
     return Scene(background=bg, style=style, objects=tuple(objs))
 
 
