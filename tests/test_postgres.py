@@ -152,6 +152,17 @@ def test_storage_round_trip_on_postgres(tmp_path, pg_url):
         st.close()
 
 
+def test_stored_results_on_postgres(tmp_path, pg_url):
+    from lazyedit.service.storage import Storage
+    from test_storage_results import check_stored_results
+
+    st = Storage(pg_url, tmp_path / "images")
+    try:
+        check_stored_results(st)
+    finally:
+        st.close()
+
+
 def test_replicas_start_together_on_an_empty_database(tmp_path, pg_url):
     """Two replicas creating the schema at the same moment: one creates it, the other waits."""
     from lazyedit.service.storage import Storage

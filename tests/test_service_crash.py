@@ -105,3 +105,47 @@ def test_sigkill_mid_edit_keeps_accepted_edits(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
+
+
+def test_a_result_not_yet_accepted_survives_a_restart_and_is_accepted_once(tmp_path):
+    data = tmp_path / "data"
+    port = free_port()
+    proc = start(data, port)
+    im = noise_image(64, 64, seed=7)
+    try:
+        with connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
+            ws.send(json.dumps({"type": "hello", "id": "h", "protocol": 1}))
+            sid = recv(ws)[0]["session"]
+            ws.send(encode_frame({"type": "canvas", "id": "c"}, [Part("image", png(im), "image/png")]))
+            assert recv(ws)[0]["type"] == "ack"
+            mask = box_mask(64, 64, (10, 12, 40, 44))
+            ws.send(encode_frame({"type": "edit", "id": "e0", "prompt": "a red hat", "steps": 1, "seed": 3},
+                                 [Part("mask", mask_png(mask), "image/png")]))
+            h, parts = recv_until(ws, "result")
+            expected = paste(im, decode_png(parts["image"]).convert("RGB"), h["box"])
+            assert not np.array_equal(np.asarray(expected), np.asarray(im))
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    proc = start(data, port)
+    try:
+        with connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
+            ws.send(json.dumps({"type": "hello", "id": "h", "protocol": 1, "session": sid}))
+            assert recv(ws)[0]["type"] == "ready"
+            assert recv(ws)[0]["type"] == "canvas"
+            ws.send(json.dumps({"type": "accept", "id": "a", "target": "e0"}))
+            ack, _ = recv_until(ws, "ack")
+            assert ack["position"] == 1
+            ws.send(json.dumps({"type": "accept", "id": "again", "target": "e0"}))
+            err, _ = recv_until(ws, "error")
+            assert err["id"] == "again" and err["code"] == "unknown_target"
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/sessions/{sid}") as r:
+            detail = json.load(r)
+        assert [(e["prompt"], e["seed"]) for e in detail["history"]] == [(None, None), ("a red hat", 3)]
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/sessions/{sid}/image") as r:
+            assert np.array_equal(np.asarray(decode_png(r.read())), np.asarray(expected))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)

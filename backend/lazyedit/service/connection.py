@@ -405,7 +405,7 @@ class Connection:
 
         async def commit() -> None:
             async with rt.lock:
-                pending = rt.results.get(msg.target)
+                pending = await self.hub.pending_result(rt, msg.target)
                 if pending is None:
                     raise ClientError("unknown_target", f"no result named {msg.target!r} to accept")
                 if pending.base_sha != rt.sha:
@@ -414,7 +414,7 @@ class Connection:
                 png = await asyncio.to_thread(encode_png, pending.image)
                 try:
                     rt.state = await asyncio.to_thread(self.hub.storage.append_edit, rt.id, png, pending.prompt,
-                                                       pending.seed)
+                                                       pending.seed, msg.target)
                 except StorageError as exc:
                     raise ClientError(exc.code, exc.message) from None
                 rt.image = pending.image

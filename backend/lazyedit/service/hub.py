@@ -134,6 +134,27 @@ class Hub:
             rt.image = await asyncio.to_thread(lambda: Image.open(io.BytesIO(data)).convert("RGB"))
         return rt.image
 
+    async def pending_result(self, rt: SessionRuntime, edit_id: str) -> Optional[PendingResult]:
+        """The un-accepted result ``edit_id``: from memory, else from storage (made before a restart or by
+        another replica; rebuilt by pasting its region into the current image when that is its base)."""
+        pending = rt.results.get(edit_id)
+        if pending is not None:
+            return pending
+        stored = await asyncio.to_thread(self.storage.result, rt.id, edit_id)
+        if stored is None:
+            return None
+        image = None
+        if stored.base_sha == rt.sha:
+            base = await self.current_image(rt)
+
+            def paste() -> Image.Image:
+                out = base.copy()
+                out.paste(Image.open(io.BytesIO(stored.region)).convert("RGB"), stored.box[:2])
+                return out
+
+            image = await asyncio.to_thread(paste)
+        return PendingResult(image, stored.base_sha, stored.prompt, stored.seed)  # type: ignore[arg-type]
+
     def open_sessions_of(self, client: str) -> int:
         return sum(1 for rt in self.sessions.values() if rt.conn is not None and rt.conn.client == client)
 
@@ -168,6 +189,14 @@ class Hub:
                 timings.update(job.timings())
                 header = P.Result(id=job.edit_id, seed=int(payload.seed), box=tuple(int(v) for v in payload.box),
                                   timings=timings, steps=int(payload.steps))
+                if job.edit_id is not None:
+                    # stored before the client can see it, so an accept always finds it (after a restart, or on
+                    # another replica); best effort: the in-memory copy still serves this server's accept
+                    try:
+                        self.storage.put_result(rt.id, job.edit_id, png, header.box, job.canvas_key, job.prompt,
+                                                header.seed, self.settings.results_kept)
+                    except Exception:
+                        log.exception("could not store the result of edit %s", job.edit_id)
                 payload = (header, png, payload.image)
             elif kind == "progress":
                 payload = (payload, quality)

@@ -82,6 +82,36 @@ class EntryRow(Base):
     created: Mapped[float] = mapped_column(Float)
 
 
+class ResultRow(Base):
+    """An edit's result not accepted yet: the changed region (a blob) over a base image, so that it can
+    still be accepted after a restart or from another replica."""
+
+    __tablename__ = "le_results"
+    __table_args__ = (UniqueConstraint("session_id", "edit_id", name="uq_le_results_session_edit"),)
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    session_id: Mapped[str] = mapped_column(String(32), ForeignKey("le_sessions.id", ondelete="CASCADE"), index=True)
+    edit_id: Mapped[str] = mapped_column(String(64))
+    base_sha: Mapped[str] = mapped_column(String(64))
+    x0: Mapped[int] = mapped_column(Integer)
+    y0: Mapped[int] = mapped_column(Integer)
+    x1: Mapped[int] = mapped_column(Integer)
+    y1: Mapped[int] = mapped_column(Integer)
+    prompt: Mapped[Optional[str]] = mapped_column(Text, nullable=True)
+    seed: Mapped[int] = mapped_column(BigInteger)
+    region_sha: Mapped[str] = mapped_column(String(64), index=True)
+    created: Mapped[float] = mapped_column(Float)
+
+
+@dataclass(frozen=True)
+class StoredResult:
+    edit_id: str
+    base_sha: str  # the image the edit was made on: it can only be accepted while that is current
+    box: tuple[int, int, int, int]
+    prompt: str
+    seed: int
+    region: bytes  # PNG of the box: the base image with the edit's masked pixels replaced
+
+
 @dataclass(frozen=True)
 class Entry:
     index: int
@@ -320,6 +350,7 @@ class Storage:
                     db.add(row)
                 else:
                     old = set(db.scalars(select(EntryRow.image_sha).where(EntryRow.session_id == sid)).all())
+                    old |= self._drop_results(db, sid)  # made on the old history's images
                     db.execute(delete(EntryRow).where(EntryRow.session_id == sid))
                     row.width, row.height, row.position, row.updated = width, height, 0, now
                     row.version += 1
@@ -329,8 +360,9 @@ class Storage:
             self._gc(old - {sha})
             return self.get(sid)  # type: ignore[return-value]
 
-    def append_edit(self, sid: str, png: bytes, prompt: str, seed: int) -> SessionState:
-        """Store an accepted edit after the current position (dropping the redo branch); durable on return."""
+    def append_edit(self, sid: str, png: bytes, prompt: str, seed: int, result_id: Optional[str] = None) -> SessionState:
+        """Store an accepted edit after the current position (dropping the redo branch); durable on return.
+        ``result_id``: the stored result this accepts, removed in the same transaction (accepted once only)."""
         with self._lock:
             now = time.time()
             with self._session() as db, db.begin():
@@ -339,6 +371,8 @@ class Storage:
                     raise StorageError("unknown_session", "session was deleted")
                 dropped = set(db.scalars(select(EntryRow.image_sha).where(
                     EntryRow.session_id == sid, EntryRow.idx > row.position)).all())
+                if result_id is not None:
+                    dropped |= self._drop_results(db, sid, ResultRow.edit_id == result_id)
                 db.execute(delete(EntryRow).where(EntryRow.session_id == sid, EntryRow.idx > row.position))
                 db.flush()
                 sha = self._put_locked(db, png)
@@ -373,19 +407,61 @@ class Storage:
                 if row is None:
                     return False
                 shas = set(db.scalars(select(EntryRow.image_sha).where(EntryRow.session_id == sid)).all())
+                shas |= self._drop_results(db, sid)
                 db.execute(delete(EntryRow).where(EntryRow.session_id == sid))
                 db.delete(row)
             self._gc(shas)
             return True
 
+    # ---- un-accepted results ------------------------------------------------------------------
+    def put_result(self, sid: str, edit_id: str, region_png: bytes, box: tuple[int, int, int, int], base_sha: str,
+                   prompt: str, seed: int, keep: int) -> bool:
+        """Keep an edit's result until it is accepted; the session keeps its ``keep`` newest. False when the
+        session no longer exists."""
+        with self._lock:
+            with self._session() as db, db.begin():
+                if db.get(SessionRow, sid, with_for_update=True) is None:
+                    return False
+                dropped = self._drop_results(db, sid, ResultRow.edit_id == edit_id)  # an id used again
+                sha = self._put_locked(db, region_png)
+                x0, y0, x1, y1 = (int(v) for v in box)
+                db.add(ResultRow(session_id=sid, edit_id=edit_id, base_sha=base_sha, x0=x0, y0=y0, x1=x1, y1=y1,
+                                 prompt=self._text(prompt), seed=int(seed), region_sha=sha, created=time.time()))
+                db.flush()
+                newest = select(ResultRow.id).where(ResultRow.session_id == sid).order_by(ResultRow.id.desc()).limit(keep)
+                dropped |= self._drop_results(db, sid, ResultRow.id.not_in(newest.scalar_subquery()))
+            self._gc(dropped - {sha})
+            return True
+
+    def result(self, sid: str, edit_id: str) -> Optional[StoredResult]:
+        if not valid_session_id(sid):
+            return None
+        with self._session() as db:
+            r = db.scalars(select(ResultRow).where(ResultRow.session_id == sid, ResultRow.edit_id == edit_id)).first()
+            if r is None:
+                return None
+            return StoredResult(r.edit_id, r.base_sha, (r.x0, r.y0, r.x1, r.y1), r.prompt or "", r.seed,
+                                self.blobs.get(r.region_sha))
+
+    @staticmethod
+    def _drop_results(db: Session, sid: str, *where) -> set[str]:
+        """Delete the session's stored results matching ``where`` (all without); returns their blobs."""
+        rows = db.scalars(select(ResultRow).where(ResultRow.session_id == sid, *where)).all()
+        for r in rows:
+            db.delete(r)
+        db.flush()
+        return {r.region_sha for r in rows}
+
     def _gc(self, shas: set[str]) -> int:
-        """Delete the blobs among ``shas`` that no entry references; returns how many were deleted."""
+        """Delete the blobs among ``shas`` that no entry or stored result references; returns how many were
+        deleted."""
         if not shas:
             return 0
         removed = 0
         with self._session() as db, db.begin():
             self._lock_blobs(db, shas, exclusive=True)   # waits for writers of these blobs to commit
             used = set(db.scalars(select(EntryRow.image_sha).where(EntryRow.image_sha.in_(shas))).all())
+            used |= set(db.scalars(select(ResultRow.region_sha).where(ResultRow.region_sha.in_(shas))).all())
             for sha in shas - used:
                 if self.blobs.exists(sha):
                     self.blobs.delete(sha)
@@ -393,13 +469,14 @@ class Storage:
         return removed
 
     def sweep(self) -> int:
-        """Remove stale temp files and blobs that no entry references (start-up, after a crash).
+        """Remove stale temp files and blobs that nothing references (start-up, after a crash).
 
         Safe while other replicas write to the same folder: temp files younger than ``TMP_GRACE_S`` are
         kept (one may be half written), and each candidate blob is re-checked under its exclusive lock."""
         with self._lock:
             with self._session() as db:
                 used = set(db.scalars(select(EntryRow.image_sha).distinct()).all())
+                used |= set(db.scalars(select(ResultRow.region_sha).distinct()).all())
             removed = 0
             candidates: set[str] = set()
             now = time.time()
