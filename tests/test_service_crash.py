@@ -59,6 +59,25 @@ def recv_until(ws, *types):
             return h, parts
 
 
+def open_canvas(ws, im) -> str:
+    """hello + canvas on a fresh socket; returns the new session's id."""
+    ws.send(json.dumps({"type": "hello", "id": "h", "protocol": 1}))
+    sid = recv(ws)[0]["session"]
+    ws.send(encode_frame({"type": "canvas", "id": "c"}, [Part("image", png(im), "image/png")]))
+    assert recv(ws)[0]["type"] == "ack"
+    return sid
+
+
+def sigkill(proc) -> None:
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
+def get(port: int, path: str) -> bytes:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}") as r:
+        return r.read()
+
+
 def test_sigkill_mid_edit_keeps_accepted_edits(tmp_path):
     data = tmp_path / "data"
     port = free_port()
@@ -67,10 +86,7 @@ def test_sigkill_mid_edit_keeps_accepted_edits(tmp_path):
     current = im
     try:
         with connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
-            ws.send(json.dumps({"type": "hello", "id": "h", "protocol": 1}))
-            sid = recv(ws)[0]["session"]
-            ws.send(encode_frame({"type": "canvas", "id": "c"}, [Part("image", png(im), "image/png")]))
-            assert recv(ws)[0]["type"] == "ack"
+            sid = open_canvas(ws, im)
             for i, box in enumerate([(8, 8, 24, 24), (30, 30, 60, 50)]):
                 mask = box_mask(64, 64, box)
                 ws.send(encode_frame({"type": "edit", "id": f"e{i}", "prompt": "p", "steps": 1, "seed": i},
@@ -84,18 +100,15 @@ def test_sigkill_mid_edit_keeps_accepted_edits(tmp_path):
             ws.send(encode_frame({"type": "edit", "id": "long", "prompt": "p", "steps": 100},
                                  [Part("mask", mask_png(box_mask(64, 64, (0, 0, 64, 64))), "image/png")]))
             recv_until(ws, "progress")
-            os.kill(proc.pid, signal.SIGKILL)
-            proc.wait(10)
+            sigkill(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
     proc = start(data, port)
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/sessions/{sid}") as r:
-            detail = json.load(r)
+        detail = json.loads(get(port, f"/api/sessions/{sid}"))
         assert detail["position"] == 2 and [e["seed"] for e in detail["history"]] == [None, 0, 1]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/sessions/{sid}/image") as r:
-            assert np.array_equal(np.asarray(decode_png(r.read())), np.asarray(current))
+        assert np.array_equal(np.asarray(decode_png(get(port, f"/api/sessions/{sid}/image"))), np.asarray(current))
         with connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
             ws.send(json.dumps({"type": "hello", "id": "h", "protocol": 1, "session": sid}))
             ready, _ = recv(ws)
@@ -114,18 +127,14 @@ def test_a_result_not_yet_accepted_survives_a_restart_and_is_accepted_once(tmp_p
     im = noise_image(64, 64, seed=7)
     try:
         with connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
-            ws.send(json.dumps({"type": "hello", "id": "h", "protocol": 1}))
-            sid = recv(ws)[0]["session"]
-            ws.send(encode_frame({"type": "canvas", "id": "c"}, [Part("image", png(im), "image/png")]))
-            assert recv(ws)[0]["type"] == "ack"
+            sid = open_canvas(ws, im)
             mask = box_mask(64, 64, (10, 12, 40, 44))
             ws.send(encode_frame({"type": "edit", "id": "e0", "prompt": "a red hat", "steps": 1, "seed": 3},
                                  [Part("mask", mask_png(mask), "image/png")]))
             h, parts = recv_until(ws, "result")
             expected = paste(im, decode_png(parts["image"]).convert("RGB"), h["box"])
             assert not np.array_equal(np.asarray(expected), np.asarray(im))
-        os.kill(proc.pid, signal.SIGKILL)
-        proc.wait(10)
+        sigkill(proc)
     finally:
         if proc.poll() is None:
             proc.kill()
@@ -141,11 +150,9 @@ def test_a_result_not_yet_accepted_survives_a_restart_and_is_accepted_once(tmp_p
             ws.send(json.dumps({"type": "accept", "id": "again", "target": "e0"}))
             err, _ = recv_until(ws, "error")
             assert err["id"] == "again" and err["code"] == "unknown_target"
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/sessions/{sid}") as r:
-            detail = json.load(r)
+        detail = json.loads(get(port, f"/api/sessions/{sid}"))
         assert [(e["prompt"], e["seed"]) for e in detail["history"]] == [(None, None), ("a red hat", 3)]
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/sessions/{sid}/image") as r:
-            assert np.array_equal(np.asarray(decode_png(r.read())), np.asarray(expected))
+        assert np.array_equal(np.asarray(decode_png(get(port, f"/api/sessions/{sid}/image"))), np.asarray(expected))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(20)
