@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from contextlib import contextmanager
 
 import numpy as np
 from websockets.sync.client import connect
@@ -42,6 +43,18 @@ def start(data_dir, port, **settings) -> subprocess.Popen:
             time.sleep(0.3)
     proc.kill()
     raise RuntimeError("server did not start")
+
+
+@contextmanager
+def server(data_dir, port, **settings):
+    """A running server for the block: stopped with SIGTERM at its end unless the test killed it."""
+    proc = start(data_dir, port, **settings)
+    try:
+        yield proc
+    finally:
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(20)
 
 
 def recv(ws):
@@ -81,10 +94,9 @@ def get(port: int, path: str) -> bytes:
 def test_sigkill_mid_edit_keeps_accepted_edits(tmp_path):
     data = tmp_path / "data"
     port = free_port()
-    proc = start(data, port)
     im = noise_image(64, 64, seed=5)
     current = im
-    try:
+    with server(data, port) as proc:
         with connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
             sid = open_canvas(ws, im)
             for i, box in enumerate([(8, 8, 24, 24), (30, 30, 60, 50)]):
@@ -101,11 +113,7 @@ def test_sigkill_mid_edit_keeps_accepted_edits(tmp_path):
                                  [Part("mask", mask_png(box_mask(64, 64, (0, 0, 64, 64))), "image/png")]))
             recv_until(ws, "progress")
             sigkill(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    proc = start(data, port)
-    try:
+    with server(data, port):
         detail = json.loads(get(port, f"/api/sessions/{sid}"))
         assert detail["position"] == 2 and [e["seed"] for e in detail["history"]] == [None, 0, 1]
         assert np.array_equal(np.asarray(decode_png(get(port, f"/api/sessions/{sid}/image"))), np.asarray(current))
@@ -115,17 +123,13 @@ def test_sigkill_mid_edit_keeps_accepted_edits(tmp_path):
             assert ready["type"] == "ready" and ready["position"] == 2
             h, parts = recv(ws)
             assert h["type"] == "canvas" and np.array_equal(np.asarray(decode_png(parts["image"])), np.asarray(current))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
 
 
 def test_a_result_not_yet_accepted_survives_a_restart_and_is_accepted_once(tmp_path):
     data = tmp_path / "data"
     port = free_port()
-    proc = start(data, port)
     im = noise_image(64, 64, seed=7)
-    try:
+    with server(data, port) as proc:
         with connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
             sid = open_canvas(ws, im)
             mask = box_mask(64, 64, (10, 12, 40, 44))
@@ -135,11 +139,7 @@ def test_a_result_not_yet_accepted_survives_a_restart_and_is_accepted_once(tmp_p
             expected = paste(im, decode_png(parts["image"]).convert("RGB"), h["box"])
             assert not np.array_equal(np.asarray(expected), np.asarray(im))
         sigkill(proc)
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-    proc = start(data, port)
-    try:
+    with server(data, port):
         with connect(f"ws://127.0.0.1:{port}/ws", max_size=None) as ws:
             ws.send(json.dumps({"type": "hello", "id": "h", "protocol": 1, "session": sid}))
             assert recv(ws)[0]["type"] == "ready"
@@ -153,6 +153,3 @@ def test_a_result_not_yet_accepted_survives_a_restart_and_is_accepted_once(tmp_p
         detail = json.loads(get(port, f"/api/sessions/{sid}"))
         assert [(e["prompt"], e["seed"]) for e in detail["history"]] == [(None, None), ("a red hat", 3)]
         assert np.array_equal(np.asarray(decode_png(get(port, f"/api/sessions/{sid}/image"))), np.asarray(expected))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(20)
