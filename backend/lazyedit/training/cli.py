@@ -54,7 +54,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         "crop at a random offset (demo: 32 = 512 px); 0 = the crop's own positions only")
     p.add_argument("--large-objects", type=float, default=0.0,
                    help="lazy/sketch on the world: the fraction of scenes drawn with objects 2-3x larger, as big as "
-                        "they are on a canvas 4x the training size (demo: 0.3 at 128 px for 512 px canvases)")
+                        "they are on a canvas 4x the training size (demo: 0.4 at 128 px for 512 px canvases)")
     p.add_argument("--sample-steps", type=int, default=12)
     p.add_argument("--sample-guidance", type=float, default=2.0)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")

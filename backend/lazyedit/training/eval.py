@@ -268,6 +268,16 @@ def eval_cases(n: int, seed: int = 1234, size: int = 256, sketch: bool = True) -
     return cases
 
 
+def case_canvas(case: EvalCase) -> Image.Image:
+    """What the edit starts from: the scene without the object (insert, sketch) or with it (remove)."""
+    return case.sample.image if case.kind == "remove" else case.sample.removed
+
+
+def case_truth(case: EvalCase) -> Image.Image:
+    """The perfect answer: the scene with the object, or without it for a removal."""
+    return case.sample.removed if case.kind == "remove" else case.sample.image
+
+
 @dataclass
 class Totals:
     values: dict = field(default_factory=dict)
@@ -296,7 +306,7 @@ def run_eval(pipe, cases: list[EvalCase], steps: int | None = None, guidance: fl
     asym = getattr(pipe, "asym_vae", None)
     for case in tqdm(cases, desc="eval", disable=not progress):
         s = case.sample
-        canvas = s.removed if case.kind in ("insert", "sketch") else s.image
+        canvas = case_canvas(case)
         prompt = s.caption if case.kind != "remove" else ""
         sketch = s.sketch if case.kind == "sketch" else None
         truth_bg = np.asarray(s.removed)
@@ -324,19 +334,18 @@ def run_eval(pipe, cases: list[EvalCase], steps: int | None = None, guidance: fl
             worst_preserved = max(worst_preserved, pe)
             t.add("preserved_error_max", pe)
             score_case(t, case, out)
-            if case.kind == "remove":
-                if seam and strategy == "lazy":
-                    t.add("seam_error_asym" if asym is not None else "seam_error_plain", seam_error(out, truth_bg, case.mask))
-                    if asym is not None:
-                        pipe.register_modules(asym_vae=None)
-                        try:
-                            plain = pipe.edit(canvas, case.mask, prompt=prompt, steps=steps, guidance=guidance,
-                                              seed=case.index, strategy=strategy)
-                        finally:
-                            pipe.register_modules(asym_vae=asym)
-                        t.add("seam_error_plain", seam_error(np.asarray(plain.image), truth_bg, case.mask))
+            if case.kind == "remove" and seam and strategy == "lazy":
+                t.add("seam_error_asym" if asym is not None else "seam_error_plain", seam_error(out, truth_bg, case.mask))
+                if asym is not None:
+                    pipe.register_modules(asym_vae=None)
+                    try:
+                        plain = pipe.edit(canvas, case.mask, prompt=prompt, steps=steps, guidance=guidance,
+                                          seed=case.index, strategy=strategy)
+                    finally:
+                        pipe.register_modules(asym_vae=asym)
+                    t.add("seam_error_plain", seam_error(np.asarray(plain.image), truth_bg, case.mask))
         if row:
-            row.append(s.image if case.kind != "remove" else s.removed)
+            row.append(case_truth(case))
             tiles += row
     report = {s: tot[s].summary() for s in strategies}
     report["preserved_error_max"] = worst_preserved
@@ -362,15 +371,11 @@ def score_case(t: Totals, case: EvalCase, out: np.ndarray) -> None:
     t.add("sketch_iou" if case.kind == "sketch" else "object_iou", sc["sketch_iou"])
 
 
-def _truth(case: EvalCase) -> np.ndarray:
-    return np.asarray(case.sample.removed if case.kind == "remove" else case.sample.image)
-
-
 def ground_truth_report(cases: list[EvalCase]) -> dict:
     """The metrics of perfect answers (the true scenes): the ceiling the metrics can measure."""
     t = Totals()
     for case in cases:
-        score_case(t, case, _truth(case))
+        score_case(t, case, np.asarray(case_truth(case)))
     return t.summary()
 
 
@@ -382,26 +387,24 @@ def autoencoder_report(pipe, cases: list[EvalCase], progress: bool = True) -> di
     import torch
     from tqdm.auto import tqdm
 
+    from .data import to_image, to_tensor
+
     vae, asym = pipe.vae, getattr(pipe, "asym_vae", None)
     decoders = {"plain": None} | ({"asym": asym} if asym is not None else {})
     tot = {name: Totals() for name in decoders}
-
-    def tensor(rgb: np.ndarray) -> torch.Tensor:
-        return (torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float() / 127.5 - 1).to(pipe.device)
-
     for case in tqdm(cases, desc="autoencoder", disable=not progress):
-        s = case.sample
-        canvas = np.asarray(s.image if case.kind == "remove" else s.removed)
+        canvas = case_canvas(case)
         with torch.no_grad():
-            z = vae.encode(tensor(_truth(case)).to(vae.dtype)).latent_dist.mode()
+            z = vae.encode(to_tensor(case_truth(case))[None].to(pipe.device, vae.dtype)).latent_dist.mode()
             for name, dec in decoders.items():
                 if dec is None:
                     rec = vae.decode(z).sample
                 else:
                     mask = torch.from_numpy(case.mask.astype(np.float32))[None, None].to(pipe.device, dec.dtype)
-                    rec = dec.decode(z.to(dec.dtype), image=tensor(canvas).to(dec.dtype), mask=mask).sample
-                rec = ((rec[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
-                score_case(tot[name], case, np.where(case.mask[..., None], rec, canvas))
+                    image = to_tensor(canvas)[None].to(pipe.device, dec.dtype)
+                    rec = dec.decode(z.to(dec.dtype), image=image, mask=mask).sample
+                pasted = np.where(case.mask[..., None], np.asarray(to_image(rec[0])), np.asarray(canvas))
+                score_case(tot[name], case, pasted)
     return {name: t.summary() for name, t in tot.items()}
 
 
