@@ -83,8 +83,9 @@ def test_resume_continues_the_step_count(trained):
     out, _, _ = trained
     ckpts = sorted(p.name for p in (out / "lazy" / "checkpoints").iterdir())
     assert ckpts[-1] == "step_0000030"
-    more = train_stage(_args(out, "lazy", 34))
+    more = train_stage(_args(out, "lazy", 34, lr=5e-4))
     assert more["step"] == 34 and len(more["losses"]) == 4
+    assert more["lr"] == pytest.approx(5e-4)  # the new --lr wins over the checkpoint's 2e-3
     state = json.loads((out / "lazy" / "checkpoints" / "step_0000034" / "trainer_state.json").read_text())
     assert state["step"] == 34
     # a finished stage is skipped when rerun with the same step count

@@ -573,6 +573,16 @@ class StageTrainer:
         std = torch.cat(zs).std().item()
         return float(1.0 / max(std, 1e-6))
 
+    def _apply_lr(self, lr: float):
+        """A checkpoint restores the optimizer's and scheduler's learning rate; this one (--lr) wins, so a
+        resumed phase can lower it."""
+        inner = getattr(self.scheduler, "scheduler", self.scheduler)  # accelerate wraps the scheduler
+        inner.base_lrs = [lr] * len(inner.base_lrs)
+        for group, factor in zip(self.optimizer.param_groups, (f(inner.last_epoch) for f in inner.lr_lambdas)):
+            group["initial_lr"] = lr
+            group["lr"] = lr * factor
+        inner._last_lr = [g["lr"] for g in self.optimizer.param_groups]
+
     # ---------------------------------------------------------------- main loop
     def run(self) -> dict:
         a, acc = self.args, self.accelerator
@@ -585,9 +595,10 @@ class StageTrainer:
         if resume is not None:
             acc.load_state(str(resume))
             self.step = json.loads((resume / "trainer_state.json").read_text())["step"]
+            self._apply_lr(a.lr)
             logger.info("resumed %s from %s at step %d", a.stage, resume, self.step)
             if acc.is_main_process:
-                print(f"[lazyedit train] resumed {a.stage} at step {self.step} from {resume}", flush=True)
+                print(f"[lazyedit train] resumed {a.stage} at step {self.step} from {resume}, lr {a.lr:g}", flush=True)
         self.generator.manual_seed(a.seed * 1000 + acc.process_index + 7919 * self.step)
         acc.init_trackers(a.stage.replace("-", "_"), config={k: v for k, v in vars(a).items() if isinstance(v, (int, float, str, bool))})
         ds = StageDataset(a.stage, a.resolution, a.seed, None if a.data == "world" else a.data,
@@ -651,7 +662,7 @@ class StageTrainer:
         bar.close()
         acc.end_training()
         return {"stage": a.stage, "step": self.step, "done": self.step >= a.steps, "stopped_early": stopped_early,
-                "losses": self.losses, "model": str(model_dir(self.output))}
+                "losses": self.losses, "lr": self.scheduler.get_last_lr()[0], "model": str(model_dir(self.output))}
 
     def _save_samples(self, batch):
         self.ema.store(self.params)
