@@ -264,6 +264,44 @@ def test_shared_blob_is_never_collected_while_another_replica_references_it(tmp_
         r2.close()
 
 
+def test_two_replicas_never_both_take_the_last_place_under_the_session_cap(tmp_path, pg_url):
+    """Replica 1 has counted the sessions and inserted its new one (not committed: its blob write is slow)
+    when replica 2 creates another. Without a lock both count one session below the cap and both commit."""
+    from lazyedit.service.storage import Storage, StorageError, new_session_id
+
+    r1, r2 = Storage(pg_url, tmp_path / "images"), Storage(pg_url, tmp_path / "images")
+    try:
+        in_put, second_done = threading.Event(), threading.Event()
+        orig_put = r1.blobs.put
+
+        def slow_put(data: bytes) -> str:
+            in_put.set()
+            second_done.wait(1.5)    # with the lock, replica 2 cannot finish before we commit
+            return orig_put(data)
+
+        r1.blobs.put = slow_put
+        outcomes = {}
+
+        def create(name, st, seed):
+            try:
+                st.set_canvas(new_session_id(), _png_bytes(seed), 16, 16, max_sessions=1)
+                outcomes[name] = "created"
+            except StorageError as exc:
+                outcomes[name] = exc.code
+
+        t = threading.Thread(target=create, args=("r1", r1, 1))
+        t.start()
+        assert in_put.wait(30)
+        create("r2", r2, 2)
+        second_done.set()
+        t.join()
+        assert outcomes == {"r1": "created", "r2": "too_many_sessions"}
+        assert r1.count() == 1
+    finally:
+        r1.close()
+        r2.close()
+
+
 def test_sweep_spares_fresh_temp_files_and_referenced_blobs(tmp_path, pg_url):
     from lazyedit.service.storage import TMP_GRACE_S, Storage, new_session_id
 

@@ -7,7 +7,8 @@ then the SQL transaction committed. A crash in between leaves at most an unrefer
 start-up sweep removes.
 
 Several service replicas may share one PostgreSQL database and one images folder (docs/scaling.md):
-writes lock their session row (``SELECT ... FOR UPDATE``), and a blob is written and referenced, or found
+writes lock their session row (``SELECT ... FOR UPDATE``), creating a session under the session cap takes
+an advisory lock so that two replicas never both take the last place, and a blob is written and referenced, or found
 unreferenced and deleted, under a per-blob PostgreSQL advisory lock (shared for writers, exclusive for the
 collector), so one replica never deletes a file another replica is about to reference. On SQLite (one
 server) both are no-ops and the in-process lock is enough.
@@ -36,9 +37,11 @@ SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 #: temp files younger than this are left alone by the sweep: another replica may be writing them
 TMP_GRACE_S = 600.0
-#: first key of the two-int PostgreSQL advisory locks this module takes ("le" + 1: blobs, 2: schema)
+#: first key of the two-int PostgreSQL advisory locks this module takes ("le" + 1: blobs, 2: schema,
+#: 3: creating a session under the session cap)
 _PG_LOCK_BLOB = 0x6C6501
 _PG_LOCK_SCHEMA = 0x6C6502
+_PG_LOCK_NEW_SESSION = 0x6C6503
 
 
 def new_session_id() -> str:
@@ -343,6 +346,9 @@ class Storage:
                 row = db.get(SessionRow, sid, with_for_update=True)
                 old: set[str] = set()
                 if row is None:
+                    if max_sessions is not None and self.is_postgres:
+                        # replicas count and insert one at a time, or two of them could both take the last place
+                        db.execute(text("SELECT pg_advisory_xact_lock(:a, 0)"), {"a": _PG_LOCK_NEW_SESSION})
                     if max_sessions is not None and (db.scalar(select(func.count(SessionRow.id))) or 0) >= max_sessions:
                         raise StorageError("too_many_sessions", f"the server keeps at most {max_sessions} sessions")
                     row = SessionRow(id=sid, client=client[:128], width=width, height=height, version=1, position=0,
