@@ -1,6 +1,8 @@
 """`lazyedit train` on the tiny config: losses fall, checkpoints load as a pipeline, resume continues."""
 
 import json
+import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -156,16 +158,97 @@ def test_parser_knows_the_stages():
         assert p.parse_args([stage]).stage == stage
 
 
-def test_folder_data(tmp_path):
-    from lazyedit.training.data import StageDataset
+PHOTOS = {  # real photographs bundled with scikit-image and matplotlib (test dependencies), with captions
+    "astronaut.png": "an astronaut in front of a flag",       # RGB PNG, 512x512
+    "chelsea.png": "a tabby cat",                              # RGB PNG, 451x300
+    "coffee.png": "a cup of coffee on a saucer",                # RGB PNG, 600x400
+    "rocket.jpg": "a rocket on the launch pad",                 # JPEG, 640x427
+    "camera.png": "a man with a camera on a tripod",            # greyscale PNG
+    "grace_hopper.jpg": "a portrait of a naval officer",        # matplotlib's sample JPEG
+}
 
-    folder = tmp_path / "images"
-    folder.mkdir()
-    for i in range(3):
-        make_sample(4, i, size=(80, 72)).image.save(folder / f"img{i}.png")
-        (folder / f"img{i}.txt").write_text(f"picture {i}")
-    item = StageDataset("lazy", 64, 0, str(folder))[5]
-    assert item["image"].shape == (3, 64, 64) and item["caption"] in ("", "picture 2")
+
+def _photo_path(name):
+    import importlib.resources
+
+    if name == "grace_hopper.jpg":
+        import matplotlib
+
+        return Path(matplotlib.get_data_path()) / "sample_data" / name
+    return Path(str(importlib.resources.files("skimage") / "data" / name))
+
+
+@pytest.fixture
+def photo_folder(tmp_path):
+    """Six real photos with .txt captions, one more that cannot be decoded, and one upright only through EXIF."""
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    (folder / "sub").mkdir(parents=True)
+    for name, caption in PHOTOS.items():
+        dest = folder / "sub" / name if name == "camera.png" else folder / name     # folders are searched recursively
+        shutil.copy(_photo_path(name), dest)
+        dest.with_suffix(".txt").write_text(caption)
+    (folder / "broken.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    coffee = Image.open(_photo_path("coffee.png")).convert("RGB")
+    exif = Image.Exif()
+    exif[0x0112] = 6                                        # Orientation: rotate 90 degrees clockwise to display
+    coffee.transpose(Image.Transpose.ROTATE_90).save(folder / "phone.jpg", quality=95, exif=exif)
+    return folder, coffee
+
+
+def test_photos_load_upright_in_rgb_and_broken_files_are_skipped(photo_folder, caplog):
+    from PIL import Image
+
+    from lazyedit.training.data import FolderImages, load_photo
+
+    folder, coffee = photo_folder
+    upright = load_photo(folder / "phone.jpg")
+    assert upright.size == coffee.size == (600, 400)          # stored as 400x600, shown landscape
+    assert np.abs(np.asarray(upright, np.int16) - np.asarray(coffee, np.int16)).mean() < 4   # JPEG, not rotated
+    assert load_photo(folder / "sub" / "camera.png").mode == "RGB"          # greyscale in, RGB out
+    half = Image.new("RGBA", (8, 8), (255, 0, 0, 255))
+    half.paste((0, 0, 0, 0), (0, 0, 8, 4))
+    half.save(folder / "transparent.png")
+    a = np.asarray(load_photo(folder / "transparent.png"))
+    assert (a[:4] == 255).all() and (a[4:] == (255, 0, 0)).all()           # transparency over white
+    (folder / "transparent.png").unlink()
+    big = load_photo(_photo_path("rocket.jpg"), min_side=100)            # JPEG draft: a reduced decode...
+    assert 100 <= min(big.size) < 427 and big.size[0] > big.size[1]      # ...still big enough, still landscape
+
+    images = FolderImages(folder)
+    broken = images.files.index(folder / "broken.jpg")
+    after = PHOTOS[images.files[broken + 1].name]
+    assert len(images) == 8
+    rng = np.random.default_rng(0)
+    with caplog.at_level("WARNING"):
+        img, caption = images.get(broken, 64, rng)                       # broken.jpg: the next photo instead
+    assert "broken.jpg" in caplog.text and img.size == (64, 64) and caption == after
+    assert images.get(broken + len(images), 64, rng)[1] == after         # skipped again, no second warning
+    assert caplog.text.count("broken.jpg") == 1
+
+
+def test_all_stages_train_on_real_photos(photo_folder, tmp_path):
+    from lazyedit.engine import load_pipeline
+    from lazyedit.training.data import StageDataset, load_photo
+
+    folder, _ = photo_folder
+    captions = set(PHOTOS.values()) | {""}
+    for stage in ("vae", "asym-decoder", "lazy", "sketch"):
+        for i in range(6):
+            item = StageDataset(stage, 64, 0, str(folder))[i]
+            assert item["image"].shape == (3, 64, 64) and -1 <= item["image"].min() < item["image"].max() <= 1
+            if stage == "sketch":   # edges of the photo, inside the hole only
+                assert item["has_sketch"] and item["caption"] in captions
+                drawn = item["sketch"][3] > 0
+                assert drawn.any() and not (drawn & (item["mask"][0] == 0)).any()
     out = tmp_path / "run"
-    assert train_stage(_args(out, "vae", 3, data=str(folder)))["done"]
-    assert train_stage(_args(out, "lazy", 2, data=str(folder)))["done"]
+    for stage, steps in (("vae", 3), ("asym-decoder", 2), ("lazy", 2), ("sketch", 2)):
+        assert train_stage(_args(out, stage, steps, data=str(folder)))["done"], stage
+    pipe = load_pipeline(str(out / "model"))
+    photo = load_photo(_photo_path("chelsea.png")).crop((100, 40, 228, 168)).resize((64, 64))
+    mask = np.zeros((64, 64), bool)
+    mask[20:44, 16:40] = True
+    res = pipe.edit(photo, mask, prompt="a tabby cat", seed=0, steps=2)
+    a, b = np.asarray(res.image), np.asarray(photo)
+    assert np.array_equal(a[~mask], b[~mask])                # a photo edit leaves the rest untouched
