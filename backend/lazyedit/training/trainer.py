@@ -204,6 +204,10 @@ def export_pipeline(output: str | Path, config_name: str) -> bool:
 # ----------------------------------------------------------------------------------------------------
 
 
+#: pixels inside the hole's edge that the asymmetric decoder's seam term weighs (eval's seam band is 3)
+SEAM_RIM = 4
+
+
 def chroma_error(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     """Per-pixel L1 of the colour part (each channel minus the pixel's grey level). Without it a small VAE
     learns luminance first and leaves colours grey, or shifted in hue, for a long time."""
@@ -301,9 +305,14 @@ class StageNet(torch.nn.Module):
             # the hole is what the decoder must invent from latents alone; its colours are what users judge
             # (without the chroma term a hue shift such as purple -> blue costs little L1)
             hole = ((err + 2 * chroma) * m).sum() / (m.sum() * 3 + 1)
+            # the hole's rim, where the decoder sees the known pixels next to it: a visible seam is the
+            # asymmetric decoder's failure (the paper's reason for its masked-image branch)
+            rim = m * F.max_pool2d(1 - m, kernel_size=2 * SEAM_RIM + 1, stride=1, padding=SEAM_RIM)
+            seam = (err * rim).sum() / (rim.sum() * 3 + 1)
             l1 = err.mean()
-            loss = l1 + F.mse_loss(rec, x) + 2 * chroma.mean() + hole
-            return loss, {"l1": l1.detach(), "chroma": chroma.mean().detach(), "hole": hole.detach()}
+            loss = l1 + F.mse_loss(rec, x) + 2 * chroma.mean() + hole + 2 * seam
+            return loss, {"l1": l1.detach(), "chroma": chroma.mean().detach(), "hole": hole.detach(),
+                          "seam": seam.detach()}
         return self._flow_loss(batch)
 
     def _flow_loss(self, batch: dict):
