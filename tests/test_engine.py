@@ -9,7 +9,8 @@ import pytest
 import torch
 from PIL import Image
 
-from lazyedit.engine import EditCancelled, EditInputError, EditRequest, LazyEditPipeline, load_pipeline
+from lazyedit.engine import (EditCancelled, EditInputError, EditRequest, LazyEditPipeline, build_pipeline, get_config,
+                             load_pipeline)
 from lazyedit.images import decode_canvas, read_file
 from lazyedit.engine.models import CSCTuner, SCTuner
 
@@ -283,6 +284,17 @@ def test_ddim_scheduler_runs_the_flow_model(pipe):
         pipe.use_scheduler("euler")
 
 
+def test_switching_back_to_euler_keeps_the_models_timestep_shift():
+    from lazyedit.engine import flow_scheduler
+
+    pipe = build_pipeline("tiny")
+    pipe.scheduler = flow_scheduler(3.0)             # as loaded from a model folder whose sampler is shifted
+    pipe.use_scheduler("ddim")
+    pipe.use_scheduler("euler")
+    assert pipe.scheduler.config.shift == 3.0
+    assert build_pipeline("demo").scheduler.config.shift == get_config("demo").sampling_shift == 3.0
+
+
 def test_sketch_condition_changes_a_trained_tuner(pipe):
     img, mask = canvas(), box_mask()
     sketch = np.zeros((70, 90, 4), np.uint8)
@@ -432,6 +444,7 @@ def test_shipped_demo_model_is_trained_and_loads_in_fp32():
     assert (DEMO_MODEL_DIR / "model_index.json").is_file(), "the demo model is not shipped"
     pipe = load_pipeline("demo")
     assert pipe.config.model_name == "demo" and not pipe.random_weights
+    assert pipe.scheduler.config.shift == get_config("demo").sampling_shift   # the sampler it was tuned with
     assert pipe.transformer.dtype == torch.float32 and pipe.sketch_tuner is not None and pipe.asym_vae is not None
     image = Image.new("RGB", (96, 80), (90, 140, 200))
     mask = np.zeros((80, 96), bool)

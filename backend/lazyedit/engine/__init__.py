@@ -2,7 +2,8 @@
 
 from .configs import CONFIGS, ModelConfig, get_config
 from .loading import build_pipeline, load_pipeline
-from .pipeline import EditCancelled, EditInputError, EditRequest, EditResult, LazyEditPipeline, StepPreview
+from .pipeline import (EditCancelled, EditInputError, EditRequest, EditResult, LazyEditPipeline, StepPreview,
+                       flow_scheduler)
 
 __all__ = [
     "CONFIGS",
@@ -14,6 +15,7 @@ __all__ = [
     "ModelConfig",
     "StepPreview",
     "build_pipeline",
+    "flow_scheduler",
     "get_config",
     "load_pipeline",
 ]

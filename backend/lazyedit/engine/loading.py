@@ -7,12 +7,12 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import torch
-from diffusers import AsymmetricAutoencoderKL, AutoencoderKL, FlowMatchEulerDiscreteScheduler
+from diffusers import AsymmetricAutoencoderKL, AutoencoderKL
 from diffusers.utils import logging as diffusers_logging
 
 from .configs import get_config
 from .models import ByteTextEncoder, ContextEncoder, CSCTuner, LazyDiffusionTransformer
-from .pipeline import LazyEditPipeline
+from .pipeline import LazyEditPipeline, flow_scheduler
 
 logger = logging.getLogger("lazyedit.engine")
 
@@ -40,7 +40,7 @@ def build_pipeline(config_name: str, seed: int = 0, text_encoder=None, tokenizer
         tokenizer=tokenizer,
         context_encoder=ContextEncoder(**cfg.context_encoder),
         transformer=LazyDiffusionTransformer(**cfg.transformer),
-        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0),
+        scheduler=flow_scheduler(cfg.sampling_shift),
         sketch_tuner=CSCTuner(**cfg.sketch_tuner),
         model_name=config_name,
         default_steps=cfg.default_steps,

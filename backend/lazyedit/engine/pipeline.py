@@ -121,6 +121,11 @@ class _Job:
     cancelled: bool = False
 
 
+def flow_scheduler(shift: float = 1.0) -> FlowMatchEulerDiscreteScheduler:
+    """The sampler lazyedit models are trained for: Euler on the flow-matching ODE, timesteps shifted by ``shift``."""
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
+
+
 class LazyEditPipeline(DiffusionPipeline):
     _optional_components = ["asym_vae", "tokenizer", "sketch_tuner"]
 
@@ -207,8 +212,10 @@ class LazyEditPipeline(DiffusionPipeline):
 
     def use_scheduler(self, kind: str) -> None:
         """"euler" (flow matching, default) or "ddim" (run on the same flow-matching model, see _ddim_output)."""
+        if isinstance(self.scheduler, FlowMatchEulerDiscreteScheduler):
+            self._euler = self.scheduler  # the model's own (its shift), for switching back
         if kind == "euler":
-            self.scheduler = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+            self.scheduler = getattr(self, "_euler", None) or flow_scheduler()
         elif kind == "ddim":
             self.scheduler = DDIMScheduler(
                 num_train_timesteps=1000,

@@ -172,9 +172,9 @@ def save_into(pipe, dest: Path) -> None:
 def export_pipeline(output: str | Path, config_name: str) -> bool:
     """Write ``<output>/model/model_index.json`` (and every component) through LazyEditPipeline.save_pretrained
     when the VAE and the backbone exist. Returns whether the folder is a loadable pipeline."""
-    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler
+    from diffusers import AutoencoderKL
 
-    from lazyedit.engine import LazyEditPipeline, get_config
+    from lazyedit.engine import LazyEditPipeline, flow_scheduler, get_config
     from lazyedit.engine.loading import load_asym_vae
     from lazyedit.engine.models import ByteTextEncoder, ContextEncoder, CSCTuner, LazyDiffusionTransformer
 
@@ -188,7 +188,7 @@ def export_pipeline(output: str | Path, config_name: str) -> bool:
         text_encoder=ByteTextEncoder.from_pretrained(str(root / "text_encoder")),
         context_encoder=ContextEncoder.from_pretrained(str(root / "context_encoder")),
         transformer=LazyDiffusionTransformer.from_pretrained(str(root / "transformer")),
-        scheduler=FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0),
+        scheduler=flow_scheduler(cfg.sampling_shift),
         asym_vae=load_asym_vae(root / "asym_vae") if (root / "asym_vae" / "config.json").exists() else None,
         sketch_tuner=CSCTuner.from_pretrained(str(root / "sketch_tuner")) if (root / "sketch_tuner" / "config.json").exists() else None,
         model_name=f"{cfg.name}-trained",
@@ -495,8 +495,7 @@ class StageTrainer:
     @torch.no_grad()
     def generate(self, batch: dict, steps: int = 12, guidance: float = 2.0, seed: int = 0) -> torch.Tensor:
         """Fill the holes of a batch (Euler flow sampling + plain VAE decode + paste). For previews."""
-        from diffusers import FlowMatchEulerDiscreteScheduler
-
+        from lazyedit.engine import flow_scheduler
         from lazyedit.engine.models.layers import patchify, unpatchify
 
         text_enc, ctx_enc, tr = self._backbone()
@@ -518,7 +517,7 @@ class StageTrainer:
             adapter = tuner.adapter([(torch.cat([sk, sk]), 1.0)], torch.cat([index, index]))
         g = torch.Generator("cpu").manual_seed(seed)
         x = torch.randn(b, index.shape[1], tr.config.latent_channels * p * p, generator=g).to(self.device)
-        sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=1.0)
+        sched = flow_scheduler(self.cfg.sampling_shift)
         sched.set_timesteps(steps, device=self.device)
         for t in sched.timesteps:
             sigma = float(sched.sigmas[sched.step_index or 0])
