@@ -114,3 +114,4 @@ def test_eval_main_autoencoder_ceiling_scores_every_case_through_both_decoders(c
         # 6 cases: 2 insert, 2 remove, 2 sketch
         assert scores["n_removal_psnr"] == 2 and scores["n_colour_acc"] == 2 and scores["n_sketch_colour_acc"] == 2
         assert 0 < scores["removal_psnr"] <= PSNR_CAP
+        assert scores["n_seam_error"] == 2 and scores["seam_error"] > 0

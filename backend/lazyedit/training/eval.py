@@ -405,6 +405,8 @@ def autoencoder_report(pipe, cases: list[EvalCase], progress: bool = True) -> di
                     rec = dec.decode(z.to(dec.dtype), image=image, mask=mask).sample
                 pasted = np.where(case.mask[..., None], np.asarray(to_image(rec[0])), np.asarray(canvas))
                 score_case(tot[name], case, pasted)
+                if case.kind == "remove":  # the decoder's own seam, with the true latents
+                    tot[name].add("seam_error", seam_error(pasted, np.asarray(case_truth(case)), case.mask))
     return {name: t.summary() for name, t in tot.items()}
 
 
