@@ -82,6 +82,19 @@ def test_psnr_preserved_and_seam():
     assert preserved_error(out, canvas, hole) == 1
 
 
+def test_totals_report_means_counts_and_standard_errors():
+    from lazyedit.training.eval import Totals
+
+    t = Totals()
+    for v in (0, 1, 1, 0):
+        t.add("colour_acc", v)
+    t.add("removal_psnr", 30.0)
+    s = t.summary()
+    assert (s["colour_acc"], s["n_colour_acc"], s["removal_psnr"]) == (0.5, 4, 30.0)
+    assert s["se_colour_acc"] == pytest.approx(np.std([0, 1, 1, 0], ddof=1) / 2, abs=1e-4)   # 0.2887
+    assert "se_removal_psnr" not in s            # one value: no error estimate
+
+
 def test_held_out_set_is_seeded():
     a, b = eval_cases(6, 77, 64), eval_cases(6, 77, 64)
     assert [c.sample.caption for c in a] == [c.sample.caption for c in b]

@@ -286,8 +286,10 @@ class Totals:
         self.values.setdefault(key, []).append(float(value))
 
     def summary(self) -> dict:
-        return {k: round(float(np.mean(v)), 4) for k, v in sorted(self.values.items())} | {
-            f"n_{k}": len(v) for k, v in sorted(self.values.items())}
+        """Means, counts, and standard errors of the means (how far apart two reports must be to differ)."""
+        items = sorted(self.values.items())
+        return ({k: round(float(np.mean(v)), 4) for k, v in items} | {f"n_{k}": len(v) for k, v in items}
+                | {f"se_{k}": round(float(np.std(v, ddof=1) / np.sqrt(len(v))), 4) for k, v in items if len(v) > 1})
 
 
 def run_eval(pipe, cases: list[EvalCase], steps: int | None = None, guidance: float | None = None,
