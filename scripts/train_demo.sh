@@ -25,12 +25,16 @@ export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 (
   $T asym-decoder $C --resolution 64 --batch-size 8 --steps 1600
   $T asym-decoder $C --resolution 128 --batch-size 4 --num-workers 1 --steps 3600
+  $T asym-decoder $C --resolution 128 --batch-size 4 --num-workers 1 --lr 2e-4 --steps 5748
 ) & decoder=$!
 (
+  # the learning rate steps down: 4e-4, 2e-4, 1e-4 (a resumed phase takes its own --lr)
   $T lazy $C $G --lr 4e-4 --steps 7874
-  $T lazy $C $G --lr 2e-4 --large-objects 0.4 --steps 11400
+  $T lazy $C $G --lr 4e-4 --large-objects 0.4 --steps 11400
+  $T lazy $C $G --lr 2e-4 --large-objects 0.4 --steps 14763
+  $T lazy $C $G --lr 1e-4 --large-objects 0.4 --steps 17071
 ) & backbone=$!
 wait $backbone
-$T sketch $C $G --large-objects 0.4 --steps 2700   # needs the finished backbone
+$T sketch $C $G --large-objects 0.4 --steps 4001   # needs the finished backbone
 wait $decoder
 echo "trained; model in $OUT/model"
