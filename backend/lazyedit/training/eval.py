@@ -395,9 +395,9 @@ def autoencoder_report(pipe, cases: list[EvalCase], progress: bool = True) -> di
     decoders = {"plain": None} | ({"asym": asym} if asym is not None else {})
     tot = {name: Totals() for name in decoders}
     for case in tqdm(cases, desc="autoencoder", disable=not progress):
-        canvas = case_canvas(case)
+        canvas, truth = case_canvas(case), case_truth(case)
         with torch.no_grad():
-            z = vae.encode(to_tensor(case_truth(case))[None].to(pipe.device, vae.dtype)).latent_dist.mode()
+            z = vae.encode(to_tensor(truth)[None].to(pipe.device, vae.dtype)).latent_dist.mode()
             for name, dec in decoders.items():
                 if dec is None:
                     rec = vae.decode(z).sample
@@ -408,7 +408,7 @@ def autoencoder_report(pipe, cases: list[EvalCase], progress: bool = True) -> di
                 pasted = np.where(case.mask[..., None], np.asarray(to_image(rec[0])), np.asarray(canvas))
                 score_case(tot[name], case, pasted)
                 if case.kind == "remove":  # the decoder's own seam, with the true latents
-                    tot[name].add("seam_error", seam_error(pasted, np.asarray(case_truth(case)), case.mask))
+                    tot[name].add("seam_error", seam_error(pasted, np.asarray(truth), case.mask))
     return {name: t.summary() for name, t in tot.items()}
 
 
