@@ -252,3 +252,32 @@ def test_all_stages_train_on_real_photos(photo_folder, tmp_path):
     res = pipe.edit(photo, mask, prompt="a tabby cat", seed=0, steps=2)
     a, b = np.asarray(res.image), np.asarray(photo)
     assert np.array_equal(a[~mask], b[~mask])                # a photo edit leaves the rest untouched
+
+
+def test_two_cpu_processes_train_one_model(trained, tmp_path):
+    """torchrun with two processes on a CPU: one process group (each process saves its own RNG state into the
+    same checkpoint), one progress line per stage, one model that edits."""
+    import os
+    import subprocess
+    import sys
+
+    from lazyedit.engine import load_pipeline
+
+    src, _, _ = trained
+    out = tmp_path / "ddp"
+    shutil.copytree(src / "model" / "vae", out / "model" / "vae")
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           "-m", "lazyedit.training.cli", "lazy", "--config", "tiny", "--output", str(out), "--resolution", "64",
+           "--batch-size", "2", "--steps", "4", "--save-every", "2", "--sample-every", "1000", "--no-progress",
+           "--mixed-precision", "no", "--warmup", "1"]
+    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    assert run.stdout.count("[lazyedit train] lazy: step 4 (done)") == 1, run.stdout
+    ckpt = out / "lazy" / "checkpoints" / "step_0000004"
+    assert (ckpt / "random_states_0.pkl").exists() and (ckpt / "random_states_1.pkl").exists()
+    assert json.loads((out / "model" / "lazy.json").read_text())["step"] == 4
+    pipe = load_pipeline(str(out / "model"))
+    s = make_sample(0, 5, size=64)
+    res = pipe.edit(s.image, s.mask, prompt=s.caption, seed=0, steps=2)
+    assert np.array_equal(np.asarray(res.image)[~s.mask], np.asarray(s.image)[~s.mask])

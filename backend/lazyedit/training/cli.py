@@ -6,7 +6,9 @@
     lazyedit train sketch       --config demo --output runs/demo
     lazyedit train all          --config demo --output runs/demo    # the four in order, each resumable
 
-Multi-GPU: `accelerate launch -m lazyedit.training.cli lazy --config base ...` (same flags).
+Multi-GPU: `accelerate launch --multi_gpu -m lazyedit.training.cli lazy --config base ...` (same flags).
+Several processes on a CPU: `torchrun --standalone --nproc_per_node 2 -m lazyedit.training.cli lazy ...`
+(`accelerate launch --cpu` starts only one process).
 The result, <output>/model, is a LazyEditPipeline folder: load_pipeline("<output>/model").
 """
 
@@ -15,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 
 from .trainer import STAGE_DEFAULTS, STAGES, TrainArgs, export_pipeline, ship_pipeline
@@ -100,7 +103,8 @@ def _args_for(ns: argparse.Namespace, stage: str) -> TrainArgs:
 def run(ns: argparse.Namespace) -> int:
     from .trainer import train_stage
 
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    main_process = int(os.environ.get("RANK", "0")) == 0
+    logging.basicConfig(level=logging.INFO if main_process else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("accelerate", "diffusers"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     if ns.stage == "export":
@@ -115,8 +119,9 @@ def run(ns: argparse.Namespace) -> int:
     stages = STAGES if ns.stage == "all" else (ns.stage,)
     for stage in stages:
         result = train_stage(_args_for(ns, stage))
-        print(f"[lazyedit train] {stage}: step {result['step']}"
-              + (" (done)" if result["done"] else " (stopped, rerun to resume)"), flush=True)
+        if main_process:  # one line per stage, not one per training process
+            print(f"[lazyedit train] {stage}: step {result['step']}"
+                  + (" (done)" if result["done"] else " (stopped, rerun to resume)"), flush=True)
         if not result["done"]:
             return 0
     return 0

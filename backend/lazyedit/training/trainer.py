@@ -375,6 +375,9 @@ class StageTrainer:
         if mp == "auto":
             mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else ("fp16" if torch.cuda.is_available() else "no")
         self.accelerator = Accelerator(
+            # without cpu=True accelerate ignores torchrun's process group on a machine with no GPU, and every
+            # process trains alone on the same data and races the others for the same checkpoint folder
+            cpu=not (torch.cuda.is_available() or torch.backends.mps.is_available()),
             mixed_precision=mp,
             log_with="tensorboard",
             project_config=ProjectConfiguration(project_dir=str(self.stage_dir), logging_dir=str(self.stage_dir / "logs")),
