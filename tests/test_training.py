@@ -258,6 +258,7 @@ def test_two_cpu_processes_train_one_model(trained, tmp_path):
     """torchrun with two processes on a CPU: one process group (each process saves its own RNG state into the
     same checkpoint), one progress line per stage, one model that edits."""
     import os
+    import signal
     import subprocess
     import sys
 
@@ -271,12 +272,31 @@ def test_two_cpu_processes_train_one_model(trained, tmp_path):
            "-m", "lazyedit.training.cli", "lazy", "--config", "tiny", "--output", str(out), "--resolution", "64",
            "--batch-size", "2", "--steps", "4", "--save-every", "2", "--sample-every", "1000", "--no-progress",
            "--mixed-precision", "no", "--warmup", "1"]
-    run = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=600)
+    def torchrun(args):  # a hung group is killed whole, so no orphaned trainer outlives the test
+        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                start_new_session=True)
+        try:
+            out_, err_ = proc.communicate(timeout=600)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            raise
+        return subprocess.CompletedProcess(args, proc.returncode, out_, err_)
+
+    run = torchrun(cmd)
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("[lazyedit train] lazy: step 4 (done)") == 1, run.stdout
     ckpt = out / "lazy" / "checkpoints" / "step_0000004"
     assert (ckpt / "random_states_0.pkl").exists() and (ckpt / "random_states_1.pkl").exists()
     assert json.loads((out / "model" / "lazy.json").read_text())["step"] == 4
+    # --max-minutes: the processes agree on the step to stop at (one stopping alone hung both), and the
+    # checkpoint they write there holds both processes' state
+    late = torchrun([*cmd[:cmd.index("--steps")], "--steps", "400", "--save-every", "1000", "--max-minutes", "0.003",
+                     "--no-progress", "--mixed-precision", "no", "--warmup", "1"])
+    assert late.returncode == 0, late.stderr[-3000:]
+    assert late.stdout.count("(stopped, rerun to resume)") == 1, late.stdout
+    last = sorted((out / "lazy" / "checkpoints").iterdir())[-1]
+    assert 4 < json.loads((last / "trainer_state.json").read_text())["step"] < 400
+    assert (last / "random_states_0.pkl").exists() and (last / "random_states_1.pkl").exists()
     pipe = load_pipeline(str(out / "model"))
     s = make_sample(0, 5, size=64)
     res = pipe.edit(s.image, s.mask, prompt=s.caption, seed=0, steps=2)

@@ -655,7 +655,7 @@ class StageTrainer:
                     rate = (time.time() - t_start) / max(1, self.step - first_step)
                     print(f"[lazyedit train] {a.stage} step {self.step}/{a.steps} loss {np.mean(self.losses[-a.log_every:]):.4f} "
                           f"{rate:.2f} s/step", flush=True)
-            out_of_time = a.max_minutes is not None and (time.time() - t_start) / 60 >= a.max_minutes
+            out_of_time = self._out_of_time(t_start)
             if self.step % a.sample_every == 0 and acc.is_main_process:
                 self._save_samples(fixed_batch)
             if self.step % a.save_every == 0 or self.step >= a.steps or out_of_time:
@@ -674,6 +674,18 @@ class StageTrainer:
         acc.end_training()
         return {"stage": a.stage, "step": self.step, "done": self.step >= a.steps, "stopped_early": stopped_early,
                 "losses": self.losses, "lr": self.scheduler.get_last_lr()[0], "model": str(model_dir(self.output))}
+
+    def _out_of_time(self, t_start: float) -> bool:
+        """--max-minutes reached. With several processes they must agree on the step (each one's clock
+        started a little apart): one that stops alone would wait in the checkpoint's barrier while the others
+        wait in the next step's all-reduce, for ever."""
+        a, acc = self.args, self.accelerator
+        if a.max_minutes is None:
+            return False
+        late = (time.time() - t_start) / 60 >= a.max_minutes
+        if acc.num_processes > 1:
+            late = bool(acc.reduce(torch.tensor([float(late)], device=self.device), reduction="sum").item() > 0)
+        return late
 
     def _save_samples(self, batch):
         self.ema.store(self.params)
