@@ -268,21 +268,21 @@ def test_two_cpu_processes_train_one_model(trained, tmp_path):
     out = tmp_path / "ddp"
     shutil.copytree(src / "model" / "vae", out / "model" / "vae")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-           "-m", "lazyedit.training.cli", "lazy", "--config", "tiny", "--output", str(out), "--resolution", "64",
-           "--batch-size", "2", "--steps", "4", "--save-every", "2", "--sample-every", "1000", "--no-progress",
-           "--mixed-precision", "no", "--warmup", "1"]
-    def torchrun(args):  # a hung group is killed whole, so no orphaned trainer outlives the test
-        proc = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+            "-m", "lazyedit.training.cli", "lazy", "--config", "tiny", "--output", str(out), "--resolution", "64",
+            "--batch-size", "2", "--sample-every", "1000", "--no-progress", "--mixed-precision", "no", "--warmup", "1"]
+
+    def torchrun(*flags):  # a hung group is killed whole, so no orphaned trainer outlives the test
+        proc = subprocess.Popen([*base, *flags], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
         try:
             out_, err_ = proc.communicate(timeout=600)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             raise
-        return subprocess.CompletedProcess(args, proc.returncode, out_, err_)
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out_, err_)
 
-    run = torchrun(cmd)
+    run = torchrun("--steps", "4", "--save-every", "2")
     assert run.returncode == 0, run.stderr[-3000:]
     assert run.stdout.count("[lazyedit train] lazy: step 4 (done)") == 1, run.stdout
     ckpt = out / "lazy" / "checkpoints" / "step_0000004"
@@ -290,8 +290,7 @@ def test_two_cpu_processes_train_one_model(trained, tmp_path):
     assert json.loads((out / "model" / "lazy.json").read_text())["step"] == 4
     # --max-minutes: the processes agree on the step to stop at (one stopping alone hung both), and the
     # checkpoint they write there holds both processes' state
-    late = torchrun([*cmd[:cmd.index("--steps")], "--steps", "400", "--save-every", "1000", "--max-minutes", "0.003",
-                     "--no-progress", "--mixed-precision", "no", "--warmup", "1"])
+    late = torchrun("--steps", "400", "--save-every", "1000", "--max-minutes", "0.003")
     assert late.returncode == 0, late.stderr[-3000:]
     assert late.stdout.count("(stopped, rerun to resume)") == 1, late.stdout
     last = sorted((out / "lazy" / "checkpoints").iterdir())[-1]
