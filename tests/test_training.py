@@ -111,6 +111,54 @@ def test_asym_and_sketch_stages_and_cli(trained):
     assert res.image.size == (64, 64)
 
 
+def test_sample_holes_changes_only_the_hole_tokens(trained):
+    from lazyedit.engine import load_pipeline
+    from lazyedit.training.trainer import sample_holes
+
+    out, _, _ = trained
+    pipe = load_pipeline(str(out / "model"))
+    s = make_sample(0, 4, size=64)
+    image = torch.from_numpy(np.asarray(s.image, np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    mask = torch.from_numpy(s.mask.astype(np.float32))[None, None]
+    canvas = pipe.vae.encode(image).latent_dist.mode() * pipe.vae.config.scaling_factor
+    unit = pipe.unit
+    filled = sample_holes((pipe.text_encoder, pipe.context_encoder, pipe.transformer), canvas, mask, [s.caption],
+                          unit=unit, steps=2, guidance=2.0, shift=1.0, generator=torch.Generator().manual_seed(0))
+    f = pipe.vae_factor
+    hole = torch.nn.functional.max_pool2d(mask, unit).repeat_interleave(unit // f, 2).repeat_interleave(unit // f, 3) > 0
+    hole = hole.expand_as(canvas)
+    assert hole.any() and (~hole).any()
+    assert torch.equal(filled[~hole], canvas[~hole])
+    assert not torch.allclose(filled[hole], canvas[hole])
+
+
+def test_decoder_trains_on_generated_latents(trained, tmp_path):
+    from lazyedit.training.data import StageDataset
+    from lazyedit.training.trainer import StageTrainer
+
+    out, _, _ = trained
+    vae_only = tmp_path / "vae-only"
+    shutil.copytree(out / "model" / "vae", vae_only / "model" / "vae")
+    with pytest.raises(FileNotFoundError, match="run the lazy stage first"):
+        train_stage(_args(vae_only, "asym-decoder", 2, generated_latents=0.5))
+
+    run = tmp_path / "run"
+    shutil.copytree(out / "model", run / "model")
+    trainer = StageTrainer(_args(run, "asym-decoder", 2, batch_size=2, generated_latents=1.0))
+    trainer._setup()
+    ds = StageDataset("asym-decoder", 64, decoder_edits=True)
+    items = [ds[i] for i in range(2)]
+    batch = {k: (torch.stack([it[k] for it in items]) if torch.is_tensor(items[0][k]) else [it[k] for it in items])
+             for k in items[0]}
+    loss, logs = trainer.net_inner(batch)
+    assert "generated" in logs and torch.isfinite(loss)
+    loss.backward()  # the decoder learns from it; the frozen backbone gets no gradient
+    assert any(p.grad is not None for p in trainer.unwrap("asym_vae").decoder.parameters())
+    assert all(p.grad is None for p in trainer.frozen["transformer"].parameters())
+    result = train_stage(_args(run, "asym-decoder", 2, batch_size=2, generated_latents=0.5))
+    assert result["done"] and all(np.isfinite(result["losses"]))
+
+
 def test_ship_writes_fp16_safetensors_that_load_as_fp32(trained, tmp_path):
     from safetensors import safe_open
 

@@ -58,6 +58,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--large-objects", type=float, default=0.0,
                    help="lazy/sketch on the world: the fraction of scenes drawn with objects 2-3x larger, as big as "
                         "they are on a canvas 4x the training size (demo: 0.4 at 128 px for 512 px canvases)")
+    p.add_argument("--generated-latents", type=float, default=0.0,
+                   help="asym-decoder: the fraction of batches that decode edits whose hole latents the trained backbone "
+                        "sampled (with the model's steps, guidance and shift), so the decoder learns to join the "
+                        "generator's latents, not only the encoder's, to the known pixels; needs the lazy stage")
     p.add_argument("--sample-steps", type=int, default=12)
     p.add_argument("--sample-guidance", type=float, default=2.0)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -94,6 +98,7 @@ def _args_for(ns: argparse.Namespace, stage: str) -> TrainArgs:
         text_dropout=ns.text_dropout,
         position_grid=ns.position_grid,
         large_objects=ns.large_objects,
+        generated_latents=ns.generated_latents,
         sample_steps=ns.sample_steps,
         sample_guidance=ns.sample_guidance,
         progress=not ns.no_progress,

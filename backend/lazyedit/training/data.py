@@ -123,14 +123,18 @@ class StageDataset(Dataset):
     """Items for one training stage.
 
     - ``vae``: {"image"}
-    - ``asym-decoder``: {"image", "mask"} (mask all ones half of the time)
+    - ``asym-decoder``: {"image", "mask"} (mask all ones half of the time); with ``decoder_edits`` also an
+      edit case as {"edit_image", "edit_target", "edit_mask", "edit_caption"}
     - ``lazy`` / ``sketch``: {"image", "target", "mask", "caption", "sketch", "has_sketch"}
     """
 
     def __init__(self, stage: str, size: int = 256, seed: int = 0, folder: str | None = None,
-                 p_kinds: tuple[float, float, float] | None = None, large_objects: float = 0.0):
-        """large_objects: the fraction of world scenes (lazy / sketch) drawn with LARGE_OBJECT_SIZES."""
+                 p_kinds: tuple[float, float, float] | None = None, large_objects: float = 0.0,
+                 decoder_edits: bool = False):
+        """large_objects: the fraction of world scenes (lazy / sketch, and decoder edits) drawn with
+        LARGE_OBJECT_SIZES. decoder_edits: asym-decoder items carry an edit case too, for the generator to fill."""
         self.stage = stage
+        self.decoder_edits = bool(decoder_edits)
         self.large_objects = float(large_objects)
         self.size = int(size)
         self.seed = int(seed)
@@ -159,27 +163,36 @@ class StageDataset(Dataset):
         if self.stage == "asym-decoder":
             img = self.folder.get(index, s, rng)[0] if self.folder is not None else make_sample(self.seed, index, s).image
             mask = full_or_lama_mask(rng, s, 0.5)
-            return {"image": to_tensor(img), "mask": torch.from_numpy(mask.astype(np.float32))[None]}
+            item = {"image": to_tensor(img), "mask": torch.from_numpy(mask.astype(np.float32))[None]}
+            if self.decoder_edits:
+                edit = self._edit_item(index, rng, with_sketch=False)
+                item.update({f"edit_{k}": edit[k] for k in ("image", "target", "mask", "caption")})
+            return item
         if self.stage in ("lazy", "sketch"):
-            if self.folder is not None:
-                img, caption = self.folder.get(index, s, rng)
-                mask = random_mask(rng, s)
-                caption = caption if rng.random() < 0.5 else ""
-                image = target = img
-                sketch = edge_sketch(img, mask) if self.stage == "sketch" else None
-            else:
-                kw = {"sizes": LARGE_OBJECT_SIZES} if rng.random() < self.large_objects else {}
-                case = make_case(self.seed, index, s, p_kinds=self.p_kinds, **kw)
-                image, target, mask, caption, sketch = case.image, case.target, case.mask, case.caption, case.sketch
-            return {
-                "image": to_tensor(image),
-                "target": to_tensor(target),
-                "mask": torch.from_numpy(mask.astype(np.float32))[None],
-                "caption": caption,
-                "sketch": sketch_tensor(sketch, (s, s)),
-                "has_sketch": torch.tensor(sketch is not None),
-            }
+            return self._edit_item(index, rng, with_sketch=self.stage == "sketch")
         raise ValueError(f"unknown stage {self.stage!r}")
+
+    def _edit_item(self, index: int, rng: np.random.Generator, with_sketch: bool) -> dict:
+        """One edit: the canvas, the truth after the edit, the hole, its caption (and sketch)."""
+        s = self.size
+        if self.folder is not None:
+            img, caption = self.folder.get(index, s, rng)
+            mask = random_mask(rng, s)
+            caption = caption if rng.random() < 0.5 else ""
+            image = target = img
+            sketch = edge_sketch(img, mask) if with_sketch else None
+        else:
+            kw = {"sizes": LARGE_OBJECT_SIZES} if rng.random() < self.large_objects else {}
+            case = make_case(self.seed, index, s, p_kinds=self.p_kinds, **kw)
+            image, target, mask, caption, sketch = case.image, case.target, case.mask, case.caption, case.sketch
+        return {
+            "image": to_tensor(image),
+            "target": to_tensor(target),
+            "mask": torch.from_numpy(mask.astype(np.float32))[None],
+            "caption": caption,
+            "sketch": sketch_tensor(sketch, (s, s)),
+            "has_sketch": torch.tensor(sketch is not None),
+        }
 
 
 class StreamSampler(Sampler):

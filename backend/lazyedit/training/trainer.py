@@ -70,6 +70,8 @@ class TrainArgs:
     text_dropout: float = 0.1
     position_grid: int = 0  # lazy/sketch: place each crop at a random offset in a grid this many tokens wide
     large_objects: float = 0.0  # lazy/sketch: fraction of world scenes with large objects (world.LARGE_OBJECT_SIZES)
+    # asym-decoder: fraction of batches that decode edits whose hole latents the trained backbone sampled
+    generated_latents: float = 0.0
     sample_steps: int = 12
     sample_guidance: float = 2.0
     progress: bool = True
@@ -244,6 +246,56 @@ def latent_mask_from_tokens(tok: torch.Tensor, patch: int) -> torch.Tensor:
     return tok.float()[:, None].repeat_interleave(patch, 2).repeat_interleave(patch, 3)
 
 
+@torch.no_grad()
+def sample_holes(backbone, canvas: torch.Tensor, mask: torch.Tensor, captions: list[str], *, unit: int, steps: int,
+                 guidance: float, shift: float, generator: torch.Generator, adapter=None) -> torch.Tensor:
+    """The canvas latents (scaled) with their hole tokens sampled by the backbone: Euler flow sampling with
+    classifier-free guidance, as the pipeline does. ``adapter(index)``: the sketch tuner's residuals for the
+    doubled (conditional + unconditional) batch."""
+    from lazyedit.engine import flow_scheduler
+    from lazyedit.engine.models.layers import patchify, unpatchify
+
+    text_enc, ctx_enc, tr = backbone
+    p = tr.config.patch_size
+    b, device = canvas.shape[0], canvas.device
+    tok, index, valid = hole_plan(mask, unit)
+    grid = tuple(tok.shape[1:])
+    context = ctx_enc(canvas, latent_mask_from_tokens(tok, p), index)
+    emb, tmask = text_enc.encode(list(captions) + [""] * b, device)
+    index2, valid2, context2 = torch.cat([index, index]), torch.cat([valid, valid]), torch.cat([context, context])
+    residuals = adapter(index2) if adapter is not None else None
+    x = torch.randn(b, index.shape[1], tr.config.latent_channels * p * p, generator=generator).to(device)
+    sched = flow_scheduler(shift)
+    sched.set_timesteps(steps, device=device)
+    for t in sched.timesteps:
+        sigma = float(sched.sigmas[sched.step_index or 0])
+        ts = torch.full((2 * b,), sigma * 1000, device=device)
+        v = tr(torch.cat([x, x]), context2, index2, grid, ts, emb, tmask, valid2, residuals).float()
+        v = v[b:] + guidance * (v[:b] - v[b:])
+        x = sched.step(v, t, x).prev_sample
+    tokens = patchify(canvas, p)
+    for i in range(b):
+        n = int(valid[i].sum())
+        tokens[i, index[i, :n]] = x[i, :n].to(tokens.dtype)
+    return unpatchify(tokens, p, canvas.shape[1], grid)
+
+
+def decoder_loss(rec: torch.Tensor, x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, dict]:
+    """The asymmetric decoder's loss against the truth ``x``, for hole ``m``."""
+    err = (rec - x).abs()
+    chroma = chroma_error(rec, x)
+    # the hole is what the decoder must invent from latents alone; its colours are what users judge
+    # (without the chroma term a hue shift such as purple -> blue costs little L1)
+    hole = ((err + 2 * chroma) * m).sum() / (m.sum() * 3 + 1)
+    # the hole's rim, where the decoder sees the known pixels next to it: a visible seam is the
+    # asymmetric decoder's failure (the paper's reason for its masked-image branch)
+    rim = m * F.max_pool2d(1 - m, kernel_size=2 * SEAM_RIM + 1, stride=1, padding=SEAM_RIM)
+    seam = (err * rim).sum() / (rim.sum() * 3 + 1)
+    l1 = err.mean()
+    loss = l1 + F.mse_loss(rec, x) + 2 * chroma.mean() + hole + 2 * seam
+    return loss, {"l1": l1.detach(), "chroma": chroma.mean().detach(), "hole": hole.detach(), "seam": seam.detach()}
+
+
 def _latest_checkpoint(stage_dir: Path) -> Path | None:
     ckpts = sorted(stage_dir.glob("checkpoints/step_*"), key=lambda p: int(p.name.split("_")[1]))
     ckpts = [c for c in ckpts if (c / "trainer_state.json").exists()]
@@ -260,9 +312,11 @@ class StageNet(torch.nn.Module):
     a single module whose forward computes the whole loss (gradient sync hooks see every parameter)."""
 
     def __init__(self, stage: str, models: dict, frozen: dict, text_dropout: float, generator: torch.Generator,
-                 position_grid: int = 0):
+                 position_grid: int = 0, generated_latents: float = 0.0, sampling: dict | None = None):
         super().__init__()
         self.stage = stage
+        self.generated_latents = generated_latents
+        self.sampling = sampling or {}  # steps, guidance, shift of the pipeline the decoder will serve
         self.models = torch.nn.ModuleDict(models)
         self.frozen = frozen  # plain dict: not parameters of this module, never in the optimizer or checkpoints
         self.text_dropout = text_dropout
@@ -295,25 +349,31 @@ class StageNet(torch.nn.Module):
             return loss, {"l1": l1.detach(), "mse": mse.detach(), "chroma": chroma.detach(), "kl": kl.detach()}
         if self.stage == "asym-decoder":
             asym = self.models["asym_vae"]
+            if "edit_image" in batch and float(torch.rand(1, generator=self.generator)) < self.generated_latents:
+                return self._generated_decoder_loss(batch)
             x, m = batch["image"], batch["mask"]
             with torch.no_grad():
                 z = asym.encode(x).latent_dist.mode()
             # keywords: AsymmetricAutoencoderKL.forward would pass image/mask positionally and drop the mask
             rec = asym.decode(z, image=x, mask=m).sample
-            err = (rec - x).abs()
-            chroma = chroma_error(rec, x)
-            # the hole is what the decoder must invent from latents alone; its colours are what users judge
-            # (without the chroma term a hue shift such as purple -> blue costs little L1)
-            hole = ((err + 2 * chroma) * m).sum() / (m.sum() * 3 + 1)
-            # the hole's rim, where the decoder sees the known pixels next to it: a visible seam is the
-            # asymmetric decoder's failure (the paper's reason for its masked-image branch)
-            rim = m * F.max_pool2d(1 - m, kernel_size=2 * SEAM_RIM + 1, stride=1, padding=SEAM_RIM)
-            seam = (err * rim).sum() / (rim.sum() * 3 + 1)
-            l1 = err.mean()
-            loss = l1 + F.mse_loss(rec, x) + 2 * chroma.mean() + hole + 2 * seam
-            return loss, {"l1": l1.detach(), "chroma": chroma.mean().detach(), "hole": hole.detach(),
-                          "seam": seam.detach()}
+            return decoder_loss(rec, x, m)
         return self._flow_loss(batch)
+
+    def _generated_decoder_loss(self, batch: dict):
+        """Decode an edit whose hole latents the frozen backbone sampled, against the edit's truth. The
+        generator's latents are not the encoder's: trained on true latents only, the decoder follows them
+        to a seam where they disagree with the known pixels beside the hole."""
+        asym = self.models["asym_vae"]
+        x, target, m = batch["edit_image"], batch["edit_target"], batch["edit_mask"]
+        scale = asym.config.scaling_factor
+        unit = 2 ** (len(asym.config.down_block_out_channels) - 1) * self.backbone()[2].config.patch_size
+        with torch.no_grad():
+            canvas = asym.encode(x).latent_dist.mode() * scale
+            z = sample_holes(self.backbone(), canvas, m, list(batch["edit_caption"]), unit=unit,
+                             generator=self.generator, **self.sampling) / scale
+        rec = asym.decode(z, image=x, mask=m).sample
+        loss, logs = decoder_loss(rec, target, m)
+        return loss, {**logs, "generated": torch.ones(())}
 
     def _flow_loss(self, batch: dict):
         from lazyedit.engine.models.layers import gather_tokens, patchify
@@ -406,6 +466,8 @@ class StageTrainer:
             asym.encoder.requires_grad_(False)
             asym.quant_conv.requires_grad_(False)
             self.models = {"asym_vae": asym}
+            if a.generated_latents > 0:
+                self._load_frozen_backbone(mdir)
         elif stage == "lazy":
             vae = self._require(mdir / "vae", "vae")
             vae.requires_grad_(False).eval()
@@ -413,17 +475,8 @@ class StageTrainer:
             text, ctx, tr = build_backbone(cfg)
             self.models = {"text_encoder": text, "context_encoder": ctx, "transformer": tr}
         elif stage == "sketch":
-            from lazyedit.engine.models import ByteTextEncoder, ContextEncoder, LazyDiffusionTransformer
-
             vae = self._require(mdir / "vae", "vae")
-            for name, cls in (("text_encoder", ByteTextEncoder), ("context_encoder", ContextEncoder),
-                              ("transformer", LazyDiffusionTransformer)):
-                path = mdir / name
-                if not (path / "config.json").exists():
-                    raise FileNotFoundError(f"{path} missing: run the lazy stage first")
-                m = cls.from_pretrained(str(path))
-                m.requires_grad_(False).eval()
-                self.frozen[name] = m
+            self._load_frozen_backbone(mdir)
             vae.requires_grad_(False).eval()
             self.frozen["vae"] = vae
             self.models = {"sketch_tuner": build_tuner(cfg)}
@@ -434,7 +487,9 @@ class StageTrainer:
         if "vae" in self.frozen:
             # the frozen encoder runs on every batch; channels-last convolutions are ~20% faster on CPUs
             self.frozen["vae"].to(memory_format=torch.channels_last)
-        self.net_inner = StageNet(stage, self.models, self.frozen, a.text_dropout, self.generator, a.position_grid)
+        sampling = {"steps": cfg.default_steps, "guidance": cfg.default_guidance, "shift": cfg.sampling_shift}
+        self.net_inner = StageNet(stage, self.models, self.frozen, a.text_dropout, self.generator, a.position_grid,
+                                  a.generated_latents, sampling)
         params = [p for p in self.net_inner.parameters() if p.requires_grad]
         self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.99), weight_decay=a.weight_decay)
@@ -447,6 +502,19 @@ class StageTrainer:
         self.models = self.net_inner.models
         self.ema.to(self.device)
         self.accelerator.register_for_checkpointing(self.ema)
+
+    def _load_frozen_backbone(self, mdir: Path) -> None:
+        """The trained text encoder, context encoder and transformer, frozen (for the stages after lazy)."""
+        from lazyedit.engine.models import ByteTextEncoder, ContextEncoder, LazyDiffusionTransformer
+
+        for name, cls in (("text_encoder", ByteTextEncoder), ("context_encoder", ContextEncoder),
+                          ("transformer", LazyDiffusionTransformer)):
+            path = mdir / name
+            if not (path / "config.json").exists():
+                raise FileNotFoundError(f"{path} missing: run the lazy stage first")
+            m = cls.from_pretrained(str(path))
+            m.requires_grad_(False).eval()
+            self.frozen[name] = m
 
     def _require(self, path: Path, what: str):
         from diffusers import AutoencoderKL
@@ -498,42 +566,18 @@ class StageTrainer:
     @torch.no_grad()
     def generate(self, batch: dict, steps: int = 12, guidance: float = 2.0, seed: int = 0) -> torch.Tensor:
         """Fill the holes of a batch (Euler flow sampling + plain VAE decode + paste). For previews."""
-        from lazyedit.engine import flow_scheduler
-        from lazyedit.engine.models.layers import patchify, unpatchify
-
-        text_enc, ctx_enc, tr = self._backbone()
+        backbone = self._backbone()
         vae = self.frozen["vae"]
-        p = tr.config.patch_size
-        unit = 2 ** (len(vae.config.block_out_channels) - 1) * p
+        unit = 2 ** (len(vae.config.block_out_channels) - 1) * backbone[2].config.patch_size
         image, mask = batch["image"].to(self.device), batch["mask"].to(self.device)
-        b = image.shape[0]
-        canvas = self._encode(image)
-        tok, index, valid = hole_plan(mask, unit)
-        grid = tuple(tok.shape[1:])
-        context = ctx_enc(canvas, latent_mask_from_tokens(tok, p), index)
-        captions = list(batch["caption"])
-        emb, tmask = text_enc.encode(captions + [""] * b, self.device)
         adapter = None
         if self.args.stage == "sketch":
-            tuner = self.unwrap("sketch_tuner")
             sk = batch["sketch"].to(self.device)
-            adapter = tuner.adapter([(torch.cat([sk, sk]), 1.0)], torch.cat([index, index]))
-        g = torch.Generator("cpu").manual_seed(seed)
-        x = torch.randn(b, index.shape[1], tr.config.latent_channels * p * p, generator=g).to(self.device)
-        sched = flow_scheduler(self.cfg.sampling_shift)
-        sched.set_timesteps(steps, device=self.device)
-        for t in sched.timesteps:
-            sigma = float(sched.sigmas[sched.step_index or 0])
-            ts = torch.full((2 * b,), sigma * 1000, device=self.device)
-            v = tr(torch.cat([x, x]), torch.cat([context, context]), torch.cat([index, index]), grid, ts, emb, tmask,
-                   torch.cat([valid, valid]), adapter).float()
-            v = v[b:] + guidance * (v[:b] - v[b:])
-            x = sched.step(v, t, x).prev_sample
-        tokens = patchify(canvas, p)
-        for i in range(b):
-            n = int(valid[i].sum())
-            tokens[i, index[i, :n]] = x[i, :n]
-        latent = unpatchify(tokens, p, canvas.shape[1], grid)
+            tuner = self.unwrap("sketch_tuner")
+            adapter = lambda index2: tuner.adapter([(torch.cat([sk, sk]), 1.0)], index2)  # noqa: E731
+        latent = sample_holes(backbone, self._encode(image), mask, list(batch["caption"]), unit=unit, steps=steps,
+                              guidance=guidance, shift=self.cfg.sampling_shift,
+                              generator=torch.Generator("cpu").manual_seed(seed), adapter=adapter)
         dec = vae.decode((latent / vae.config.scaling_factor).to(vae.dtype)).sample.float().clamp(-1, 1)
         return image * (1 - mask) + dec * mask
 
@@ -613,7 +657,7 @@ class StageTrainer:
         self.generator.manual_seed(a.seed * 1000 + acc.process_index + 7919 * self.step)
         acc.init_trackers(a.stage.replace("-", "_"), config={k: v for k, v in vars(a).items() if isinstance(v, (int, float, str, bool))})
         ds = StageDataset(a.stage, a.resolution, a.seed, None if a.data == "world" else a.data,
-                          large_objects=a.large_objects)
+                          large_objects=a.large_objects, decoder_edits=a.stage == "asym-decoder" and a.generated_latents > 0)
         sampler = StreamSampler(self.step * a.batch_size, acc.process_index, acc.num_processes)
         loader = DataLoader(ds, batch_size=a.batch_size, sampler=sampler, num_workers=a.num_workers,
                             persistent_workers=a.num_workers > 0)
