@@ -43,4 +43,10 @@ $D lazy $C $G --lr 1e-4 --large-objects 0.4 --steps 20200
 $D lazy $C $G --lr 5e-5 --large-objects 0.4 --steps 21780
 $T sketch $C $G --large-objects 0.4 --steps 4001   # needs the finished backbone
 $D sketch $C $G --large-objects 0.4 --steps 5000
+# v6, one thread each side by side: the decoder learns to decode the generator's latents (half of its batches
+# are training edits whose hole tokens the finished backbone sampled); the sketch tuner moves to 256 px crops,
+# where objects are as large in tokens as on the editor's 512 px canvas
+$T asym-decoder $C --resolution 128 --batch-size 4 --num-workers 1 --lr 1e-4 --generated-latents 0.5 --steps 7300 & decoder=$!
+$T sketch $C --resolution 256 --batch-size 8 --position-grid 32 --large-objects 0.5 --num-workers 1 --lr 1e-4 --steps 6235   # v6 stopped here after 70 minutes
+wait $decoder
 echo "trained; model in $OUT/model"
