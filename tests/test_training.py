@@ -124,9 +124,11 @@ def test_sample_holes_changes_only_the_hole_tokens(trained):
     unit = pipe.unit
     filled = sample_holes((pipe.text_encoder, pipe.context_encoder, pipe.transformer), canvas, mask, [s.caption],
                           unit=unit, steps=2, guidance=2.0, shift=1.0, generator=torch.Generator().manual_seed(0))
-    f = pipe.vae_factor
-    hole = torch.nn.functional.max_pool2d(mask, unit).repeat_interleave(unit // f, 2).repeat_interleave(unit // f, 3) > 0
-    hole = hole.expand_as(canvas)
+    from lazyedit.engine.holes import plan_holes
+
+    patch = pipe.patch_size  # the engine's own hole plan, in latent pixels
+    token_mask = plan_holes(s.mask, unit).token_mask
+    hole = token_mask.repeat_interleave(patch, 0).repeat_interleave(patch, 1)[None, None].expand_as(canvas)
     assert hole.any() and (~hole).any()
     assert torch.equal(filled[~hole], canvas[~hole])
     assert not torch.allclose(filled[hole], canvas[hole])
@@ -148,8 +150,7 @@ def test_decoder_trains_on_generated_latents(trained, tmp_path):
     trainer._setup()
     ds = StageDataset("asym-decoder", 64, decoder_edits=True)
     items = [ds[i] for i in range(2)]
-    batch = {k: (torch.stack([it[k] for it in items]) if torch.is_tensor(items[0][k]) else [it[k] for it in items])
-             for k in items[0]}
+    batch = torch.utils.data.default_collate(items)
     loss, logs = trainer.net_inner(batch)
     assert "generated" in logs and torch.isfinite(loss)
     loss.backward()  # the decoder learns from it; the frozen backbone gets no gradient

@@ -37,6 +37,10 @@ class HolePlan:
             min(int(ys.max()) + 1 + margin, gh),
         )
 
+    def pixel_box(self, margin: int = 0) -> Box:
+        """token_box in pixels: the region an edit decodes."""
+        return tuple(v * self.unit for v in self.token_box(margin))
+
 
 def plan_holes(mask: np.ndarray, unit: int, dilation: int = 0, all_tokens: bool = False) -> HolePlan:
     """mask (H, W) bool at pixel size, H and W multiples of unit. A token is in the hole when any of its

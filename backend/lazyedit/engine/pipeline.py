@@ -498,9 +498,7 @@ class LazyEditPipeline(DiffusionPipeline):
         return unpatchify(all_tokens, p, c, job.plan.grid)
 
     def _decode_box(self, job: _Job) -> Box:
-        x0, y0, x1, y1 = job.plan.token_box(self.decode_margin)
-        u = self.unit
-        return x0 * u, y0 * u, x1 * u, y1 * u
+        return job.plan.pixel_box(self.decode_margin)
 
     def _preview(self, job: _Job, x0_tokens: torch.Tensor, step: int, total: int) -> StepPreview:
         box = self._result_box(job)

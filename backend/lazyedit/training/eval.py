@@ -389,9 +389,9 @@ def autoencoder_report(pipe, cases: list[EvalCase], progress: bool = True) -> di
     import torch
     from tqdm.auto import tqdm
 
-    from .data import to_image, to_tensor
-
     from lazyedit.engine.holes import plan_holes
+
+    from .data import to_image, to_tensor
 
     vae, asym = pipe.vae, getattr(pipe, "asym_vae", None)
     decoders = {"plain": None} | ({"asym": asym} if asym is not None else {})
@@ -401,7 +401,7 @@ def autoencoder_report(pipe, cases: list[EvalCase], progress: bool = True) -> di
         canvas, truth = case_canvas(case), case_truth(case)
         # decode the box an edit decodes (the hole's tokens and a margin), not the whole canvas: the same
         # context for the asymmetric decoder as in an edit, and 512 px cases in a fraction of the time
-        x0, y0, x1, y1 = (v * u for v in plan_holes(case.mask, u).token_box(pipe.decode_margin))
+        x0, y0, x1, y1 = plan_holes(case.mask, u).pixel_box(pipe.decode_margin)
         box_mask = case.mask[y0:y1, x0:x1]
         with torch.no_grad():
             z = vae.encode(to_tensor(truth)[None].to(pipe.device, vae.dtype)).latent_dist.mode()

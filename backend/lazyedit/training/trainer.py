@@ -296,6 +296,15 @@ def decoder_loss(rec: torch.Tensor, x: torch.Tensor, m: torch.Tensor) -> tuple[t
     return loss, {"l1": l1.detach(), "chroma": chroma.mean().detach(), "hole": hole.detach(), "seam": seam.detach()}
 
 
+def token_unit(autoencoder, transformer) -> int:
+    """Pixels per token side: the autoencoder's downsampling times the transformer's patch size (an
+    AsymmetricAutoencoderKL names its encoder's blocks down_block_out_channels, an AutoencoderKL
+    block_out_channels)."""
+    cfg = autoencoder.config
+    blocks = getattr(cfg, "down_block_out_channels", None) or cfg.block_out_channels
+    return 2 ** (len(blocks) - 1) * transformer.config.patch_size
+
+
 def _latest_checkpoint(stage_dir: Path) -> Path | None:
     ckpts = sorted(stage_dir.glob("checkpoints/step_*"), key=lambda p: int(p.name.split("_")[1]))
     ckpts = [c for c in ckpts if (c / "trainer_state.json").exists()]
@@ -366,10 +375,10 @@ class StageNet(torch.nn.Module):
         asym = self.models["asym_vae"]
         x, target, m = batch["edit_image"], batch["edit_target"], batch["edit_mask"]
         scale = asym.config.scaling_factor
-        unit = 2 ** (len(asym.config.down_block_out_channels) - 1) * self.backbone()[2].config.patch_size
+        backbone = self.backbone()
         with torch.no_grad():
             canvas = asym.encode(x).latent_dist.mode() * scale
-            z = sample_holes(self.backbone(), canvas, m, list(batch["edit_caption"]), unit=unit,
+            z = sample_holes(backbone, canvas, m, list(batch["edit_caption"]), unit=token_unit(asym, backbone[2]),
                              generator=self.generator, **self.sampling) / scale
         rec = asym.decode(z, image=x, mask=m).sample
         loss, logs = decoder_loss(rec, target, m)
@@ -381,7 +390,7 @@ class StageNet(torch.nn.Module):
         text_enc, ctx_enc, tr = self.backbone()
         p = tr.config.patch_size
         vae = self.frozen["vae"]
-        unit = 2 ** (len(vae.config.block_out_channels) - 1) * p
+        unit = token_unit(vae, tr)
         image, target, mask = batch["image"], batch["target"], batch["mask"]
         b = image.shape[0]
         device = image.device
@@ -568,7 +577,7 @@ class StageTrainer:
         """Fill the holes of a batch (Euler flow sampling + plain VAE decode + paste). For previews."""
         backbone = self._backbone()
         vae = self.frozen["vae"]
-        unit = 2 ** (len(vae.config.block_out_channels) - 1) * backbone[2].config.patch_size
+        unit = token_unit(vae, backbone[2])
         image, mask = batch["image"].to(self.device), batch["mask"].to(self.device)
         adapter = None
         if self.args.stage == "sketch":
