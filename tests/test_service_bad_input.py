@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 import zlib
 from functools import lru_cache
 
@@ -160,6 +161,11 @@ def test_queue_full(tmp_path, tiny_pipeline):
             socks[0].edit(MASK, "run", steps=40)     # running
             socks[0].recv_until("progress")
             socks[1].edit(MASK, "wait", steps=1)     # waiting: the queue is now full
+            # connections are served concurrently: "full" must not reach the queue before "wait" does
+            scheduler = c.app.state.hub.scheduler
+            deadline = time.monotonic() + 30
+            while scheduler.stats()["queued"] < 1 and time.monotonic() < deadline:
+                time.sleep(0.01)
             socks[2].edit(MASK, "full", steps=1)
             err, _ = socks[2].recv()
             assert err["code"] == "queue_full" and err["id"] == "full"
