@@ -128,3 +128,36 @@ def test_eval_main_autoencoder_ceiling_scores_every_case_through_both_decoders(c
         assert scores["n_removal_psnr"] == 2 and scores["n_colour_acc"] == 2 and scores["n_sketch_colour_acc"] == 2
         assert 0 < scores["removal_psnr"] <= PSNR_CAP
         assert scores["n_seam_error"] == 2 and scores["seam_error"] > 0
+
+
+def test_eval_main_runs_only_the_asked_kinds_and_names_a_wrong_one(capsys):
+    assert eval_main(["--ground-truth", "--cases", "9", "--size", "96", "--kinds", "sketch"]) == 0
+    report = json.loads(capsys.readouterr().out)["ground_truth"]
+    assert report["n_sketch_iou"] == 3 and "n_removal_psnr" not in report and "n_colour_acc" not in report
+    assert eval_main(["--ground-truth", "--cases", "9", "--kinds", "sketch,erase"]) == 2
+    assert "--kinds 'sketch,erase'" in capsys.readouterr().err
+
+
+def test_sketch_strength_reaches_the_edits(tmp_path):
+    # strength 0 turns the sketch off (the edits equal the same edits without a sketch); strength 2 changes them
+    import torch
+    from PIL import Image
+
+    from lazyedit.engine import load_pipeline
+
+    pipe = load_pipeline("tiny")
+    torch.manual_seed(0)
+    for module in (pipe.sketch_tuner, pipe.transformer):  # untrained, both output zeros: give them an effect
+        for p in module.parameters():
+            torch.nn.init.normal_(p, std=0.2)
+    cases = [c for c in eval_cases(6, 5, 64) if c.kind == "sketch"]
+    plain_cases = [type(c)(c.index, "insert", c.sample, c.mask) for c in cases]
+
+    def grid(name, cases, strength=1.0):
+        path = tmp_path / f"{name}.png"
+        run_eval(pipe, cases, steps=2, strategies=("lazy",), progress=False, grid=str(path), sketch_strength=strength)
+        return np.asarray(Image.open(path))
+
+    off, on, plain = grid("off", cases, 0.0), grid("on", cases, 2.0), grid("plain", plain_cases)
+    assert np.array_equal(off, plain)
+    assert not np.array_equal(on, off)

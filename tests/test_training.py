@@ -160,6 +160,45 @@ def test_decoder_trains_on_generated_latents(trained, tmp_path):
     assert result["done"] and all(np.isfinite(result["losses"]))
 
 
+def test_decoder_learns_the_latents_sketches_steer(trained, tmp_path):
+    from lazyedit.training.data import StageDataset
+    from lazyedit.training.trainer import StageTrainer, sample_holes, token_unit
+
+    out, _, _ = trained
+    run = tmp_path / "run"
+    shutil.copytree(out / "model", run / "model", ignore=shutil.ignore_patterns("sketch_tuner"))
+    with pytest.raises(ValueError, match="needs --generated-latents"):
+        train_stage(_args(run, "asym-decoder", 2, generated_sketches=0.5))
+    with pytest.raises(FileNotFoundError, match="run the sketch stage first"):
+        train_stage(_args(run, "asym-decoder", 2, generated_latents=0.5, generated_sketches=0.5))
+    assert train_stage(_args(run, "sketch", 3, batch_size=2))["done"]
+
+    trainer = StageTrainer(_args(run, "asym-decoder", 2, batch_size=2, generated_latents=1.0, generated_sketches=1.0))
+    trainer._setup()
+    ds = StageDataset("asym-decoder", 64, decoder_edits=True)
+    items = [ds[i] for i in range(40)]
+    with_sketch = next(it for it in items if it["edit_has_sketch"])
+    without = next(it for it in items if not it["edit_has_sketch"])
+    batch = torch.utils.data.default_collate([with_sketch, without])
+    net = trainer.net_inner
+    asym, backbone = net.models["asym_vae"], net.backbone()
+    canvas = asym.encode(batch["edit_image"]).latent_dist.mode() * asym.config.scaling_factor
+
+    def sample(adapter):
+        return sample_holes(backbone, canvas, batch["edit_mask"], list(batch["edit_caption"]),
+                            unit=token_unit(asym, backbone[2]), steps=2, guidance=2.0, shift=1.0,
+                            generator=torch.Generator().manual_seed(0), adapter=adapter)
+
+    with torch.no_grad():
+        steered, plain = sample(net._generated_sketch_adapter(batch)), sample(None)
+    assert not torch.equal(steered[0], plain[0])  # the sketch steers the edit that has one
+    assert torch.equal(steered[1], plain[1])  # and leaves the other exactly as it was
+    loss, logs = net(batch)
+    assert "generated" in logs and torch.isfinite(loss)
+    result = train_stage(_args(run, "asym-decoder", 2, batch_size=2, generated_latents=0.5, generated_sketches=0.5))
+    assert result["done"] and all(np.isfinite(result["losses"]))
+
+
 def test_ship_writes_fp16_safetensors_that_load_as_fp32(trained, tmp_path):
     from safetensors import safe_open
 

@@ -62,6 +62,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="asym-decoder: the fraction of batches that decode edits whose hole latents the trained backbone "
                         "sampled (with the model's steps, guidance and shift), so the decoder learns to join the "
                         "generator's latents, not only the encoder's, to the known pixels; needs the lazy stage")
+    p.add_argument("--generated-sketches", type=float, default=0.0,
+                   help="asym-decoder with --generated-latents: the fraction of those edits (the ones with an object "
+                        "and its outline) sampled with their sketch through the frozen sketch tuner, so the decoder "
+                        "also learns the latents sketches steer; needs the sketch stage")
     p.add_argument("--sample-steps", type=int, default=12)
     p.add_argument("--sample-guidance", type=float, default=2.0)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -99,6 +103,7 @@ def _args_for(ns: argparse.Namespace, stage: str) -> TrainArgs:
         position_grid=ns.position_grid,
         large_objects=ns.large_objects,
         generated_latents=ns.generated_latents,
+        generated_sketches=ns.generated_sketches,
         sample_steps=ns.sample_steps,
         sample_guidance=ns.sample_guidance,
         progress=not ns.no_progress,

@@ -124,7 +124,7 @@ class StageDataset(Dataset):
 
     - ``vae``: {"image"}
     - ``asym-decoder``: {"image", "mask"} (mask all ones half of the time); with ``decoder_edits`` also an
-      edit case as {"edit_image", "edit_target", "edit_mask", "edit_caption"}
+      edit case as {"edit_image", "edit_target", "edit_mask", "edit_caption", "edit_sketch", "edit_has_sketch"}
     - ``lazy`` / ``sketch``: {"image", "target", "mask", "caption", "sketch", "has_sketch"}
     """
 
@@ -166,7 +166,7 @@ class StageDataset(Dataset):
             item = {"image": to_tensor(img), "mask": torch.from_numpy(mask.astype(np.float32))[None]}
             if self.decoder_edits:
                 edit = self._edit_item(index, rng, with_sketch=False)
-                item.update({f"edit_{k}": edit[k] for k in ("image", "target", "mask", "caption")})
+                item.update({f"edit_{k}": v for k, v in edit.items()})
             return item
         if self.stage in ("lazy", "sketch"):
             return self._edit_item(index, rng, with_sketch=self.stage == "sketch")

@@ -43,6 +43,7 @@ from .world import COLOURS, SHAPES, Sample, SceneObject, make_sample, shape_mask
 CHROMATIC = {"red": 0.0, "orange": 30.0, "yellow": 53.0, "green": 129.0, "blue": 224.0, "purple": 277.0}
 DIFF_THRESHOLD = 36.0  # RGB distance from the true background for a pixel to count as "object"
 PSNR_CAP = 100.0
+CASE_KINDS = ("insert", "remove", "sketch")  # eval cases cycle through these
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -258,7 +259,7 @@ class EvalCase:
 
 
 def eval_cases(n: int, seed: int = 1234, size: int = 256, sketch: bool = True) -> list[EvalCase]:
-    kinds = ("insert", "remove", "sketch") if sketch else ("insert", "remove")
+    kinds = CASE_KINDS if sketch else CASE_KINDS[:2]
     cases = []
     for i in range(n):
         s = make_sample(seed, i, size)
@@ -294,7 +295,7 @@ class Totals:
 
 def run_eval(pipe, cases: list[EvalCase], steps: int | None = None, guidance: float | None = None,
              strategies=("lazy", "regenerate_crop"), seam: bool = True, progress: bool = True,
-             grid: str | None = None, grid_cases: int = 12) -> dict:
+             grid: str | None = None, grid_cases: int = 12, sketch_strength: float = 1.0) -> dict:
     """Run every case through the pipeline; ``grid``: write a PNG of the first cases
     (canvas with the hole, one column per strategy, ground truth)."""
     from tqdm.auto import tqdm
@@ -324,8 +325,8 @@ def run_eval(pipe, cases: list[EvalCase], steps: int | None = None, guidance: fl
                     row.append(Image.new("RGB", canvas.size, (255, 255, 255)))
                 continue
             t0 = time.perf_counter()
-            res = pipe.edit(canvas, case.mask, prompt=prompt, sketch=sketch, steps=steps, guidance=guidance,
-                            seed=case.index, strategy=strategy)
+            res = pipe.edit(canvas, case.mask, prompt=prompt, sketch=sketch, sketch_strength=sketch_strength,
+                            steps=steps, guidance=guidance, seed=case.index, strategy=strategy)
             ms = (time.perf_counter() - t0) * 1000
             out = np.asarray(res.image)
             if row:
@@ -430,6 +431,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--size", type=int, default=256, help="canvas size in pixels")
     p.add_argument("--steps", type=int, help="denoising steps (default: the model's)")
     p.add_argument("--guidance", type=float, help="guidance (default: the model's)")
+    p.add_argument("--sketch-strength", type=float, default=1.0, help="strength of the sketch in sketch cases (0..2)")
+    p.add_argument("--kinds", default="insert,remove,sketch",
+                   help="comma-separated case kinds to run (the others are skipped; the case list stays the same)")
     p.add_argument("--strategies", default="lazy,regenerate_crop", help="comma-separated: lazy, regenerate_crop, regenerate_image")
     p.add_argument("--no-seam", action="store_true", help="skip the plain-decoder rerun of removal cases")
     p.add_argument("--device", default="cpu")
@@ -446,23 +450,31 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
 def eval_main(argv: list[str] | None = None) -> int:
     """Entry point of `lazyedit eval`."""
     ns = build_parser().parse_args(argv)
+    kinds = {k.strip() for k in ns.kinds.split(",") if k.strip()}
+    if not kinds or not kinds <= set(CASE_KINDS):
+        print(f"lazyedit eval: --kinds {ns.kinds!r}: choose from {', '.join(CASE_KINDS)}", file=sys.stderr)
+        return 2
     if ns.ground_truth:
-        report = {"ground_truth": ground_truth_report(eval_cases(ns.cases, ns.seed, ns.size))}
+        cases = [c for c in eval_cases(ns.cases, ns.seed, ns.size) if c.kind in kinds]
+        report = {"ground_truth": ground_truth_report(cases)}
     else:
         from lazyedit.engine import load_pipeline
 
         pipe = load_pipeline(ns.model, device=ns.device)
         cases = eval_cases(ns.cases, ns.seed, ns.size, sketch=pipe.sketch_tuner is not None)
+        cases = [c for c in cases if c.kind in kinds]
         if ns.autoencoder:
             report = {"autoencoder": autoencoder_report(pipe, cases, progress=not ns.no_progress)}
         else:
             strategies = tuple(s.strip() for s in ns.strategies.split(",") if s.strip())
             report = run_eval(pipe, cases, ns.steps, ns.guidance, strategies, seam=not ns.no_seam,
-                              progress=not ns.no_progress, grid=ns.grid)
+                              progress=not ns.no_progress, grid=ns.grid, sketch_strength=ns.sketch_strength)
         report["model"] = ns.model
         report["cases"] = ns.cases
         report["seed"] = ns.seed
         report["size"] = ns.size
+        report["kinds"] = [k for k in CASE_KINDS if k in kinds]
+        report["sketch_strength"] = ns.sketch_strength
     text = json.dumps(report, indent=2)
     print(text)
     if ns.out:

@@ -72,6 +72,8 @@ class TrainArgs:
     large_objects: float = 0.0  # lazy/sketch: fraction of world scenes with large objects (world.LARGE_OBJECT_SIZES)
     # asym-decoder: fraction of batches that decode edits whose hole latents the trained backbone sampled
     generated_latents: float = 0.0
+    # asym-decoder: fraction of those edits (object masks) whose hole latents are sampled with their sketch
+    generated_sketches: float = 0.0
     sample_steps: int = 12
     sample_guidance: float = 2.0
     progress: bool = True
@@ -321,10 +323,12 @@ class StageNet(torch.nn.Module):
     a single module whose forward computes the whole loss (gradient sync hooks see every parameter)."""
 
     def __init__(self, stage: str, models: dict, frozen: dict, text_dropout: float, generator: torch.Generator,
-                 position_grid: int = 0, generated_latents: float = 0.0, sampling: dict | None = None):
+                 position_grid: int = 0, generated_latents: float = 0.0, sampling: dict | None = None,
+                 generated_sketches: float = 0.0):
         super().__init__()
         self.stage = stage
         self.generated_latents = generated_latents
+        self.generated_sketches = generated_sketches
         self.sampling = sampling or {}  # steps, guidance, shift of the pipeline the decoder will serve
         self.models = torch.nn.ModuleDict(models)
         self.frozen = frozen  # plain dict: not parameters of this module, never in the optimizer or checkpoints
@@ -379,10 +383,27 @@ class StageNet(torch.nn.Module):
         with torch.no_grad():
             canvas = asym.encode(x).latent_dist.mode() * scale
             z = sample_holes(backbone, canvas, m, list(batch["edit_caption"]), unit=token_unit(asym, backbone[2]),
-                             generator=self.generator, **self.sampling) / scale
+                             generator=self.generator, adapter=self._generated_sketch_adapter(batch),
+                             **self.sampling) / scale
         rec = asym.decode(z, image=x, mask=m).sample
         loss, logs = decoder_loss(rec, target, m)
         return loss, {**logs, "generated": torch.ones(())}
+
+    def _generated_sketch_adapter(self, batch: dict):
+        """The frozen sketch tuner's adapter for the edits drawn with their sketch (a ``generated_sketches``
+        fraction of those that have one; the others get strength 0), or None: the decoder then also learns
+        the latents the tuner steers, which the sketch cases of the editor decode."""
+        if self.generated_sketches <= 0:
+            return None
+        has = batch["edit_has_sketch"].bool().cpu()
+        use = has & (torch.rand(has.shape[0], generator=self.generator) < self.generated_sketches)
+        if not use.any():
+            return None
+        tuner, sketch = self.frozen["sketch_tuner"], batch["edit_sketch"]
+        strength = use.to(sketch.device, sketch.dtype)[:, None, None]
+        # classifier-free guidance doubles the batch: the sketch steers both halves, as in the pipeline
+        return lambda index2: tuner.adapter([(torch.cat([sketch, sketch]), 1.0)], index2,  # noqa: E731
+                                            torch.cat([strength, strength]))
 
     def _flow_loss(self, batch: dict):
         from lazyedit.engine.models.layers import gather_tokens, patchify
@@ -477,6 +498,15 @@ class StageTrainer:
             self.models = {"asym_vae": asym}
             if a.generated_latents > 0:
                 self._load_frozen_backbone(mdir)
+            if a.generated_sketches > 0:
+                if a.generated_latents <= 0:
+                    raise ValueError("--generated-sketches needs --generated-latents (it is a fraction of those edits)")
+                path = mdir / "sketch_tuner"
+                if not (path / "config.json").exists():
+                    raise FileNotFoundError(f"{path} missing: run the sketch stage first")
+                from lazyedit.engine.models import CSCTuner
+
+                self.frozen["sketch_tuner"] = CSCTuner.from_pretrained(str(path)).requires_grad_(False).eval()
         elif stage == "lazy":
             vae = self._require(mdir / "vae", "vae")
             vae.requires_grad_(False).eval()
@@ -498,7 +528,7 @@ class StageTrainer:
             self.frozen["vae"].to(memory_format=torch.channels_last)
         sampling = {"steps": cfg.default_steps, "guidance": cfg.default_guidance, "shift": cfg.sampling_shift}
         self.net_inner = StageNet(stage, self.models, self.frozen, a.text_dropout, self.generator, a.position_grid,
-                                  a.generated_latents, sampling)
+                                  a.generated_latents, sampling, a.generated_sketches)
         params = [p for p in self.net_inner.parameters() if p.requires_grad]
         self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.99), weight_decay=a.weight_decay)
