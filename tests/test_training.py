@@ -244,6 +244,17 @@ def test_parser_knows_the_stages():
     p = build_parser()
     for stage in ("vae", "asym-decoder", "lazy", "sketch", "all", "export"):
         assert p.parse_args([stage]).stage == stage
+    assert p.parse_args(["asym-decoder", "--generated-sketches", "0.25"]).generated_sketches == 0.25
+
+
+@pytest.mark.parametrize("flag", ["--text-dropout", "--large-objects", "--generated-latents", "--generated-sketches"])
+@pytest.mark.parametrize("value, why", [("1.5", "not a fraction from 0 to 1"), ("-0.1", "not a fraction"),
+                                        ("half", "'half' is not a number")])
+def test_fraction_flags_name_a_bad_value(flag, value, why, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["lazy", flag, value])
+    err = capsys.readouterr().err
+    assert flag in err and why in err
 
 
 PHOTOS = {  # real photographs bundled with scikit-image and matplotlib (test dependencies), with captions

@@ -23,6 +23,17 @@ import sys
 from .trainer import STAGE_DEFAULTS, STAGES, TrainArgs, export_pipeline, ship_pipeline
 
 
+def fraction(text: str) -> float:
+    """argparse type of the probability / fraction flags: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not a fraction from 0 to 1")
+    return value
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="lazyedit train", description="Train a lazyedit model stage by stage.")
     p.add_argument("stage", choices=(*STAGES, "all", "export", "ship"),
@@ -51,18 +62,18 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--seed", type=int, default=0, help="world seed and torch seed")
     p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes (0 on a shared CPU)")
     p.add_argument("--resume", default="auto", help="'auto' (latest checkpoint of the stage), 'never', or a checkpoint folder")
-    p.add_argument("--text-dropout", type=float, default=0.1, help="probability of an empty caption (lazy stage, for guidance)")
+    p.add_argument("--text-dropout", type=fraction, default=0.1, help="probability of an empty caption (lazy stage, for guidance)")
     p.add_argument("--position-grid", type=int, default=0,
                    help="lazy/sketch: train the token positions of canvases up to this many tokens wide by placing each "
                         "crop at a random offset (demo: 32 = 512 px); 0 = the crop's own positions only")
-    p.add_argument("--large-objects", type=float, default=0.0,
+    p.add_argument("--large-objects", type=fraction, default=0.0,
                    help="lazy/sketch on the world: the fraction of scenes drawn with objects 2-3x larger, as big as "
                         "they are on a canvas 4x the training size (demo: 0.4 at 128 px for 512 px canvases)")
-    p.add_argument("--generated-latents", type=float, default=0.0,
+    p.add_argument("--generated-latents", type=fraction, default=0.0,
                    help="asym-decoder: the fraction of batches that decode edits whose hole latents the trained backbone "
                         "sampled (with the model's steps, guidance and shift), so the decoder learns to join the "
                         "generator's latents, not only the encoder's, to the known pixels; needs the lazy stage")
-    p.add_argument("--generated-sketches", type=float, default=0.0,
+    p.add_argument("--generated-sketches", type=fraction, default=0.0,
                    help="asym-decoder with --generated-latents: the fraction of those edits (the ones with an object "
                         "and its outline) sampled with their sketch through the frozen sketch tuner, so the decoder "
                         "also learns the latents sketches steer; needs the sketch stage")
