@@ -166,7 +166,9 @@ def test_decoder_learns_the_latents_sketches_steer(trained, tmp_path):
 
     out, _, _ = trained
     run = tmp_path / "run"
-    shutil.copytree(out / "model", run / "model", ignore=shutil.ignore_patterns("sketch_tuner"))
+    # no tuner, and no stage markers: the other tests may have trained the sketch and decoder stages of `out`
+    shutil.copytree(out / "model", run / "model",
+                    ignore=shutil.ignore_patterns("sketch_tuner", "sketch.json", "asym-decoder.json"))
     with pytest.raises(ValueError, match="needs --generated-latents"):
         train_stage(_args(run, "asym-decoder", 2, generated_sketches=0.5))
     with pytest.raises(FileNotFoundError, match="run the sketch stage first"):
