@@ -49,4 +49,7 @@ $D sketch $C $G --large-objects 0.4 --steps 5000
 $T asym-decoder $C --resolution 128 --batch-size 4 --num-workers 1 --lr 1e-4 --generated-latents 0.5 --steps 7300 & decoder=$!
 $T sketch $C --resolution 256 --batch-size 8 --position-grid 32 --large-objects 0.5 --num-workers 1 --lr 1e-4 --steps 6235   # v6 stopped here after 70 minutes
 wait $decoder
+# v7: the decoder again, on the v6 sketch tuner too: half of the scenes with large objects (as on a 512 px
+# canvas), and half of the generated edits that have an outline sampled with it (the latents sketches steer)
+$T asym-decoder $C --resolution 128 --batch-size 4 --num-workers 1 --lr 1e-4 --generated-latents 0.5 --generated-sketches 0.5 --large-objects 0.5 --steps 8947   # v7 stopped here after 100 minutes
 echo "trained; model in $OUT/model"
