@@ -100,7 +100,9 @@ def test_asym_and_sketch_stages_and_cli(trained):
     assert train_main(["asym-decoder", "--config", "tiny", "--output", str(out), "--resolution", "64",
                        "--batch-size", "2", "--steps", "3", "--no-progress"]) == 0
     assert train_main(["sketch", "--config", "tiny", "--output", str(out), "--resolution", "64",
-                       "--batch-size", "2", "--steps", "3", "--no-progress", "--position-grid", "16"]) == 0
+                       "--batch-size", "2", "--steps", "3", "--no-progress", "--position-grid", "16",
+                       "--sample-every", "3"]) == 0
+    assert (out / "sketch" / "samples" / "step_0000003.png").exists()  # the preview sampled with the sketch
     index = json.loads((out / "model" / "model_index.json").read_text())
     assert index["asym_vae"][1] == "AsymmetricAutoencoderKL" and index["sketch_tuner"][1] == "CSCTuner"
     from lazyedit.engine import load_pipeline

@@ -165,7 +165,7 @@ class StageDataset(Dataset):
             mask = full_or_lama_mask(rng, s, 0.5)
             item = {"image": to_tensor(img), "mask": torch.from_numpy(mask.astype(np.float32))[None]}
             if self.decoder_edits:
-                edit = self._edit_item(index, rng, with_sketch=False)
+                edit = self._edit_item(index, rng, with_sketch=True)  # for --generated-sketches
                 item.update({f"edit_{k}": v for k, v in edit.items()})
             return item
         if self.stage in ("lazy", "sketch"):

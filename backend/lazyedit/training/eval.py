@@ -454,27 +454,24 @@ def eval_main(argv: list[str] | None = None) -> int:
     if not kinds or not kinds <= set(CASE_KINDS):
         print(f"lazyedit eval: --kinds {ns.kinds!r}: choose from {', '.join(CASE_KINDS)}", file=sys.stderr)
         return 2
-    if ns.ground_truth:
-        cases = [c for c in eval_cases(ns.cases, ns.seed, ns.size) if c.kind in kinds]
-        report = {"ground_truth": ground_truth_report(cases)}
-    else:
+    pipe = None
+    if not ns.ground_truth:
         from lazyedit.engine import load_pipeline
 
         pipe = load_pipeline(ns.model, device=ns.device)
-        cases = eval_cases(ns.cases, ns.seed, ns.size, sketch=pipe.sketch_tuner is not None)
-        cases = [c for c in cases if c.kind in kinds]
-        if ns.autoencoder:
-            report = {"autoencoder": autoencoder_report(pipe, cases, progress=not ns.no_progress)}
-        else:
-            strategies = tuple(s.strip() for s in ns.strategies.split(",") if s.strip())
-            report = run_eval(pipe, cases, ns.steps, ns.guidance, strategies, seam=not ns.no_seam,
-                              progress=not ns.no_progress, grid=ns.grid, sketch_strength=ns.sketch_strength)
-        report["model"] = ns.model
-        report["cases"] = ns.cases
-        report["seed"] = ns.seed
-        report["size"] = ns.size
-        report["kinds"] = [k for k in CASE_KINDS if k in kinds]
-        report["sketch_strength"] = ns.sketch_strength
+    sketch = pipe is None or pipe.sketch_tuner is not None
+    cases = [c for c in eval_cases(ns.cases, ns.seed, ns.size, sketch=sketch) if c.kind in kinds]
+    if pipe is None:
+        report = {"ground_truth": ground_truth_report(cases)}
+    elif ns.autoencoder:
+        report = {"autoencoder": autoencoder_report(pipe, cases, progress=not ns.no_progress)}
+    else:
+        strategies = tuple(s.strip() for s in ns.strategies.split(",") if s.strip())
+        report = run_eval(pipe, cases, ns.steps, ns.guidance, strategies, seam=not ns.no_seam,
+                          progress=not ns.no_progress, grid=ns.grid, sketch_strength=ns.sketch_strength)
+    if pipe is not None:
+        report |= {"model": ns.model, "cases": ns.cases, "seed": ns.seed, "size": ns.size,
+                   "kinds": [k for k in CASE_KINDS if k in kinds], "sketch_strength": ns.sketch_strength}
     text = json.dumps(report, indent=2)
     print(text)
     if ns.out:

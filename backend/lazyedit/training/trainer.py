@@ -89,6 +89,10 @@ STAGE_DEFAULTS = {
 
 
 def _defaults(args: TrainArgs) -> TrainArgs:
+    """The stage's defaults for what was left unset; flags that need another flag are refused here, before
+    a finished stage is skipped or any model is loaded."""
+    if args.generated_sketches > 0 and args.generated_latents <= 0:
+        raise ValueError("--generated-sketches needs --generated-latents (it is a fraction of those edits)")
     res, bs, steps, lr = STAGE_DEFAULTS[args.stage]
     args.resolution = args.resolution or res
     args.batch_size = args.batch_size or bs
@@ -282,6 +286,16 @@ def sample_holes(backbone, canvas: torch.Tensor, mask: torch.Tensor, captions: l
     return unpatchify(tokens, p, canvas.shape[1], grid)
 
 
+def guided_sketch_adapter(tuner, sketch: torch.Tensor, strength: torch.Tensor | None = None):
+    """``adapter(index)`` for sample_holes: the sketch tuner's residuals for the batch that classifier-free
+    guidance doubles (the sketch steers both halves, as in the pipeline); ``strength`` (B, 1, 1) per edit."""
+    doubled = torch.cat([sketch, sketch])
+    if strength is None:
+        return lambda index2: tuner.adapter([(doubled, 1.0)], index2)
+    strength2 = torch.cat([strength, strength])
+    return lambda index2: tuner.adapter([(doubled, 1.0)], index2, strength2)
+
+
 def decoder_loss(rec: torch.Tensor, x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, dict]:
     """The asymmetric decoder's loss against the truth ``x``, for hole ``m``."""
     err = (rec - x).abs()
@@ -399,11 +413,8 @@ class StageNet(torch.nn.Module):
         use = has & (torch.rand(has.shape[0], generator=self.generator) < self.generated_sketches)
         if not use.any():
             return None
-        tuner, sketch = self.frozen["sketch_tuner"], batch["edit_sketch"]
-        strength = use.to(sketch.device, sketch.dtype)[:, None, None]
-        # classifier-free guidance doubles the batch: the sketch steers both halves, as in the pipeline
-        return lambda index2: tuner.adapter([(torch.cat([sketch, sketch]), 1.0)], index2,  # noqa: E731
-                                            torch.cat([strength, strength]))
+        sketch = batch["edit_sketch"]
+        return guided_sketch_adapter(self.frozen["sketch_tuner"], sketch, use.to(sketch.device, sketch.dtype)[:, None, None])
 
     def _flow_loss(self, batch: dict):
         from lazyedit.engine.models.layers import gather_tokens, patchify
@@ -499,8 +510,6 @@ class StageTrainer:
             if a.generated_latents > 0:
                 self._load_frozen_backbone(mdir)
             if a.generated_sketches > 0:
-                if a.generated_latents <= 0:
-                    raise ValueError("--generated-sketches needs --generated-latents (it is a fraction of those edits)")
                 path = mdir / "sketch_tuner"
                 if not (path / "config.json").exists():
                     raise FileNotFoundError(f"{path} missing: run the sketch stage first")
@@ -611,9 +620,7 @@ class StageTrainer:
         image, mask = batch["image"].to(self.device), batch["mask"].to(self.device)
         adapter = None
         if self.args.stage == "sketch":
-            sk = batch["sketch"].to(self.device)
-            tuner = self.unwrap("sketch_tuner")
-            adapter = lambda index2: tuner.adapter([(torch.cat([sk, sk]), 1.0)], index2)  # noqa: E731
+            adapter = guided_sketch_adapter(self.unwrap("sketch_tuner"), batch["sketch"].to(self.device))
         latent = sample_holes(backbone, self._encode(image), mask, list(batch["caption"]), unit=unit, steps=steps,
                               guidance=guidance, shift=self.cfg.sampling_shift,
                               generator=torch.Generator("cpu").manual_seed(seed), adapter=adapter)
