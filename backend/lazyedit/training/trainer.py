@@ -290,10 +290,8 @@ def guided_sketch_adapter(tuner, sketch: torch.Tensor, strength: torch.Tensor | 
     """``adapter(index)`` for sample_holes: the sketch tuner's residuals for the batch that classifier-free
     guidance doubles (the sketch steers both halves, as in the pipeline); ``strength`` (B, 1, 1) per edit."""
     doubled = torch.cat([sketch, sketch])
-    if strength is None:
-        return lambda index2: tuner.adapter([(doubled, 1.0)], index2)
-    strength2 = torch.cat([strength, strength])
-    return lambda index2: tuner.adapter([(doubled, 1.0)], index2, strength2)
+    scale = 1.0 if strength is None else torch.cat([strength, strength])
+    return lambda index2: tuner.adapter([(doubled, 1.0)], index2, scale)
 
 
 def decoder_loss(rec: torch.Tensor, x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, dict]:
