@@ -244,6 +244,38 @@ def test_large_object_fraction_draws_bigger_objects_into_training_items():
     assert build_parser().parse_args(["lazy", "--large-objects", "0.3"]).large_objects == 0.3
 
 
+def test_mixed_sizes_take_turns_batch_by_batch():
+    """--resolution 64,96: each batch is one size, the sizes alternate by the batch's step (the same on every
+    process), and a single size keeps the index layout a resumed run depends on."""
+    from torch.utils.data import DataLoader
+
+    from lazyedit.training.data import StageDataset, StreamBatches
+
+    ds = StageDataset("lazy", 64)
+    for shard in (0, 1):
+        loader = iter(DataLoader(ds, batch_sampler=StreamBatches(5, 2, shard, 2, (64, 96))))
+        shapes = [tuple(next(loader)["image"].shape) for _ in range(3)]
+        assert shapes == [(2, 3, 96, 96), (2, 3, 64, 64), (2, 3, 96, 96)]   # step 5 -> sizes[1], 6 -> sizes[0], ...
+    # one size: batch j of shard p holds (j * batch + k) * shards + p, as before mixing existed
+    assert next(iter(StreamBatches(5, 2, 1, 2, (64,)))) == [21, 23]
+    mixed = next(iter(StreamBatches(5, 2, 1, 2, (64, 96))))
+    assert mixed == [(21, 96), (23, 96)]
+    # an item depends on its index and size only: the 96 px item is the same scene drawn larger
+    big = ds[(21, 96)]
+    assert big["image"].shape == (3, 96, 96)
+    assert big["caption"] == ds[21]["caption"]
+
+
+@pytest.mark.parametrize("value, why", [("100", "positive multiple of 16"), ("128,250", "positive multiple of 16"),
+                                        ("128,big", "not a size in pixels")])
+def test_resolution_flag_names_a_bad_size(value, why, capsys):
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["lazy", "--resolution", value])
+    err = capsys.readouterr().err
+    assert "--resolution" in err and why in err
+    assert build_parser().parse_args(["lazy", "--resolution", "128,256"]).resolution == (128, 256)
+
+
 def test_parser_knows_the_stages():
     p = build_parser()
     for stage in ("vae", "asym-decoder", "lazy", "sketch", "all", "export"):
@@ -372,7 +404,7 @@ def test_two_cpu_processes_train_one_model(trained, tmp_path):
     shutil.copytree(src / "model" / "vae", out / "model" / "vae")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
-            "-m", "lazyedit.training.cli", "lazy", "--config", "tiny", "--output", str(out), "--resolution", "64",
+            "-m", "lazyedit.training.cli", "lazy", "--config", "tiny", "--output", str(out), "--resolution", "64,96",
             "--batch-size", "2", "--sample-every", "1000", "--no-progress", "--mixed-precision", "no", "--warmup", "1"]
 
     def torchrun(*flags):  # a hung group is killed whole, so no orphaned trainer outlives the test

@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 
-from .trainer import STAGE_DEFAULTS, STAGES, TrainArgs, export_pipeline, ship_pipeline
+from .trainer import STAGE_DEFAULTS, STAGES, TrainArgs, canvas_sizes, export_pipeline, ship_pipeline
 
 
 def fraction(text: str) -> float:
@@ -34,6 +34,14 @@ def fraction(text: str) -> float:
     return value
 
 
+def _sizes(text: str) -> tuple[int, ...]:
+    """argparse type of --resolution: one size in pixels, or several separated by commas."""
+    try:
+        return canvas_sizes(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="lazyedit train", description="Train a lazyedit model stage by stage.")
     p.add_argument("stage", choices=(*STAGES, "all", "export", "ship"),
@@ -43,7 +51,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--config", default="demo", help="model config: tiny, demo (default), base")
     p.add_argument("--output", default="runs/demo", help="run folder; the model goes to <output>/model")
     p.add_argument("--data", default="world", help="'world' (procedural, default) or a folder of images with .txt captions")
-    p.add_argument("--resolution", type=int, help="training canvas size in pixels (a multiple of 16); default per stage: "
+    p.add_argument("--resolution", type=_sizes, help="training canvas size in pixels (a multiple of 16), or several "
+                   "separated by commas (128,256) that take turns batch by batch; default per stage: "
                    + ", ".join(f"{k} {v[0]}" for k, v in STAGE_DEFAULTS.items()))
     p.add_argument("--batch-size", type=int, help="per-process batch size (default per stage)")
     p.add_argument("--steps", type=int, help="total optimizer steps of the stage (default per stage: "

@@ -1,8 +1,8 @@
 """Training data as torch datasets: the procedural world, or a folder of images with .txt captions.
 
-Every dataset is map-style and a pure function of its index, and :class:`StreamSampler` hands out
-indices ``start, start+1, ...`` sharded over processes, so a resumed run (or another GPU) sees exactly
-the data it would have seen: no data-loader state needs saving.
+Every dataset is map-style and a pure function of its index (and canvas size), and :class:`StreamBatches`
+hands out batches of indices ``start, start+1, ...`` sharded over processes, so a resumed run (or another
+GPU) sees exactly the data it would have seen: no data-loader state needs saving.
 """
 
 from __future__ import annotations
@@ -150,9 +150,10 @@ class StageDataset(Dataset):
     def _rng(self, index: int) -> np.random.Generator:
         return np.random.default_rng([self.seed & 0xFFFFFFFF, index & 0xFFFFFFFF, 0x7D1])
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        """``key``: an index, or (index, canvas size) from :class:`StreamBatches` when sizes are mixed."""
+        index, s = key if isinstance(key, tuple) else (key, self.size)
         rng = self._rng(index)
-        s = self.size
         if self.stage == "vae":
             if self.folder is not None:
                 img, _ = self.folder.get(index, s, rng)
@@ -165,16 +166,15 @@ class StageDataset(Dataset):
             mask = full_or_lama_mask(rng, s, 0.5)
             item = {"image": to_tensor(img), "mask": torch.from_numpy(mask.astype(np.float32))[None]}
             if self.decoder_edits:
-                edit = self._edit_item(index, rng, with_sketch=True)  # for --generated-sketches
+                edit = self._edit_item(index, s, rng, with_sketch=True)  # for --generated-sketches
                 item.update({f"edit_{k}": v for k, v in edit.items()})
             return item
         if self.stage in ("lazy", "sketch"):
-            return self._edit_item(index, rng, with_sketch=self.stage == "sketch")
+            return self._edit_item(index, s, rng, with_sketch=self.stage == "sketch")
         raise ValueError(f"unknown stage {self.stage!r}")
 
-    def _edit_item(self, index: int, rng: np.random.Generator, with_sketch: bool) -> dict:
-        """One edit: the canvas, the truth after the edit, the hole, its caption (and sketch)."""
-        s = self.size
+    def _edit_item(self, index: int, s: int, rng: np.random.Generator, with_sketch: bool) -> dict:
+        """One edit on an s-pixel canvas: the canvas, the truth after the edit, the hole, its caption (and sketch)."""
         if self.folder is not None:
             img, caption = self.folder.get(index, s, rng)
             mask = random_mask(rng, s)
@@ -195,21 +195,32 @@ class StageDataset(Dataset):
         }
 
 
-class StreamSampler(Sampler):
-    """Indices start, start+1, ... of one process's shard: global index = i * num_shards + shard."""
+class StreamBatches(Sampler):
+    """One process's batches: batch j holds global indices (j * batch_size + k) * num_shards + shard, and
+    all of its items share the canvas size ``sizes[j % len(sizes)]`` (a batch must be one size; every
+    process trains the same size at a step, so none waits for a slower one at the gradient all-reduce).
+    With several sizes each item is an (index, size) pair."""
 
-    def __init__(self, start: int = 0, shard: int = 0, num_shards: int = 1):
-        self.start, self.shard, self.num_shards = int(start), int(shard), int(num_shards)
+    def __init__(self, start_batch: int = 0, batch_size: int = 1, shard: int = 0, num_shards: int = 1,
+                 sizes: tuple[int, ...] = ()):
+        self.start, self.batch_size = int(start_batch), int(batch_size)
+        self.shard, self.num_shards = int(shard), int(num_shards)
+        self.sizes = tuple(sizes)
 
     def __iter__(self):
-        i = self.start
+        j = self.start
         while True:
-            yield i * self.num_shards + self.shard
-            i += 1
+            first = j * self.batch_size
+            indices = [(first + k) * self.num_shards + self.shard for k in range(self.batch_size)]
+            if len(self.sizes) > 1:
+                size = self.sizes[j % len(self.sizes)]
+                indices = [(i, size) for i in indices]
+            yield indices
+            j += 1
 
     def __len__(self) -> int:
         return HUGE
 
 
-__all__ = ["StageDataset", "StreamSampler", "FolderImages", "load_photo", "edge_sketch", "to_tensor", "to_image",
+__all__ = ["StageDataset", "StreamBatches", "FolderImages", "load_photo", "edge_sketch", "to_tensor", "to_image",
            "sketch_tensor"]

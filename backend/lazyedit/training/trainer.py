@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from .data import StageDataset, StreamSampler, to_image
+from .data import StageDataset, StreamBatches, to_image
 from .world import contact_sheet
 
 if TYPE_CHECKING:
@@ -50,7 +50,9 @@ class TrainArgs:
     config: str = "demo"
     output: str = "runs/demo"
     data: str = "world"
-    resolution: int | None = None
+    # canvas size in pixels; several sizes take turns batch by batch (short and long token sequences both
+    # stay trained); _defaults makes it a tuple
+    resolution: int | tuple[int, ...] | None = None
     batch_size: int | None = None
     steps: int | None = None
     lr: float | None = None
@@ -88,13 +90,25 @@ STAGE_DEFAULTS = {
 }
 
 
+def canvas_sizes(value: int | str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """--resolution as a tuple of sizes: one size, several, or their comma-separated text ("128,256")."""
+    parts = value.split(",") if isinstance(value, str) else value if isinstance(value, (tuple, list)) else (value,)
+    try:
+        sizes = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"resolution {value!r} is not a size in pixels or a comma-separated list of sizes") from None
+    if not sizes or any(size <= 0 or size % 16 for size in sizes):
+        raise ValueError(f"resolution {value!r}: every size must be a positive multiple of 16 (one token is 16 px)")
+    return sizes
+
+
 def _defaults(args: TrainArgs) -> TrainArgs:
     """The stage's defaults for what was left unset; flags that need another flag are refused here, before
     a finished stage is skipped or any model is loaded."""
     if args.generated_sketches > 0 and args.generated_latents <= 0:
         raise ValueError("--generated-sketches needs --generated-latents (it is a fraction of those edits)")
     res, bs, steps, lr = STAGE_DEFAULTS[args.stage]
-    args.resolution = args.resolution or res
+    args.resolution = canvas_sizes(args.resolution or res)
     args.batch_size = args.batch_size or bs
     args.steps = args.steps or steps
     args.lr = args.lr or lr
@@ -699,12 +713,12 @@ class StageTrainer:
             if acc.is_main_process:
                 print(f"[lazyedit train] resumed {a.stage} at step {self.step} from {resume}, lr {a.lr:g}", flush=True)
         self.generator.manual_seed(a.seed * 1000 + acc.process_index + 7919 * self.step)
-        acc.init_trackers(a.stage.replace("-", "_"), config={k: v for k, v in vars(a).items() if isinstance(v, (int, float, str, bool))})
-        ds = StageDataset(a.stage, a.resolution, a.seed, None if a.data == "world" else a.data,
+        acc.init_trackers(a.stage.replace("-", "_"), config={k: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in vars(a).items()
+                                   if isinstance(v, (int, float, str, bool, tuple))})
+        ds = StageDataset(a.stage, a.resolution[0], a.seed, None if a.data == "world" else a.data,
                           large_objects=a.large_objects, decoder_edits=a.stage == "asym-decoder" and a.generated_latents > 0)
-        sampler = StreamSampler(self.step * a.batch_size, acc.process_index, acc.num_processes)
-        loader = DataLoader(ds, batch_size=a.batch_size, sampler=sampler, num_workers=a.num_workers,
-                            persistent_workers=a.num_workers > 0)
+        batches = StreamBatches(self.step, a.batch_size, acc.process_index, acc.num_processes, a.resolution)
+        loader = DataLoader(ds, batch_sampler=batches, num_workers=a.num_workers, persistent_workers=a.num_workers > 0)
         it = iter(loader)
         from tqdm.auto import tqdm
 
