@@ -119,6 +119,22 @@ def test_eval_main_ground_truth(capsys):
     assert '"colour_acc": 1.0' in capsys.readouterr().out
 
 
+def test_shape_accuracy_is_split_by_the_prompted_shape():
+    from lazyedit.training.eval import Totals, ground_truth_report, score_case
+
+    cases = eval_cases(12, 5, 96)
+    report = ground_truth_report(cases)
+    per_shape = {k: v for k, v in report.items() if k.startswith("shape_acc_")}
+    inserts = [c for c in cases if c.kind == "insert"]
+    assert set(per_shape) == {f"shape_acc_{c.sample.shape}" for c in inserts}
+    assert sum(report[f"n_{k}"] for k in per_shape) == report["n_shape_acc"] == len(inserts)
+    # a blank answer (the canvas back) fails the prompted shape's own entry
+    case = inserts[0]
+    t = Totals()
+    score_case(t, case, np.asarray(case.sample.removed))
+    assert t.summary()[f"shape_acc_{case.sample.shape}"] == 0.0
+
+
 def test_eval_main_autoencoder_ceiling_scores_every_case_through_both_decoders(capsys):
     assert eval_main(["--model", "tiny", "--autoencoder", "--cases", "6", "--size", "64", "--no-progress"]) == 0
     report = json.loads(capsys.readouterr().out)["autoencoder"]

@@ -370,6 +370,7 @@ def score_case(t: Totals, case: EvalCase, out: np.ndarray) -> None:
     prefix = "sketch_" if case.kind == "sketch" else ""
     t.add(prefix + "colour_acc", sc["colour_ok"])
     t.add(prefix + "shape_acc", sc["shape_ok"])
+    t.add(f"{prefix}shape_acc_{s.shape}", sc["shape_ok"])  # per prompted shape: which shapes the model cannot draw
     t.add(prefix + "style_acc", sc["style_ok"])
     t.add("sketch_iou" if case.kind == "sketch" else "object_iou", sc["sketch_iou"])
 
