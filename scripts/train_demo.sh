@@ -52,4 +52,11 @@ wait $decoder
 # v7: the decoder again, on the v6 sketch tuner too: half of the scenes with large objects (as on a 512 px
 # canvas), and half of the generated edits that have an outline sampled with it (the latents sketches steer)
 $T asym-decoder $C --resolution 128 --batch-size 4 --num-workers 1 --lr 1e-4 --generated-latents 0.5 --generated-sketches 0.5 --large-objects 0.5 --steps 8947   # v7 stopped here after 100 minutes
+# v8, v9 (stops 15, 16): the backbone on longer sequences. 256 px crops (256 context tokens; a 512 px canvas has
+# 1024) drew 512 px objects better but cost colour, so the next phase takes 128 and 256 px crops in turn at
+# half the rate; then the sketch tuner learns to steer the moved backbone
+L="--position-grid 32 --large-objects 0.5 --num-workers 1 --batch-size 4"
+$D lazy $C $L --resolution 256 --lr 1e-4 --steps 23740       # v8 stopped here after 85 minutes
+$D lazy $C $L --resolution 128,256 --lr 5e-5 --steps 26000
+$D sketch $C $L --resolution 128,256 --lr 1e-4 --steps 7416  # v9 stopped here after 27 minutes
 echo "trained; model in $OUT/model"
