@@ -266,6 +266,47 @@ def test_mixed_sizes_take_turns_batch_by_batch():
     assert big["caption"] == ds[21]["caption"]
 
 
+def test_focus_shapes_draw_scenes_from_the_named_shapes(capsys):
+    """--focus-shapes star --focus-fraction 1: every world scene holds only stars; 0 leaves the data as it was."""
+    from lazyedit.training.data import StageDataset
+
+    focused = StageDataset("sketch", 64, 0, focus_shapes=("star", "ring"), focus_fraction=1.0)  # object masks only
+    captions = [focused[i]["caption"] for i in range(12)]
+    assert all(c.endswith((" star", " ring")) for c in captions if c), captions
+    plain = StageDataset("sketch", 64, 0)
+    off = StageDataset("sketch", 64, 0, focus_shapes=("star",), focus_fraction=0.0)
+    assert {plain[i]["caption"].split(" ")[-1] for i in range(12)} - {"star", "ring", ""}  # other shapes exist
+    assert all(torch.equal(plain[i]["target"], off[i]["target"]) for i in range(4))
+    with pytest.raises(ValueError, match="hexagon"):
+        StageDataset("lazy", 64, focus_shapes=("hexagon",), focus_fraction=0.5)
+    ns = build_parser().parse_args(["lazy", "--focus-shapes", "star,ring,cross", "--focus-fraction", "0.3"])
+    assert ns.focus_shapes == ("star", "ring", "cross") and ns.focus_fraction == 0.3
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["lazy", "--focus-shapes", "star,blob"])
+    assert "--focus-shapes" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--focus-shapes"):
+        train_stage(TrainArgs(stage="lazy", focus_fraction=0.5))
+
+
+def test_init_from_fine_tunes_a_pipeline_folder(trained, tmp_path):
+    """--init-from: a fresh run folder gets the source's frozen parts, and the trained stage starts from the
+    source's weights (at a vanishing learning rate the export still equals them), not from a new init."""
+    from safetensors.torch import load_file
+
+    src, _, _ = trained
+    run = tmp_path / "ft"
+    result = train_stage(_args(run, "lazy", 2, lr=1e-12, init_from=str(src / "model")))
+    assert result["done"]
+    assert (run / "model" / "vae" / "config.json").exists()  # copied, not trained
+    before = load_file(str(src / "model" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    after = load_file(str(run / "model" / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert before.keys() == after.keys()
+    assert all(torch.allclose(before[k], after[k], atol=1e-6) for k in before)
+    # (without --init-from the transformer would start from a fresh random init, far from these weights)
+    with pytest.raises(ValueError, match="not a pipeline folder"):
+        train_stage(_args(tmp_path / "bad", "lazy", 2, init_from=str(tmp_path)))
+
+
 @pytest.mark.parametrize("value, why", [("100", "positive multiple of 16"), ("128,250", "positive multiple of 16"),
                                         ("128,big", "not a size in pixels")])
 def test_resolution_flag_names_a_bad_size(value, why, capsys):

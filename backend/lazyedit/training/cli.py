@@ -42,6 +42,17 @@ def _sizes(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _shapes(text: str) -> tuple[str, ...]:
+    """argparse type of --focus-shapes: world shapes separated by commas."""
+    from .world import SHAPES
+
+    shapes = tuple(s.strip() for s in text.split(",") if s.strip())
+    unknown = [s for s in shapes if s not in SHAPES]
+    if not shapes or unknown:
+        raise argparse.ArgumentTypeError(f"{text!r}: choose among {', '.join(SHAPES)}")
+    return shapes
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="lazyedit train", description="Train a lazyedit model stage by stage.")
     p.add_argument("stage", choices=(*STAGES, "all", "export", "ship"),
@@ -86,6 +97,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="asym-decoder with --generated-latents: the fraction of those edits (the ones with an object "
                         "and its outline) sampled with their sketch through the frozen sketch tuner, so the decoder "
                         "also learns the latents sketches steer; needs the sketch stage")
+    p.add_argument("--init-from", metavar="DIR",
+                   help="fine-tune a pipeline folder (e.g. backend/lazyedit/weights/demo): it fills in the components "
+                        "<output>/model lacks, and the stage's trained components start from its weights")
+    p.add_argument("--focus-shapes", type=_shapes, default=(),
+                   help="lazy/sketch on the world: comma-separated shapes (e.g. star,ring,cross) that --focus-fraction "
+                        "of the scenes are drawn from, to oversample the shapes a model misses")
+    p.add_argument("--focus-fraction", type=fraction, default=0.0, help="the fraction of scenes drawn from --focus-shapes")
     p.add_argument("--sample-steps", type=int, default=12)
     p.add_argument("--sample-guidance", type=float, default=2.0)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -127,6 +145,9 @@ def _args_for(ns: argparse.Namespace, stage: str) -> TrainArgs:
         sample_steps=ns.sample_steps,
         sample_guidance=ns.sample_guidance,
         progress=not ns.no_progress,
+        init_from=ns.init_from,
+        focus_shapes=ns.focus_shapes,
+        focus_fraction=ns.focus_fraction,
     )
 
 

@@ -16,7 +16,7 @@ from PIL import Image, ImageFilter, ImageOps
 from torch.utils.data import Dataset, Sampler
 
 from .masks import full_or_lama_mask, make_case, random_mask
-from .world import LARGE_OBJECT_SIZES, make_sample
+from .world import LARGE_OBJECT_SIZES, SHAPES, make_sample
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 HUGE = 2**31 - 1
@@ -130,9 +130,15 @@ class StageDataset(Dataset):
 
     def __init__(self, stage: str, size: int = 256, seed: int = 0, folder: str | None = None,
                  p_kinds: tuple[float, float, float] | None = None, large_objects: float = 0.0,
-                 decoder_edits: bool = False):
+                 decoder_edits: bool = False, focus_shapes: tuple[str, ...] = (), focus_fraction: float = 0.0):
         """large_objects: the fraction of world scenes (lazy / sketch, and decoder edits) drawn with
-        LARGE_OBJECT_SIZES. decoder_edits: asym-decoder items carry an edit case too, for the generator to fill."""
+        LARGE_OBJECT_SIZES. decoder_edits: asym-decoder items carry an edit case too, for the generator to fill.
+        focus_fraction: the fraction of world scenes drawn only from ``focus_shapes``."""
+        unknown = sorted(set(focus_shapes) - set(SHAPES))
+        if unknown:
+            raise ValueError(f"focus shapes {', '.join(unknown)} are not world shapes ({', '.join(SHAPES)})")
+        self.focus_shapes = tuple(focus_shapes)
+        self.focus_fraction = float(focus_fraction)
         self.stage = stage
         self.decoder_edits = bool(decoder_edits)
         self.large_objects = float(large_objects)
@@ -183,6 +189,9 @@ class StageDataset(Dataset):
             sketch = edge_sketch(img, mask) if with_sketch else None
         else:
             kw = {"sizes": LARGE_OBJECT_SIZES} if rng.random() < self.large_objects else {}
+            # drawn only when focusing, so runs without it keep their data
+            if self.focus_fraction > 0 and rng.random() < self.focus_fraction:
+                kw["shapes"] = self.focus_shapes
             case = make_case(self.seed, index, s, p_kinds=self.p_kinds, **kw)
             image, target, mask, caption, sketch = case.image, case.target, case.mask, case.caption, case.sketch
         return {

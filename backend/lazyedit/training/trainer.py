@@ -79,6 +79,12 @@ class TrainArgs:
     sample_steps: int = 12
     sample_guidance: float = 2.0
     progress: bool = True
+    # a pipeline folder (e.g. the bundled demo model) to fine-tune: it fills in the components <output>/model
+    # lacks, and the stage's trained components start from its weights instead of a fresh init
+    init_from: str | None = None
+    # lazy/sketch on the world: the fraction of scenes drawn only from these shapes (the ones a model misses)
+    focus_shapes: tuple[str, ...] = ()
+    focus_fraction: float = 0.0
 
 
 STAGE_DEFAULTS = {
@@ -107,6 +113,10 @@ def _defaults(args: TrainArgs) -> TrainArgs:
     a finished stage is skipped or any model is loaded."""
     if args.generated_sketches > 0 and args.generated_latents <= 0:
         raise ValueError("--generated-sketches needs --generated-latents (it is a fraction of those edits)")
+    if args.focus_fraction > 0 and not args.focus_shapes:
+        raise ValueError("--focus-fraction needs --focus-shapes (the shapes those scenes are drawn from)")
+    if args.init_from and not (Path(args.init_from) / "model_index.json").exists():
+        raise ValueError(f"--init-from {args.init_from}: not a pipeline folder (no model_index.json)")
     res, bs, steps, lr = STAGE_DEFAULTS[args.stage]
     args.resolution = canvas_sizes(args.resolution or res)
     args.batch_size = args.batch_size or bs
@@ -170,6 +180,20 @@ def ship_pipeline(output: str | Path, dest: str | Path | None = None) -> Path:
         pipe = pipe.to(dtype=torch.float16)
     save_into(pipe, dest)  # the model card and eval files beside the weights stay
     return dest
+
+
+def seed_run_folder(source: str | Path, output: str | Path) -> list[str]:
+    """Copy into ``<output>/model`` every component of the pipeline folder ``source`` that it lacks (the
+    frozen parts a fine-tuning stage needs). fp16 weights stay fp16 on disk; from_pretrained loads them as
+    fp32. Returns the names copied."""
+    source, root = Path(source), model_dir(output)
+    root.mkdir(parents=True, exist_ok=True)
+    copied = []
+    for comp in sorted(source.iterdir()):
+        if (comp / "config.json").exists() and not (root / comp.name / "config.json").exists():
+            shutil.copytree(comp, root / comp.name, dirs_exist_ok=True)
+            copied.append(comp.name)
+    return copied
 
 
 def save_into(pipe, dest: Path) -> None:
@@ -505,6 +529,12 @@ class StageTrainer:
     def _setup(self):
         a, cfg, stage = self.args, self.cfg, self.args.stage
         mdir = model_dir(self.output)
+        if a.init_from:
+            if self.accelerator.is_main_process:
+                copied = seed_run_folder(a.init_from, self.output)
+                if copied:
+                    logger.info("copied %s from %s into %s", ", ".join(copied), a.init_from, mdir)
+            self.accelerator.wait_for_everyone()
         self.frozen: dict[str, torch.nn.Module] = {}
         if stage == "vae":
             self.models = {"vae": build_vae(cfg)}
@@ -542,6 +572,8 @@ class StageTrainer:
             self.models = {"sketch_tuner": build_tuner(cfg)}
         else:
             raise ValueError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)}")
+        if a.init_from:
+            self._init_weights(Path(a.init_from))
         for m in self.frozen.values():
             m.to(self.device)
         if "vae" in self.frozen:
@@ -562,6 +594,16 @@ class StageTrainer:
         self.models = self.net_inner.models
         self.ema.to(self.device)
         self.accelerator.register_for_checkpointing(self.ema)
+
+    def _init_weights(self, source: Path) -> None:
+        """--init-from: the trained components start from ``source``'s weights (a checkpoint, when one is
+        resumed, replaces them later)."""
+        for name, model in self.models.items():
+            path = source / name
+            if not (path / "config.json").exists():
+                raise FileNotFoundError(f"--init-from {source}: it has no {name} to start the {self.args.stage} stage from")
+            model.load_state_dict(type(model).from_pretrained(str(path)).state_dict())
+            logger.info("%s starts from %s", name, path)
 
     def _load_frozen_backbone(self, mdir: Path) -> None:
         """The trained text encoder, context encoder and transformer, frozen (for the stages after lazy)."""
@@ -716,7 +758,8 @@ class StageTrainer:
         acc.init_trackers(a.stage.replace("-", "_"), config={k: (",".join(map(str, v)) if isinstance(v, tuple) else v) for k, v in vars(a).items()
                                    if isinstance(v, (int, float, str, bool, tuple))})
         ds = StageDataset(a.stage, a.resolution[0], a.seed, None if a.data == "world" else a.data,
-                          large_objects=a.large_objects, decoder_edits=a.stage == "asym-decoder" and a.generated_latents > 0)
+                          large_objects=a.large_objects, decoder_edits=a.stage == "asym-decoder" and a.generated_latents > 0,
+                          focus_shapes=a.focus_shapes, focus_fraction=a.focus_fraction)
         batches = StreamBatches(self.step, a.batch_size, acc.process_index, acc.num_processes, a.resolution)
         loader = DataLoader(ds, batch_sampler=batches, num_workers=a.num_workers, persistent_workers=a.num_workers > 0)
         it = iter(loader)
