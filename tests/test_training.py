@@ -267,7 +267,8 @@ def test_mixed_sizes_take_turns_batch_by_batch():
 
 
 def test_focus_shapes_draw_scenes_from_the_named_shapes(capsys):
-    """--focus-shapes star --focus-fraction 1: every world scene holds only stars; 0 leaves the data as it was."""
+    """--focus-shapes star,ring --focus-fraction 1: every world scene holds only stars and rings; 0 leaves the
+    data as it was."""
     from lazyedit.training.data import StageDataset
 
     focused = StageDataset("sketch", 64, 0, focus_shapes=("star", "ring"), focus_fraction=1.0)  # object masks only

@@ -44,13 +44,12 @@ def _sizes(text: str) -> tuple[int, ...]:
 
 def _shapes(text: str) -> tuple[str, ...]:
     """argparse type of --focus-shapes: world shapes separated by commas."""
-    from .world import SHAPES
+    from .world import shape_names
 
-    shapes = tuple(s.strip() for s in text.split(",") if s.strip())
-    unknown = [s for s in shapes if s not in SHAPES]
-    if not shapes or unknown:
-        raise argparse.ArgumentTypeError(f"{text!r}: choose among {', '.join(SHAPES)}")
-    return shapes
+    try:
+        return shape_names(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:

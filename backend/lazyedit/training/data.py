@@ -16,7 +16,7 @@ from PIL import Image, ImageFilter, ImageOps
 from torch.utils.data import Dataset, Sampler
 
 from .masks import full_or_lama_mask, make_case, random_mask
-from .world import LARGE_OBJECT_SIZES, SHAPES, make_sample
+from .world import LARGE_OBJECT_SIZES, make_sample, shape_names
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 HUGE = 2**31 - 1
@@ -134,10 +134,7 @@ class StageDataset(Dataset):
         """large_objects: the fraction of world scenes (lazy / sketch, and decoder edits) drawn with
         LARGE_OBJECT_SIZES. decoder_edits: asym-decoder items carry an edit case too, for the generator to fill.
         focus_fraction: the fraction of world scenes drawn only from ``focus_shapes``."""
-        unknown = sorted(set(focus_shapes) - set(SHAPES))
-        if unknown:
-            raise ValueError(f"focus shapes {', '.join(unknown)} are not world shapes ({', '.join(SHAPES)})")
-        self.focus_shapes = tuple(focus_shapes)
+        self.focus_shapes = shape_names(focus_shapes) if focus_shapes else ()
         self.focus_fraction = float(focus_fraction)
         self.stage = stage
         self.decoder_edits = bool(decoder_edits)

@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
 from .data import StageDataset, StreamBatches, to_image
-from .world import contact_sheet
+from .world import contact_sheet, shape_names
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -115,6 +115,7 @@ def _defaults(args: TrainArgs) -> TrainArgs:
         raise ValueError("--generated-sketches needs --generated-latents (it is a fraction of those edits)")
     if args.focus_fraction > 0 and not args.focus_shapes:
         raise ValueError("--focus-fraction needs --focus-shapes (the shapes those scenes are drawn from)")
+    args.focus_shapes = shape_names(args.focus_shapes) if args.focus_shapes else ()
     if args.init_from and not (Path(args.init_from) / "model_index.json").exists():
         raise ValueError(f"--init-from {args.init_from}: not a pipeline folder (no model_index.json)")
     res, bs, steps, lr = STAGE_DEFAULTS[args.stage]

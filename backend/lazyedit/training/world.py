@@ -45,6 +45,16 @@ MAX_OBJECT_SIZE = 0.36
 LARGE_OBJECT_SIZES = (0.3, 0.85)
 
 
+def shape_names(value: str | Sequence[str]) -> tuple[str, ...]:
+    """World shapes from comma-separated text ("star,ring") or a sequence; unknown names raise ValueError."""
+    parts = value.split(",") if isinstance(value, str) else value
+    shapes = tuple(p.strip() for p in parts if p.strip())
+    unknown = [p for p in shapes if p not in SHAPES]
+    if not shapes or unknown:
+        raise ValueError(f"shapes {value!r}: {', '.join(unknown) or 'none given'}; choose among {', '.join(SHAPES)}")
+    return shapes
+
+
 def caption_for(colour: str, shape: str) -> str:
     article = "an" if colour[0] in "aeiou" else "a"
     return f"{article} {colour} {shape}"
