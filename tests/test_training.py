@@ -136,6 +136,32 @@ def test_sample_holes_changes_only_the_hole_tokens(trained):
     assert not torch.allclose(filled[hole], canvas[hole])
 
 
+def test_dropped_captions_become_the_null_prompt(trained):
+    """Guidance's unconditional row is trained on the model's null prompt, not on "" (which removals use)."""
+    from lazyedit.engine import load_pipeline
+    from lazyedit.training.data import StageDataset
+    from lazyedit.training.trainer import StageNet
+
+    out, _, _ = trained
+    pipe = load_pipeline(str(out / "model"))
+    null = pipe.text_encoder.null_prompt
+    assert null == "<null>"
+    items = [StageDataset("lazy", size=64, seed=3)[i] for i in range(3)]
+    batch = {k: (torch.stack([it[k] for it in items]) if torch.is_tensor(items[0][k]) else [it[k] for it in items])
+             for k in items[0]}
+    models = {"text_encoder": pipe.text_encoder, "context_encoder": pipe.context_encoder, "transformer": pipe.transformer}
+
+    def loss(captions, dropout):
+        net = StageNet("lazy", models, {"vae": pipe.vae}, dropout, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            return float(net({**batch, "caption": captions})[0])
+
+    # dropout 1e-9 draws the same random numbers as dropout 1 and keeps every caption
+    dropped = loss(["a red star"] * 3, 1.0)
+    assert dropped == loss([null] * 3, 1e-9)
+    assert dropped != loss([""] * 3, 1e-9)
+
+
 def test_decoder_trains_on_generated_latents(trained, tmp_path):
     from lazyedit.training.data import StageDataset
     from lazyedit.training.trainer import StageTrainer

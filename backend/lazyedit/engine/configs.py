@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from .models.text_encoder import NULL_PROMPT
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -60,7 +62,7 @@ CONFIGS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(
         name="tiny",
         resolution=64,
-        text_encoder=dict(width=32, depth=1, heads=2, max_length=32),
+        text_encoder=dict(width=32, depth=1, heads=2, max_length=32, null_prompt=NULL_PROMPT),
         text_dim=32,
         vae=_vae((8, 8, 16, 16), 1, 4),
         asym_vae=_asym((8, 8, 16, 16), 1, (8, 8, 16, 16), 1, 4),
@@ -71,7 +73,7 @@ CONFIGS: dict[str, ModelConfig] = {
     "demo": ModelConfig(
         name="demo",
         resolution=512,
-        text_encoder=dict(width=128, depth=2, heads=4, max_length=48),
+        text_encoder=dict(width=128, depth=2, heads=4, max_length=48, null_prompt=NULL_PROMPT),
         text_dim=128,
         vae=_vae((32, 64, 64, 64), 1, 16),
         asym_vae=_asym((32, 64, 64, 64), 1, (48, 96, 96, 96), 1, 16),

@@ -379,11 +379,14 @@ class LazyEditPipeline(DiffusionPipeline):
             self._encode_canvas(job)
             self._encode_context(job)
         t0 = time.perf_counter()
-        rows = []  # (job, prompt) per forward row: a conditional row, plus an unconditional one for guidance
+        # (job, prompt) per forward row: a conditional row, plus the model's unconditional one for guidance
+        # (a prompt equal to the null prompt is its own unconditional row: guidance would not change it)
+        null = self.text.null_prompt
+        rows = []
         for job in jobs:
             rows.append((job, job.request.prompt))
-            if job.guidance != 1.0:
-                rows.append((job, ""))
+            if job.guidance != 1.0 and job.request.prompt != null:
+                rows.append((job, null))
         text, text_mask = self._encode_text([p for _, p in rows])
         text_ms = _ms(t0)
 

@@ -81,7 +81,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--seed", type=int, default=0, help="world seed and torch seed")
     p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes (0 on a shared CPU)")
     p.add_argument("--resume", default="auto", help="'auto' (latest checkpoint of the stage), 'never', or a checkpoint folder")
-    p.add_argument("--text-dropout", type=fraction, default=0.1, help="probability of an empty caption (lazy stage, for guidance)")
+    p.add_argument("--text-dropout", type=fraction, default=0.1, help="lazy stage: the probability that a caption is replaced by the model's null prompt (the unconditional row of guidance)")
     p.add_argument("--position-grid", type=int, default=0,
                    help="lazy/sketch: train the token positions of canvases up to this many tokens wide by placing each "
                         "crop at a random offset (demo: 32 = 512 px); 0 = the crop's own positions only")

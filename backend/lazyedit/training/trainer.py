@@ -306,7 +306,7 @@ def sample_holes(backbone, canvas: torch.Tensor, mask: torch.Tensor, captions: l
     tok, index, valid = hole_plan(mask, unit)
     grid = tuple(tok.shape[1:])
     context = ctx_enc(canvas, latent_mask_from_tokens(tok, p), index)
-    emb, tmask = text_enc.encode(list(captions) + [""] * b, device)
+    emb, tmask = text_enc.encode(list(captions) + [text_enc.null_prompt] * b, device)
     index2, valid2, context2 = torch.cat([index, index]), torch.cat([valid, valid]), torch.cat([context, context])
     residuals = adapter(index2) if adapter is not None else None
     x = torch.randn(b, index.shape[1], tr.config.latent_channels * p * p, generator=generator).to(device)
@@ -481,7 +481,8 @@ class StageNet(torch.nn.Module):
         captions = list(batch["caption"])
         if self.stage == "lazy" and self.text_dropout > 0:
             drop = torch.rand(b, generator=self.generator) < self.text_dropout
-            captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+            # the model's own "no condition", not "": an empty caption asks for a fill from the context
+            captions = [text_enc.null_prompt if d else c for c, d in zip(captions, drop.tolist())]
         ids, tmask = text_enc.tokenize(captions)
         ids, tmask = ids.to(device), tmask.to(device)
         text = text_enc(ids, tmask)

@@ -18,10 +18,18 @@ from .layers import TransformerBlock
 BOS = 256  # byte values are 0..255; the start token keeps the empty prompt non-empty.
 PAD = 257
 
+#: what new models are trained to read as "no condition" (the caption dropped for classifier-free guidance).
+#: It must not be "": an empty prompt asks to fill the hole from its context (a removal), and a model whose
+#: dropped captions are empty too learns that an empty prompt sometimes means an object, so it paints phantom
+#: objects into removals, and guidance (conditional == unconditional) cannot steer them out.
+NULL_PROMPT = "<null>"
+
 
 class ByteTextEncoder(ModelMixin, ConfigMixin):
     @register_to_config
-    def __init__(self, width: int = 256, depth: int = 2, heads: int = 4, max_length: int = 64):
+    def __init__(self, width: int = 256, depth: int = 2, heads: int = 4, max_length: int = 64, null_prompt: str = ""):
+        """null_prompt: the caption dropped captions were replaced with in training, the unconditional row of
+        guidance; "" in models trained before it had its own (their config has none)."""
         super().__init__()
         self.token_embedding = nn.Embedding(258, width)
         self.position_embedding = nn.Parameter(torch.randn(max_length, width) * 0.02)
@@ -31,6 +39,10 @@ class ByteTextEncoder(ModelMixin, ConfigMixin):
     @property
     def hidden_size(self) -> int:
         return self.config.width
+
+    @property
+    def null_prompt(self) -> str:
+        return self.config.null_prompt
 
     def tokenize(self, prompts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
         n = self.config.max_length
@@ -80,6 +92,11 @@ class HFTextEncoder:
     @property
     def hidden_size(self) -> int:
         return self.model.config.hidden_size
+
+    @property
+    def null_prompt(self) -> str:
+        # CLIP/T5 backbones (PixArt, SD) are trained with empty captions as the dropped condition
+        return ""
 
     @property
     def device(self):
