@@ -5,8 +5,8 @@ import numpy as np
 import pytest
 
 from lazyedit.training.eval import (
-    PSNR_CAP, classify_shape, dominant_colour, eval_cases, eval_main, preserved_error, psnr, run_eval,
-    score_insert, seam_error,
+    PSNR_CAP, classify_shape, dominant_colour, eval_cases, eval_main, object_fraction, preserved_error, psnr,
+    run_eval, score_insert, seam_error,
 )
 from lazyedit.training.masks import object_mask
 from lazyedit.training.world import COLOURS, SHAPES, STYLES, Background, Scene, SceneObject, sample_from_scene, shape_mask
@@ -74,6 +74,10 @@ def test_psnr_preserved_and_seam():
     noisy = np.clip(truth.astype(int) + 10, 0, 255).astype(np.uint8)
     assert 25 < psnr(noisy, truth, hole) < 30  # 10 grey levels everywhere: 28.1 dB
     assert seam_error(truth, truth, hole) == 0.0 and seam_error(noisy, truth, hole) == pytest.approx(10, abs=0.5)
+    # a removal that leaves the object in place is mostly object; a clean or slightly off fill is none
+    assert object_fraction(truth, truth, hole) == 0.0 and object_fraction(noisy, truth, hole) == 0.0
+    left = object_fraction(np.asarray(s.image), truth, hole)
+    assert left == pytest.approx(np.count_nonzero(s.mask & hole) / np.count_nonzero(hole), abs=0.1) and left > 0.3
     canvas = np.asarray(s.image)
     out = canvas.copy()
     out[hole] = 0
@@ -111,6 +115,7 @@ def test_run_eval_plumbing_on_tiny(tmp_path):
     assert grid.exists()
     assert report["preserved_error_max"] == 0
     assert "removal_psnr" in report["lazy"] and "seam_error_plain" in report["lazy"]
+    assert 0 <= report["lazy"]["removal_object_frac"] <= 1
     assert "colour_acc" in report["regenerate_crop"]
 
 

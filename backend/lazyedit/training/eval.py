@@ -12,7 +12,8 @@ Metrics (all from pixels, pure numpy functions below, checked on hand-made cases
   with the highest IoU is the prompt's shape;
 - style accuracy: the generated object's style (shadow / outline / stripes / plain) equals the scene's;
 - sketch IoU: IoU of the generated object with the sketched shape;
-- removal PSNR: PSNR inside the hole against the true background;
+- removal PSNR: PSNR inside the hole against the true background; removal object fraction: the share
+  of the hole read as an object after a removal (a phantom object, or what is left of the removed one);
 - preserved error: the largest pixel difference outside the mask (must be 0);
 - seam error: mean absolute error against the ground truth in a 3-pixel band inside the mask edge,
   asymmetric decoder vs the plain VAE decoder on the same latents (removal cases);
@@ -121,6 +122,13 @@ def shadow_pixels(out: np.ndarray, background: np.ndarray, hole: np.ndarray) -> 
 def object_pixels(out: np.ndarray, background: np.ndarray, hole: np.ndarray) -> np.ndarray:
     """What was generated in the hole that is not background (nor the object's shadow)."""
     return _segment(out, background, hole)[0]
+
+
+def object_fraction(out: np.ndarray, background: np.ndarray, hole: np.ndarray) -> float:
+    """The fraction of the hole read as an object: after a removal, a phantom object or what is left of the
+    removed one (a fill that is off by a shade of the background does not count)."""
+    n = np.count_nonzero(hole)
+    return np.count_nonzero(object_pixels(out, background, hole)) / n if n else 0.0
 
 
 def iou(a: np.ndarray, b: np.ndarray) -> float:
@@ -365,6 +373,7 @@ def score_case(t: Totals, case: EvalCase, out: np.ndarray) -> None:
     truth_bg = np.asarray(s.removed)
     if case.kind == "remove":
         t.add("removal_psnr", psnr(out, truth_bg, case.mask))
+        t.add("removal_object_frac", object_fraction(out, truth_bg, case.mask))
         return
     sc = score_insert(out, truth_bg, case.mask, s)
     prefix = "sketch_" if case.kind == "sketch" else ""
