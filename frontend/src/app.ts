@@ -183,7 +183,7 @@ export class App {
     const sketchStrengthLabel = h("span", { class: "num" }, "1.00");
     sketchStrength.addEventListener("input", () => (sketchStrengthLabel.textContent = Number(sketchStrength.value).toFixed(2)));
 
-    const prompt = h("input", { type: "text", testid: "prompt", placeholder: "Describe the edit, press Enter", autocomplete: "off", spellcheck: "false" });
+    const prompt = h("input", { type: "text", testid: "prompt", placeholder: "Describe the edit (leave empty to remove), press Enter", autocomplete: "off", spellcheck: "false" });
     prompt.addEventListener("keydown", (e) => {
       if (e.key === "Enter" && !e.isComposing) {
         e.preventDefault();
