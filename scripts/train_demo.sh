@@ -59,4 +59,11 @@ L="--position-grid 32 --large-objects 0.5 --num-workers 1 --batch-size 4"
 $D lazy $C $L --resolution 256 --lr 1e-4 --steps 23740       # v8 stopped here after 85 minutes
 $D lazy $C $L --resolution 128,256 --lr 5e-5 --steps 26000
 $D sketch $C $L --resolution 128,256 --lr 1e-4 --steps 7416  # v9 stopped here after 27 minutes
+# v13 (stop 18): the null prompt. Captions dropped for guidance used to be "", which is also the prompt of a
+# removal, so an empty prompt over an object-shaped hole had meant an object about 3 times in 10 (phantom
+# objects in removals), and guidance could not steer removals (its two rows were the same). The demo config
+# now drops captions to "<null>" (a fresh run of this script does so from its first step); this phase taught
+# it to the v9 backbone (v13 itself ran these flags as
+# `--init-from` the shipped fp16 v9 for 1696 steps in 80 minutes, fresh optimizer and EMA, --seed 13)
+$D lazy $C $L --resolution 128,256 --lr 7e-5 --text-dropout 0.2 --steps 27696
 echo "trained; model in $OUT/model"
