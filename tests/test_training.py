@@ -147,8 +147,7 @@ def test_dropped_captions_become_the_null_prompt(trained):
     null = pipe.text_encoder.null_prompt
     assert null == "<null>"
     items = [StageDataset("lazy", size=64, seed=3)[i] for i in range(3)]
-    batch = {k: (torch.stack([it[k] for it in items]) if torch.is_tensor(items[0][k]) else [it[k] for it in items])
-             for k in items[0]}
+    batch = torch.utils.data.default_collate(items)
     models = {"text_encoder": pipe.text_encoder, "context_encoder": pipe.context_encoder, "transformer": pipe.transformer}
 
     def loss(captions, dropout):
