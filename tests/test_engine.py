@@ -235,6 +235,10 @@ def test_asymmetric_decoder_is_given_the_mask(pipe):
     m = kwargs["mask"][0, 0].numpy().astype(bool)
     assert m.shape == kwargs["image"].shape[-2:]
     assert m.sum() == mask.sum()  # the user's mask, cropped to the decoded box
+    # the box is the mask's, grown by the margin and widened to whole latent pixels, not the hole's token box
+    f, margin = pipe.vae_factor, pipe.decode_margin
+    side = lambda lo, hi: (-(-(hi + margin) // f) - (lo - margin) // f) * f  # noqa: E731
+    assert tuple(kwargs["image"].shape[-2:]) == (side(20, 40), side(30, 50))
     # and the decoder's output really depends on it
     z = torch.randn(1, 4, 4, 4)
     image = torch.rand(1, 3, 32, 32) * 2 - 1
@@ -244,6 +248,27 @@ def test_asymmetric_decoder_is_given_the_mask(pipe):
         a = pipe.asym_vae.decode(z, image=image, mask=full).sample
         b = pipe.asym_vae.decode(z, image=image, mask=half).sample
     assert not torch.allclose(a, b)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_decode_box_covers_the_mask_and_margin_in_whole_latents(seed):
+    from lazyedit.engine.holes import decode_box
+
+    rng = np.random.default_rng(seed)
+    h, w, f, margin = 70, 90, 8, int(rng.integers(0, 20))
+    mask = np.zeros((h, w), bool)
+    x0, y0 = rng.integers(0, w - 1), rng.integers(0, h - 1)
+    mask[y0 : rng.integers(y0 + 1, h + 1), x0 : rng.integers(x0 + 1, w + 1)] = True
+    mask[rng.integers(0, h), rng.integers(0, w)] = True  # a stray dab anywhere
+    bx0, by0, bx1, by1 = decode_box(mask, margin, f, (96, 80))
+    assert all(v % f == 0 for v in (bx0, by0, bx1, by1)) and 0 <= bx0 < bx1 <= 96 and 0 <= by0 < by1 <= 80
+    ys, xs = np.nonzero(mask)
+    # every masked pixel has its margin inside the box (where the canvas has it) ...
+    assert bx0 <= max(xs.min() - margin, 0) and bx1 >= min(xs.max() + 1 + margin, 96)
+    assert by0 <= max(ys.min() - margin, 0) and by1 >= min(ys.max() + 1 + margin, 80)
+    # ... and no side could move a latent pixel inward
+    assert bx0 + f > xs.min() - margin and by0 + f > ys.min() - margin
+    assert bx1 - f < min(xs.max() + 1 + margin, 96) and by1 - f < min(ys.max() + 1 + margin, 80)
 
 
 def test_full_mask_equals_regenerating_the_image(pipe):

@@ -26,22 +26,6 @@ class HolePlan:
     def fraction(self) -> float:
         return self.num_tokens / (self.grid[0] * self.grid[1])
 
-    def token_box(self, margin: int = 0) -> tuple[int, int, int, int]:
-        """Bounding box of the hole in token units (x0, y0, x1, y1), grown by margin tokens, clipped."""
-        ys, xs = torch.nonzero(self.token_mask, as_tuple=True)
-        gh, gw = self.grid
-        return (
-            max(int(xs.min()) - margin, 0),
-            max(int(ys.min()) - margin, 0),
-            min(int(xs.max()) + 1 + margin, gw),
-            min(int(ys.max()) + 1 + margin, gh),
-        )
-
-    def pixel_box(self, margin: int = 0) -> Box:
-        """token_box in pixels: the region an edit decodes."""
-        return tuple(v * self.unit for v in self.token_box(margin))
-
-
 def plan_holes(mask: np.ndarray, unit: int, dilation: int = 0, all_tokens: bool = False) -> HolePlan:
     """mask (H, W) bool at pixel size, H and W multiples of unit. A token is in the hole when any of its
     pixels is masked (max-pool), then the hole is grown by `dilation` tokens."""
@@ -62,3 +46,18 @@ def plan_holes(mask: np.ndarray, unit: int, dilation: int = 0, all_tokens: bool 
 def mask_box(mask: np.ndarray) -> Box:
     ys, xs = np.nonzero(mask)
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
+
+
+def decode_box(mask: np.ndarray, margin: int, align: int, size: tuple[int, int]) -> Box:
+    """The region an edit decodes: the mask's bounding box grown by `margin` pixels of known context for the
+    asymmetric decoder, widened to whole latent pixels (`align`), clipped to `size` (W, H of the padded
+    canvas, multiples of align). The box follows the mask, not its tokens: a token box decodes up to a
+    token more on every side, and the decoder's cost grows with the area it decodes."""
+    x0, y0, x1, y1 = mask_box(mask)
+    w, h = size
+    return (
+        max((x0 - margin) // align * align, 0),
+        max((y0 - margin) // align * align, 0),
+        min(-(-(x1 + margin) // align) * align, w),
+        min(-(-(y1 + margin) // align) * align, h),
+    )

@@ -32,7 +32,7 @@ from diffusers import (
 from PIL import Image
 
 from .cache import ByteLRU
-from .holes import Box, HolePlan, mask_box, plan_holes
+from .holes import Box, HolePlan, decode_box, mask_box, plan_holes
 from .models import ContextEncoder, CSCTuner, HFTextEncoder, LazyDiffusionTransformer
 from .models.layers import patchify, unpatchify
 
@@ -156,7 +156,7 @@ class LazyEditPipeline(DiffusionPipeline):
         )
         self.register_to_config(model_name=model_name, default_steps=default_steps, default_guidance=default_guidance)
         self.limits = {"min_steps": 1, "max_steps": 100, "min_guidance": 0.0, "max_guidance": 20.0, "max_pixels": 4096 * 4096}
-        self.decode_margin = 1  # tokens of real context around the hole given to the asymmetric decoder
+        self.decode_margin = 16  # pixels of known canvas around the mask that the asymmetric decoder sees
         self.latent_cache = ByteLRU(512 << 20)
         self.context_cache = ByteLRU(256 << 20)
         self.text_cache = ByteLRU(64 << 20)
@@ -500,8 +500,14 @@ class LazyEditPipeline(DiffusionPipeline):
         all_tokens[0, job.plan.index.to(self.device)] = tokens.to(all_tokens.dtype)
         return unpatchify(all_tokens, p, c, job.plan.grid)
 
+    def decode_box(self, mask: np.ndarray) -> Box:
+        """The region an edit over `mask` (unpadded) decodes, in the canvas padded to whole tokens."""
+        h, w = mask.shape
+        padded = (-(-w // self.unit) * self.unit, -(-h // self.unit) * self.unit)
+        return decode_box(mask, self.decode_margin, self.vae_factor, padded)
+
     def _decode_box(self, job: _Job) -> Box:
-        return job.plan.pixel_box(self.decode_margin)
+        return self.decode_box(job.mask)
 
     def _preview(self, job: _Job, x0_tokens: torch.Tensor, step: int, total: int) -> StepPreview:
         box = self._result_box(job)

@@ -400,19 +400,17 @@ def autoencoder_report(pipe, cases: list[EvalCase], progress: bool = True) -> di
     import torch
     from tqdm.auto import tqdm
 
-    from lazyedit.engine.holes import plan_holes
-
     from .data import to_image, to_tensor
 
     vae, asym = pipe.vae, getattr(pipe, "asym_vae", None)
     decoders = {"plain": None} | ({"asym": asym} if asym is not None else {})
     tot = {name: Totals() for name in decoders}
-    f, u = pipe.vae_factor, pipe.unit
+    f = pipe.vae_factor
     for case in tqdm(cases, desc="autoencoder", disable=not progress):
         canvas, truth = case_canvas(case), case_truth(case)
-        # decode the box an edit decodes (the hole's tokens and a margin), not the whole canvas: the same
-        # context for the asymmetric decoder as in an edit, and 512 px cases in a fraction of the time
-        x0, y0, x1, y1 = plan_holes(case.mask, u).pixel_box(pipe.decode_margin)
+        # decode the box an edit decodes (the mask and a margin), not the whole canvas: the same context for
+        # the asymmetric decoder as in an edit, and 512 px cases in a fraction of the time
+        x0, y0, x1, y1 = pipe.decode_box(case.mask)
         box_mask = case.mask[y0:y1, x0:x1]
         with torch.no_grad():
             z = vae.encode(to_tensor(truth)[None].to(pipe.device, vae.dtype)).latent_dist.mode()
@@ -445,6 +443,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--kinds", default="insert,remove,sketch",
                    help="comma-separated case kinds to run (the others are skipped; the case list stays the same)")
     p.add_argument("--strategies", default="lazy,regenerate_crop", help="comma-separated: lazy, regenerate_crop, regenerate_image")
+    p.add_argument("--decode-margin", type=int, metavar="PX",
+                   help="pixels of canvas around the mask the asymmetric decoder sees (default: the pipeline's)")
     p.add_argument("--no-seam", action="store_true", help="skip the plain-decoder rerun of removal cases")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", "--out", dest="out", help="write the report as JSON here")
@@ -469,6 +469,11 @@ def eval_main(argv: list[str] | None = None) -> int:
         from lazyedit.engine import load_pipeline
 
         pipe = load_pipeline(ns.model, device=ns.device)
+        if ns.decode_margin is not None:
+            if ns.decode_margin < 0:
+                print(f"lazyedit eval: --decode-margin {ns.decode_margin}: must be 0 or more pixels", file=sys.stderr)
+                return 2
+            pipe.decode_margin = ns.decode_margin
     sketch = pipe is None or pipe.sketch_tuner is not None
     cases = [c for c in eval_cases(ns.cases, ns.seed, ns.size, sketch=sketch) if c.kind in kinds]
     if pipe is None:
@@ -481,7 +486,8 @@ def eval_main(argv: list[str] | None = None) -> int:
                           progress=not ns.no_progress, grid=ns.grid, sketch_strength=ns.sketch_strength)
     if pipe is not None:
         report |= {"model": ns.model, "cases": ns.cases, "seed": ns.seed, "size": ns.size,
-                   "kinds": [k for k in CASE_KINDS if k in kinds], "sketch_strength": ns.sketch_strength}
+                   "kinds": [k for k in CASE_KINDS if k in kinds], "sketch_strength": ns.sketch_strength,
+                   "decode_margin": pipe.decode_margin}
     text = json.dumps(report, indent=2)
     print(text)
     if ns.out:
