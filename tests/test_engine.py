@@ -252,7 +252,7 @@ def test_asymmetric_decoder_is_given_the_mask(pipe):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_decode_box_covers_the_mask_and_margin_in_whole_latents(seed):
-    from lazyedit.engine.holes import decode_box
+    from lazyedit.engine.holes import decode_box, mask_box
 
     rng = np.random.default_rng(seed)
     h, w, f, margin = 70, 90, 8, int(rng.integers(0, 20))
@@ -260,7 +260,7 @@ def test_decode_box_covers_the_mask_and_margin_in_whole_latents(seed):
     x0, y0 = rng.integers(0, w - 1), rng.integers(0, h - 1)
     mask[y0 : rng.integers(y0 + 1, h + 1), x0 : rng.integers(x0 + 1, w + 1)] = True
     mask[rng.integers(0, h), rng.integers(0, w)] = True  # a stray dab anywhere
-    bx0, by0, bx1, by1 = decode_box(mask, margin, f, (96, 80))
+    bx0, by0, bx1, by1 = decode_box(mask_box(mask), margin, f, (96, 80))
     assert all(v % f == 0 for v in (bx0, by0, bx1, by1)) and 0 <= bx0 < bx1 <= 96 and 0 <= by0 < by1 <= 80
     ys, xs = np.nonzero(mask)
     # every masked pixel has its margin inside the box (where the canvas has it) ...

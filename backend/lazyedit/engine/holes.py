@@ -26,6 +26,7 @@ class HolePlan:
     def fraction(self) -> float:
         return self.num_tokens / (self.grid[0] * self.grid[1])
 
+
 def plan_holes(mask: np.ndarray, unit: int, dilation: int = 0, all_tokens: bool = False) -> HolePlan:
     """mask (H, W) bool at pixel size, H and W multiples of unit. A token is in the hole when any of its
     pixels is masked (max-pool), then the hole is grown by `dilation` tokens."""
@@ -48,12 +49,12 @@ def mask_box(mask: np.ndarray) -> Box:
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1
 
 
-def decode_box(mask: np.ndarray, margin: int, align: int, size: tuple[int, int]) -> Box:
-    """The region an edit decodes: the mask's bounding box grown by `margin` pixels of known context for the
-    asymmetric decoder, widened to whole latent pixels (`align`), clipped to `size` (W, H of the padded
-    canvas, multiples of align). The box follows the mask, not its tokens: a token box decodes up to a
+def decode_box(box: Box, margin: int, align: int, size: tuple[int, int]) -> Box:
+    """The region an edit decodes: the mask's bounding box (`box`) grown by `margin` pixels of known context
+    for the asymmetric decoder, widened to whole latent pixels (`align`), clipped to `size` (W, H of the
+    padded canvas, multiples of align). The box follows the mask, not its tokens: a token box decodes up to a
     token more on every side, and the decoder's cost grows with the area it decodes."""
-    x0, y0, x1, y1 = mask_box(mask)
+    x0, y0, x1, y1 = box
     w, h = size
     return (
         max((x0 - margin) // align * align, 0),

@@ -111,6 +111,7 @@ class _Job:
     steps: int
     guidance: float
     offset: tuple[int, int] = (0, 0)  # where this (possibly cropped) canvas sits in the original
+    box: Box = (0, 0, 0, 0)  # the mask's bounding box, once the job is validated (previews ask every step)
     canvas_key: str = ""
     timings: dict = field(default_factory=dict)
     plan: HolePlan | None = None
@@ -297,6 +298,7 @@ class LazyEditPipeline(DiffusionPipeline):
         job = _Job(request=r, rgb=rgb, mask=mask, sketch=sketch, seed=seed, steps=steps, guidance=guidance, canvas_key=key)
         if r.strategy == "regenerate_crop":
             self._crop_job(job)
+        job.box = mask_box(job.mask)
         return job
 
     def crop_box(self, mask: np.ndarray) -> Box:
@@ -500,17 +502,15 @@ class LazyEditPipeline(DiffusionPipeline):
         all_tokens[0, job.plan.index.to(self.device)] = tokens.to(all_tokens.dtype)
         return unpatchify(all_tokens, p, c, job.plan.grid)
 
-    def decode_box(self, mask: np.ndarray) -> Box:
-        """The region an edit over `mask` (unpadded) decodes, in the canvas padded to whole tokens."""
+    def decode_box(self, mask: np.ndarray, box: Box | None = None) -> Box:
+        """The region an edit over `mask` (unpadded; `box` its bounding box, when known) decodes, in the
+        canvas padded to whole tokens."""
         h, w = mask.shape
         padded = (-(-w // self.unit) * self.unit, -(-h // self.unit) * self.unit)
-        return decode_box(mask, self.decode_margin, self.vae_factor, padded)
-
-    def _decode_box(self, job: _Job) -> Box:
-        return self.decode_box(job.mask)
+        return decode_box(box or mask_box(mask), self.decode_margin, self.vae_factor, padded)
 
     def _preview(self, job: _Job, x0_tokens: torch.Tensor, step: int, total: int) -> StepPreview:
-        box = self._result_box(job)
+        box = job.box
 
         def render() -> Image.Image:
             latent = self._scatter(job, x0_tokens)
@@ -526,9 +526,6 @@ class LazyEditPipeline(DiffusionPipeline):
 
         return StepPreview(step=step, total=total, box=self._offset_box(job, box), render=render)
 
-    def _result_box(self, job: _Job) -> Box:
-        return mask_box(job.mask)
-
     def _offset_box(self, job: _Job, box: Box) -> Box:
         ox, oy = job.offset
         return box[0] + ox, box[1] + oy, box[2] + ox, box[3] + oy
@@ -536,7 +533,7 @@ class LazyEditPipeline(DiffusionPipeline):
     def _finish(self, job: _Job, t_start: float) -> EditResult:
         t0 = time.perf_counter()
         latent = self._scatter(job, job.tokens)
-        x0, y0, x1, y1 = self._decode_box(job)
+        x0, y0, x1, y1 = self.decode_box(job.mask, job.box)
         f = self.vae_factor
         z = latent[:, :, y0 // f : y1 // f, x0 // f : x1 // f] / self.vae.config.scaling_factor
         padded_rgb = self._pad(job.rgb)
@@ -563,7 +560,7 @@ class LazyEditPipeline(DiffusionPipeline):
         job.timings["total_ms"] = _ms(t_start)
         result = EditResult(
             image=Image.fromarray(full),
-            box=self._offset_box(job, self._result_box(job)),
+            box=self._offset_box(job, job.box),
             seed=job.seed,
             steps=job.steps,
             timings=job.timings,

@@ -464,15 +464,15 @@ def eval_main(argv: list[str] | None = None) -> int:
     if not kinds or not kinds <= set(CASE_KINDS):
         print(f"lazyedit eval: --kinds {ns.kinds!r}: choose from {', '.join(CASE_KINDS)}", file=sys.stderr)
         return 2
+    if ns.decode_margin is not None and ns.decode_margin < 0:
+        print(f"lazyedit eval: --decode-margin {ns.decode_margin}: must be 0 or more pixels", file=sys.stderr)
+        return 2
     pipe = None
     if not ns.ground_truth:
         from lazyedit.engine import load_pipeline
 
         pipe = load_pipeline(ns.model, device=ns.device)
         if ns.decode_margin is not None:
-            if ns.decode_margin < 0:
-                print(f"lazyedit eval: --decode-margin {ns.decode_margin}: must be 0 or more pixels", file=sys.stderr)
-                return 2
             pipe.decode_margin = ns.decode_margin
     sketch = pipe is None or pipe.sketch_tuner is not None
     cases = [c for c in eval_cases(ns.cases, ns.seed, ns.size, sketch=sketch) if c.kind in kinds]
