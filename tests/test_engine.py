@@ -183,6 +183,46 @@ def test_guidance_contrasts_with_the_models_null_prompt(pipe, tmp_path):
     assert type(pipe.text_encoder).from_pretrained(str(tmp_path / "text")).null_prompt == ""
 
 
+def _distilled_copy(pipe):
+    """The pipe with a guidance-distilled transformer that starts from pipe's weights (the distill stage's start)."""
+    tr = pipe.transformer
+    student = type(tr).from_config(tr.config, guidance_embeds=True)
+    keys = student.load_state_dict(tr.state_dict(), strict=False)
+    assert keys.missing_keys and all(k.startswith("guidance_embedder.") for k in keys.missing_keys)
+    return LazyEditPipeline(**{**pipe.components, "transformer": student}, model_name="distilled")
+
+
+def test_guidance_distilled_transformer_runs_one_row_per_step(pipe):
+    """A distilled transformer takes the scale as an input: one forward row per edit and step. Its guidance
+    embedder starts at zero, so before training it is its teacher's conditional row at any scale."""
+    from lazyedit.engine.models.transformer import DISTILLED_GUIDANCE_RANGE
+
+    distilled = _distilled_copy(pipe)
+    assert distilled.guidance_distilled and not pipe.guidance_distilled
+    assert (distilled.limits["min_guidance"], distilled.limits["max_guidance"]) == DISTILLED_GUIDANCE_RANGE
+    rows = []
+    hook = distilled.transformer.register_forward_hook(lambda m, args, kwargs, out: rows.append(out.shape[0]), with_kwargs=True)
+    img, mask = canvas(), box_mask()
+    try:
+        out = np.asarray(distilled.edit(img, mask, "a red star", seed=2, steps=3, guidance=5.0).image)
+    finally:
+        hook.remove()
+    assert rows == [1, 1, 1]
+    assert (out == np.asarray(pipe.edit(img, mask, "a red star", seed=2, steps=3, guidance=1.0).image)).all()
+    assert (out[~mask] == np.asarray(img)[~mask]).all()
+    # once the embedder has weights the scale matters
+    torch.nn.init.normal_(distilled.transformer.guidance_embedder.mlp[2].weight, std=0.05)
+    high, low = (np.asarray(distilled.edit(img, mask, "a red star", seed=2, steps=3, guidance=g).image) for g in (5.0, 1.0))
+    assert (high != low).any()
+    with pytest.raises(EditInputError, match="guidance must be from 1.0 to 8.0"):
+        distilled.edit(img, mask, "a red star", guidance=9.0)
+    inputs = _decoder_inputs(pipe)
+    with pytest.raises(ValueError, match="is guidance-distilled: pass the guidance scale"):
+        distilled.transformer(**inputs)
+    with pytest.raises(ValueError, match="not guidance-distilled"):
+        pipe.transformer(**inputs, guidance=torch.tensor([4.0]))
+
+
 def test_tuners_start_as_identity(pipe):
     tuner = SCTuner(16, 4)
     x = torch.randn(2, 5, 16)

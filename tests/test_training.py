@@ -333,6 +333,62 @@ def test_init_from_fine_tunes_a_pipeline_folder(trained, tmp_path):
         train_stage(_args(tmp_path / "bad", "lazy", 2, init_from=str(tmp_path)))
 
 
+def test_distill_stage_learns_the_guided_velocity_in_one_row(trained, tmp_path):
+    """distill: a student with a guidance input learns the frozen teacher's guided velocity; the teacher is
+    kept apart (the student's exports replace the model's transformer) and a resumed run still learns from it."""
+    from safetensors.torch import load_file
+
+    from lazyedit.engine import get_config, load_pipeline
+    from lazyedit.engine.models import CSCTuner, LazyDiffusionTransformer
+    from lazyedit.training.data import StageDataset
+    from lazyedit.training.trainer import StageNet
+
+    src, _, _ = trained
+    source, run = tmp_path / "source", tmp_path / "distill"
+    shutil.copytree(src / "model", source)
+    # 30 steps leave the tiny model's text barely read: give its cross-attention weight, so guidance has
+    # something to amplify
+    teacher = LazyDiffusionTransformer.from_pretrained(str(source / "transformer"))
+    torch.manual_seed(0)
+    for block in (*teacher.in_blocks, *teacher.out_blocks):
+        torch.nn.init.normal_(block.cross_attn.to_out.weight, std=0.2)
+    teacher.save_pretrained(str(source / "transformer"))
+    if not (source / "sketch_tuner").exists():  # the frozen tuner steers half the outlined edits
+        CSCTuner(**get_config("tiny").sketch_tuner).save_pretrained(str(source / "sketch_tuner"))
+    weights = "diffusion_pytorch_model.safetensors"
+    teacher_weights = load_file(str(source / "transformer" / weights))
+    first = train_stage(_args(run, "distill", 24, init_from=str(source), save_every=12))
+    assert first["done"]
+    kept = load_file(str(run / "distill" / "teacher" / weights))
+    assert kept.keys() == teacher_weights.keys() and all(torch.equal(kept[k], teacher_weights[k]) for k in kept)
+    pipe = load_pipeline(str(run / "model"))
+    assert pipe.guidance_distilled and pipe.sketch_tuner is not None
+
+    # on a batch it never saw, the trained student is closer to the guided velocity than its start (the teacher's
+    # conditional row); the same generator seed draws the same noise, times and scales for both
+    teacher = pipe.transformer.from_pretrained(str(run / "distill" / "teacher"))
+    start = type(pipe.transformer).from_config(teacher.config, guidance_embeds=True)
+    start.load_state_dict(teacher.state_dict(), strict=False)
+    batch = torch.utils.data.default_collate([StageDataset("distill", size=64, seed=99)[i] for i in range(8)])
+    frozen = {"vae": pipe.vae, "text_encoder": pipe.text_encoder, "context_encoder": pipe.context_encoder,
+              "teacher": teacher, "sketch_tuner": pipe.sketch_tuner}
+
+    def loss(student):
+        net = StageNet("distill", {"transformer": student}, frozen, 0.1, torch.Generator().manual_seed(0))
+        with torch.no_grad():
+            return float(net(batch)[0])
+
+    assert loss(pipe.transformer) < 0.5 * loss(start)
+
+    more = train_stage(_args(run, "distill", 26))
+    assert more["step"] == 26 and len(more["losses"]) == 2
+    again = load_file(str(run / "distill" / "teacher" / weights))
+    assert all(torch.equal(again[k], teacher_weights[k]) for k in again)
+    # a distilled transformer cannot be a teacher
+    with pytest.raises(ValueError, match="already guidance-distilled"):
+        train_stage(_args(tmp_path / "twice", "distill", 2, init_from=str(run / "model")))
+
+
 @pytest.mark.parametrize("value, why", [("100", "positive multiple of 16"), ("128,250", "positive multiple of 16"),
                                         ("128,big", "not a size in pixels")])
 def test_resolution_flag_names_a_bad_size(value, why, capsys):
@@ -345,7 +401,7 @@ def test_resolution_flag_names_a_bad_size(value, why, capsys):
 
 def test_parser_knows_the_stages():
     p = build_parser()
-    for stage in ("vae", "asym-decoder", "lazy", "sketch", "all", "export"):
+    for stage in ("vae", "asym-decoder", "lazy", "sketch", "distill", "all", "export"):
         assert p.parse_args([stage]).stage == stage
     assert p.parse_args(["asym-decoder", "--generated-sketches", "0.25"]).generated_sketches == 0.25
 

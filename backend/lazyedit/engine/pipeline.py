@@ -34,6 +34,7 @@ from PIL import Image
 from .cache import ByteLRU
 from .holes import Box, HolePlan, decode_box, mask_box, plan_holes
 from .models import ContextEncoder, CSCTuner, HFTextEncoder, LazyDiffusionTransformer
+from .models.transformer import DISTILLED_GUIDANCE_RANGE
 from .models.layers import patchify, unpatchify
 
 logger = logging.getLogger("lazyedit.engine")
@@ -157,6 +158,8 @@ class LazyEditPipeline(DiffusionPipeline):
         )
         self.register_to_config(model_name=model_name, default_steps=default_steps, default_guidance=default_guidance)
         self.limits = {"min_steps": 1, "max_steps": 100, "min_guidance": 0.0, "max_guidance": 20.0, "max_pixels": 4096 * 4096}
+        if self.guidance_distilled:  # a distilled transformer knows only the scales it was trained on
+            self.limits["min_guidance"], self.limits["max_guidance"] = DISTILLED_GUIDANCE_RANGE
         self.decode_margin = 16  # pixels of known canvas around the mask that the asymmetric decoder sees
         self.latent_cache = ByteLRU(512 << 20)
         self.context_cache = ByteLRU(256 << 20)
@@ -182,6 +185,11 @@ class LazyEditPipeline(DiffusionPipeline):
     @property
     def default_guidance(self) -> float:
         return self.config.default_guidance
+
+    @property
+    def guidance_distilled(self) -> bool:
+        """The transformer takes the guidance scale as an input: one forward row per edit and step, not two."""
+        return bool(self.transformer.config.get("guidance_embeds", False))
 
     @property
     def patch_size(self) -> int:
@@ -382,12 +390,14 @@ class LazyEditPipeline(DiffusionPipeline):
             self._encode_context(job)
         t0 = time.perf_counter()
         # (job, prompt) per forward row: a conditional row, plus the model's unconditional one for guidance
-        # (a prompt equal to the null prompt is its own unconditional row: guidance would not change it)
+        # (a prompt equal to the null prompt is its own unconditional row: guidance would not change it; a
+        # guidance-distilled transformer takes the scale as an input and needs no second row)
         null = self.text.null_prompt
+        distilled = self.guidance_distilled
         rows = []
         for job in jobs:
             rows.append((job, job.request.prompt))
-            if job.guidance != 1.0 and job.request.prompt != null:
+            if not distilled and job.guidance != 1.0 and job.request.prompt != null:
                 rows.append((job, null))
         text, text_mask = self._encode_text([p for _, p in rows])
         text_ms = _ms(t0)
@@ -405,6 +415,7 @@ class LazyEditPipeline(DiffusionPipeline):
             context[r, :n] = job.context[0].to(dtype)
             token_mask[r, :n] = True
         grid = jobs[0].plan.grid
+        row_guidance = torch.tensor([job.guidance for job, _ in rows], device=self.device).to(dtype) if distilled else None
         if min(lengths) == length:
             token_mask = None  # nothing padded: let attention take its unmasked fast path
         adapter = self._sketch_adapter(rows, index)
@@ -428,7 +439,8 @@ class LazyEditPipeline(DiffusionPipeline):
             row_in = model_in[job_of_row]
             flow_t = torch.full((len(rows),), float(sigma) * 1000, device=self.device)
             velocity = self.transformer(
-                row_in.to(dtype), context, index, grid, flow_t.to(dtype), text.to(dtype), text_mask, token_mask, adapter
+                row_in.to(dtype), context, index, grid, flow_t.to(dtype), text.to(dtype), text_mask, token_mask, adapter,
+                guidance=row_guidance,
             ).float()
             guided = torch.stack([self._guide(velocity, row_of_job[id(job)], job.guidance) for job in jobs])
             out = self._scheduler_output(scheduler, guided, model_in, sigma)

@@ -55,7 +55,7 @@ def _shapes(text: str) -> tuple[str, ...]:
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="lazyedit train", description="Train a lazyedit model stage by stage.")
     p.add_argument("stage", choices=(*STAGES, "all", "export", "ship"),
-                   help="stage to train; 'all' runs vae, asym-decoder, lazy, sketch in order; 'export' only writes the pipeline "
+                   help="stage to train; 'all' runs vae, asym-decoder, lazy, sketch, distill in order; 'export' only writes the pipeline "
                         "index; 'ship' copies <output>/model as fp16 to --dest (default: the bundled demo model's folder)")
     p.add_argument("--dest", help="with 'ship': destination folder")
     p.add_argument("--config", default="demo", help="model config: tiny, demo (default), base")
@@ -81,12 +81,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--seed", type=int, default=0, help="world seed and torch seed")
     p.add_argument("--num-workers", type=int, default=0, help="data-loader worker processes (0 on a shared CPU)")
     p.add_argument("--resume", default="auto", help="'auto' (latest checkpoint of the stage), 'never', or a checkpoint folder")
-    p.add_argument("--text-dropout", type=fraction, default=0.1, help="lazy stage: the probability that a caption is replaced by the model's null prompt (the unconditional row of guidance)")
+    p.add_argument("--text-dropout", type=fraction, default=0.1, help="lazy and distill stages: the probability that a caption is replaced by the model's null prompt (lazy: the unconditional row of guidance; distill: its guided velocity is the unconditional one)")
     p.add_argument("--position-grid", type=int, default=0,
-                   help="lazy/sketch: train the token positions of canvases up to this many tokens wide by placing each "
+                   help="lazy/sketch/distill: train the token positions of canvases up to this many tokens wide by placing each "
                         "crop at a random offset (demo: 32 = 512 px); 0 = the crop's own positions only")
     p.add_argument("--large-objects", type=fraction, default=0.0,
-                   help="lazy/sketch on the world: the fraction of scenes drawn with objects 2-3x larger, as big as "
+                   help="lazy/sketch/distill on the world: the fraction of scenes drawn with objects 2-3x larger, as big as "
                         "they are on a canvas 4x the training size (demo: 0.4 at 128 px for 512 px canvases)")
     p.add_argument("--generated-latents", type=fraction, default=0.0,
                    help="asym-decoder: the fraction of batches that decode edits whose hole latents the trained backbone "

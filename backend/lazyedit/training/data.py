@@ -125,7 +125,7 @@ class StageDataset(Dataset):
     - ``vae``: {"image"}
     - ``asym-decoder``: {"image", "mask"} (mask all ones half of the time); with ``decoder_edits`` also an
       edit case as {"edit_image", "edit_target", "edit_mask", "edit_caption", "edit_sketch", "edit_has_sketch"}
-    - ``lazy`` / ``sketch``: {"image", "target", "mask", "caption", "sketch", "has_sketch"}
+    - ``lazy`` / ``sketch`` / ``distill``: {"image", "target", "mask", "caption", "sketch", "has_sketch"}
     """
 
     def __init__(self, stage: str, size: int = 256, seed: int = 0, folder: str | None = None,
@@ -172,8 +172,9 @@ class StageDataset(Dataset):
                 edit = self._edit_item(index, s, rng, with_sketch=True)  # for --generated-sketches
                 item.update({f"edit_{k}": v for k, v in edit.items()})
             return item
-        if self.stage in ("lazy", "sketch"):
-            return self._edit_item(index, s, rng, with_sketch=self.stage == "sketch")
+        if self.stage in ("lazy", "sketch", "distill"):
+            # distill: the lazy stage's edits, with the outlines of those that have one (for the sketch tuner)
+            return self._edit_item(index, s, rng, with_sketch=self.stage != "lazy")
         raise ValueError(f"unknown stage {self.stage!r}")
 
     def _edit_item(self, index: int, s: int, rng: np.random.Generator, with_sketch: bool) -> dict:

@@ -9,6 +9,11 @@ Stages and what they write into ``<output>/model`` (the DiffusionPipeline layout
                     hole tokens only (x_t = (1-t) x0 + t noise, target noise - x0, timestep t*1000),
                     caption dropped 10% of the time for classifier-free guidance.
 - ``sketch``        CSCTuner on the frozen backbone.
+- ``distill``       guidance distillation: a copy of the transformer with a guidance-scale input learns, from
+                    the frozen transformer (and sketch tuner), the guided velocity cond + w (cond - uncond) for w
+                    in DISTILLED_GUIDANCE_RANGE, so that sampling needs one forward row per step instead of two
+                    (Meng et al., "On Distillation of Guided Diffusion Models", 2023). The teacher is kept in
+                    ``<output>/distill/teacher``; the student replaces ``<output>/model/transformer``.
 
 Each stage keeps its run state in ``<output>/<stage>/`` (accelerate checkpoints, TensorBoard logs,
 sample grids) and resumes from its latest checkpoint. After every checkpoint the EMA weights are
@@ -40,8 +45,8 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("lazyedit.training")
 
-STAGES = ("vae", "asym-decoder", "lazy", "sketch")
-COMPONENT = {"vae": "vae", "asym-decoder": "asym_vae", "lazy": "transformer", "sketch": "sketch_tuner"}
+STAGES = ("vae", "asym-decoder", "lazy", "sketch", "distill")
+COMPONENT = {"vae": "vae", "asym-decoder": "asym_vae", "lazy": "transformer", "sketch": "sketch_tuner", "distill": "transformer"}
 
 
 @dataclass
@@ -93,6 +98,7 @@ STAGE_DEFAULTS = {
     "asym-decoder": (128, 8, 1500, 4e-4),
     "lazy": (256, 8, 20000, 3e-4),
     "sketch": (256, 8, 2000, 3e-4),
+    "distill": (256, 8, 2000, 1e-4),
 }
 
 
@@ -306,17 +312,22 @@ def sample_holes(backbone, canvas: torch.Tensor, mask: torch.Tensor, captions: l
     tok, index, valid = hole_plan(mask, unit)
     grid = tuple(tok.shape[1:])
     context = ctx_enc(canvas, latent_mask_from_tokens(tok, p), index)
-    emb, tmask = text_enc.encode(list(captions) + [text_enc.null_prompt] * b, device)
-    index2, valid2, context2 = torch.cat([index, index]), torch.cat([valid, valid]), torch.cat([context, context])
+    # a guidance-distilled transformer takes the scale as an input: one row per edit instead of two
+    distilled = tr.config.guidance_embeds
+    rows = 1 if distilled else 2
+    emb, tmask = text_enc.encode(list(captions) + ([] if distilled else [text_enc.null_prompt] * b), device)
+    index2, valid2, context2 = torch.cat([index] * rows), torch.cat([valid] * rows), torch.cat([context] * rows)
     residuals = adapter(index2) if adapter is not None else None
+    scale = torch.full((b,), float(guidance), device=device) if distilled else None
     x = torch.randn(b, index.shape[1], tr.config.latent_channels * p * p, generator=generator).to(device)
     sched = flow_scheduler(shift)
     sched.set_timesteps(steps, device=device)
     for t in sched.timesteps:
         sigma = float(sched.sigmas[sched.step_index or 0])
-        ts = torch.full((2 * b,), sigma * 1000, device=device)
-        v = tr(torch.cat([x, x]), context2, index2, grid, ts, emb, tmask, valid2, residuals).float()
-        v = v[b:] + guidance * (v[:b] - v[b:])
+        ts = torch.full((rows * b,), sigma * 1000, device=device)
+        v = tr(torch.cat([x] * rows), context2, index2, grid, ts, emb, tmask, valid2, residuals, guidance=scale).float()
+        if not distilled:
+            v = v[b:] + guidance * (v[:b] - v[b:])
         x = sched.step(v, t, x).prev_sample
     tokens = patchify(canvas, p)
     for i in range(b):
@@ -327,10 +338,14 @@ def sample_holes(backbone, canvas: torch.Tensor, mask: torch.Tensor, captions: l
 
 def guided_sketch_adapter(tuner, sketch: torch.Tensor, strength: torch.Tensor | None = None):
     """``adapter(index)`` for sample_holes: the sketch tuner's residuals for the batch that classifier-free
-    guidance doubles (the sketch steers both halves, as in the pipeline); ``strength`` (B, 1, 1) per edit."""
-    doubled = torch.cat([sketch, sketch])
-    scale = 1.0 if strength is None else torch.cat([strength, strength])
-    return lambda index2: tuner.adapter([(doubled, 1.0)], index2, scale)
+    guidance doubles (the sketch steers both halves, as in the pipeline), or for the batch itself (a
+    guidance-distilled transformer's single row); ``strength`` (B, 1, 1) per edit."""
+    def adapter(index):
+        rows = index.shape[0] // sketch.shape[0]
+        scale = 1.0 if strength is None else torch.cat([strength] * rows)
+        return tuner.adapter([(torch.cat([sketch] * rows), 1.0)], index, scale)
+
+    return adapter
 
 
 def decoder_loss(rec: torch.Tensor, x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, dict]:
@@ -394,8 +409,10 @@ class StageNet(torch.nn.Module):
             return vae.encode(pixels).latent_dist.mode().float().contiguous() * vae.config.scaling_factor
 
     def backbone(self):
+        """(text encoder, context encoder, transformer) that sample: the distill stage's student samples."""
         src = self.models if self.stage == "lazy" else self.frozen
-        return src["text_encoder"], src["context_encoder"], src["transformer"]
+        tr = self.models["transformer"] if self.stage == "distill" else src["transformer"]
+        return src["text_encoder"], src["context_encoder"], tr
 
     def forward(self, batch: dict):
         if self.stage == "vae":
@@ -421,6 +438,8 @@ class StageNet(torch.nn.Module):
             # keywords: AsymmetricAutoencoderKL.forward would pass image/mask positionally and drop the mask
             rec = asym.decode(z, image=x, mask=m).sample
             return decoder_loss(rec, x, m)
+        if self.stage == "distill":
+            return self._distill_loss(batch)
         return self._flow_loss(batch)
 
     def _generated_decoder_loss(self, batch: dict):
@@ -453,16 +472,16 @@ class StageNet(torch.nn.Module):
         sketch = batch["edit_sketch"]
         return guided_sketch_adapter(self.frozen["sketch_tuner"], sketch, use.to(sketch.device, sketch.dtype)[:, None, None])
 
-    def _flow_loss(self, batch: dict):
+    def _holes(self, batch: dict) -> dict:
+        """What a flow-matching loss over the batch's holes needs: context tokens, the hole tokens noised to
+        time t (xt) and their velocity target v, token indices and validity, and position offsets."""
         from lazyedit.engine.models.layers import gather_tokens, patchify
 
-        text_enc, ctx_enc, tr = self.backbone()
+        _, ctx_enc, tr = self.backbone()
         p = tr.config.patch_size
-        vae = self.frozen["vae"]
-        unit = token_unit(vae, tr)
+        unit = token_unit(self.frozen["vae"], tr)
         image, target, mask = batch["image"], batch["target"], batch["mask"]
-        b = image.shape[0]
-        device = image.device
+        b, device = image.shape[0], image.device
         canvas = self._encode(image)
         # most targets equal their canvas (insertions, completions): encode only those that differ (removals)
         differ = (target != image).flatten(1).any(1)
@@ -478,24 +497,72 @@ class StageNet(torch.nn.Module):
             offset = torch.randint(0, self.position_grid - max(grid) + 1, (b, 2), generator=self.generator).to(device)
         context = ctx_enc(canvas, latent_mask_from_tokens(tok, p), index, offset)
         x0 = gather_tokens(patchify(goal, p), index)
-        captions = list(batch["caption"])
-        if self.stage == "lazy" and self.text_dropout > 0:
-            drop = torch.rand(b, generator=self.generator) < self.text_dropout
-            # the model's own "no condition", not "": an empty caption asks for a fill from the context
-            captions = [text_enc.null_prompt if d else c for c, d in zip(captions, drop.tolist())]
-        ids, tmask = text_enc.tokenize(captions)
-        ids, tmask = ids.to(device), tmask.to(device)
-        text = text_enc(ids, tmask)
         noise = torch.randn(x0.shape, generator=self.generator).to(device)
         t = sample_t(b, "cpu", self.generator).to(device)
         xt, v = flow_noising(x0, noise, t)
+        return {"context": context, "index": index, "valid": valid, "grid": grid, "offset": offset, "t": t,
+                "xt": xt, "v": v}
+
+    def _captions(self, batch: dict, dropout: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """Text embeddings and mask of the batch's captions, each replaced by the null prompt with
+        probability ``dropout``."""
+        text_enc = self.backbone()[0]
+        captions = list(batch["caption"])
+        if dropout > 0:
+            drop = torch.rand(len(captions), generator=self.generator) < dropout
+            # the model's own "no condition", not "": an empty caption asks for a fill from the context
+            captions = [text_enc.null_prompt if d else c for c, d in zip(captions, drop.tolist())]
+        ids, tmask = text_enc.tokenize(captions)
+        ids, tmask = ids.to(batch["image"].device), tmask.to(batch["image"].device)
+        return text_enc(ids, tmask), tmask
+
+    @staticmethod
+    def _hole_mse(pred: torch.Tensor, target: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        w = valid.float()[..., None]
+        return ((pred.float() - target) ** 2 * w).sum() / (w.sum() * target.shape[-1])
+
+    def _flow_loss(self, batch: dict):
+        tr = self.backbone()[2]
+        h = self._holes(batch)
+        text, tmask = self._captions(batch, self.text_dropout if self.stage == "lazy" else 0.0)
         adapter = None
         if self.stage == "sketch":
-            adapter = self.models["sketch_tuner"].adapter([(batch["sketch"], 1.0)], index)
-        pred = tr(xt, context, index, grid, t * 1000, text, tmask, valid, adapter, offset)
-        w = valid.float()[..., None]
-        loss = ((pred.float() - v) ** 2 * w).sum() / (w.sum() * x0.shape[-1])
-        return loss, {"hole_tokens": valid.sum().float() / b}
+            adapter = self.models["sketch_tuner"].adapter([(batch["sketch"], 1.0)], h["index"])
+        # a guidance-distilled backbone (a sketch tuner trained on one) predicts the conditional velocity at scale 1
+        scale = torch.ones_like(h["t"]) if tr.config.guidance_embeds else None
+        pred = tr(h["xt"], h["context"], h["index"], h["grid"], h["t"] * 1000, text, tmask, h["valid"], adapter,
+                  h["offset"], guidance=scale)
+        b = h["t"].shape[0]
+        return self._hole_mse(pred, h["v"], h["valid"]), {"hole_tokens": h["valid"].sum().float() / b}
+
+    def _distill_loss(self, batch: dict):
+        """The student's one-row prediction at scale w against the teacher's guided velocity at w, on the same
+        noised holes; half the edits that have an outline are steered by the frozen sketch tuner in both."""
+        from lazyedit.engine.models.transformer import DISTILLED_GUIDANCE_RANGE
+
+        text_enc, teacher, student = self.backbone()[0], self.frozen["teacher"], self.models["transformer"]
+        h = self._holes(batch)
+        b, device = h["t"].shape[0], h["t"].device
+        # some null prompts too: their guided velocity is the unconditional one, whatever the scale
+        text, tmask = self._captions(batch, self.text_dropout)
+        lo, hi = DISTILLED_GUIDANCE_RANGE
+        w = (lo + (hi - lo) * torch.rand(b, generator=self.generator)).to(device)
+        adapter = None
+        tuner = self.frozen.get("sketch_tuner")
+        if tuner is not None:
+            use = batch["has_sketch"].bool().cpu() & (torch.rand(b, generator=self.generator) < 0.5)
+            if use.any():
+                strength = use.to(device, torch.float32)[:, None, None]
+                adapter = tuner.adapter([(batch["sketch"], 1.0)], h["index"], strength)
+        args = (h["context"], h["index"], h["grid"], h["t"] * 1000)
+        with torch.no_grad():
+            null, null_mask = text_enc.encode([text_enc.null_prompt] * b, device)
+            cond = teacher(h["xt"], *args, text, tmask, h["valid"], adapter, h["offset"]).float()
+            uncond = teacher(h["xt"], *args, null, null_mask, h["valid"], adapter, h["offset"]).float()
+            guided = uncond + w[:, None, None] * (cond - uncond)
+        pred = student(h["xt"], *args, text, tmask, h["valid"], adapter, h["offset"], guidance=w)
+        loss = self._hole_mse(pred, guided, h["valid"])
+        return loss, {"hole_tokens": h["valid"].sum().float() / b, "guidance": w.mean()}
 
 
 class StageTrainer:
@@ -572,9 +639,24 @@ class StageTrainer:
             vae.requires_grad_(False).eval()
             self.frozen["vae"] = vae
             self.models = {"sketch_tuner": build_tuner(cfg)}
+        elif stage == "distill":
+            vae = self._require(mdir / "vae", "vae")
+            vae.requires_grad_(False).eval()
+            self.frozen["vae"] = vae
+            self._load_frozen_backbone(mdir)
+            self.frozen["teacher"] = teacher = self._distill_teacher(mdir)
+            del self.frozen["transformer"]  # the exported student's, once it has been saved: never the teacher
+            student = type(teacher).from_config(teacher.config, guidance_embeds=True)
+            keys = student.load_state_dict(teacher.state_dict(), strict=False)
+            assert not keys.unexpected_keys and all(k.startswith("guidance_embedder.") for k in keys.missing_keys)
+            self.models = {"transformer": student}
+            if (mdir / "sketch_tuner" / "config.json").exists():
+                from lazyedit.engine.models import CSCTuner
+
+                self.frozen["sketch_tuner"] = CSCTuner.from_pretrained(str(mdir / "sketch_tuner")).requires_grad_(False).eval()
         else:
             raise ValueError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)}")
-        if a.init_from:
+        if a.init_from and stage != "distill":  # the student starts from its teacher, the model's own transformer
             self._init_weights(Path(a.init_from))
         for m in self.frozen.values():
             m.to(self.device)
@@ -619,6 +701,22 @@ class StageTrainer:
             m = cls.from_pretrained(str(path))
             m.requires_grad_(False).eval()
             self.frozen[name] = m
+
+    def _distill_teacher(self, mdir: Path):
+        """The transformer the distill stage learns from: ``<output>/model/transformer`` as it was when the stage
+        first ran, kept in ``<output>/distill/teacher`` (the student's exports replace the model's own)."""
+        from lazyedit.engine.models import LazyDiffusionTransformer
+
+        keep = self.stage_dir / "teacher"
+        if not (keep / "config.json").exists():
+            if self.accelerator.is_main_process:
+                source = mdir / "transformer"
+                if LazyDiffusionTransformer.load_config(str(source)).get("guidance_embeds"):
+                    raise ValueError(f"{source} is already guidance-distilled and {keep} holds no teacher: "
+                                     "distill from an undistilled transformer")
+                shutil.copytree(source, keep)
+            self.accelerator.wait_for_everyone()
+        return LazyDiffusionTransformer.from_pretrained(str(keep)).requires_grad_(False).eval()
 
     def _require(self, path: Path, what: str):
         from diffusers import AutoencoderKL
@@ -712,7 +810,7 @@ class StageTrainer:
         finally:
             self.ema.restore(self.params)
         (mdir / f"{self.args.stage}.json").write_text(json.dumps({"step": self.step, "config": self.args.config}))
-        if self.args.stage in ("lazy", "sketch", "asym-decoder"):
+        if self.args.stage in ("lazy", "sketch", "asym-decoder", "distill"):
             try:
                 export_pipeline(self.output, self.args.config)
             except Exception as exc:  # the index is a convenience; components are saved regardless

@@ -5,6 +5,10 @@ the context encoder produced for that position. Positions are 2-D sin-cos embedd
 hole indices, timesteps enter through adaLN-single, text through cross-attention, and U-ViT long skips
 join block i of the first half to block depth-1-i of the second half. SCEdit tuners act on those skips.
 Batches may pack holes of different sizes: `token_mask` marks the real tokens of each row.
+
+A guidance-distilled transformer (``guidance_embeds``) also takes the classifier-free guidance scale as an
+input, embedded like a timestep (as FLUX.1-dev's is): it predicts the guided velocity in one row, where the
+model it was distilled from needs a conditional and an unconditional row per step.
 """
 
 from __future__ import annotations
@@ -20,6 +24,11 @@ from .layers import Attention, Mlp, TimestepEmbedder, sincos_positions
 
 # skip_adapter(skip_index, skip_tokens) -> skip_tokens: where SC-/CSC-Tuners plug in.
 SkipAdapter = Callable[[int, torch.Tensor], torch.Tensor]
+
+# The guidance scales a distilled transformer is trained on (and the only ones a pipeline lets it take).
+DISTILLED_GUIDANCE_RANGE = (1.0, 8.0)
+# Guidance scales reach the sinusoidal embedder as timesteps do (about 0..1000), so that 1..8 are told apart.
+GUIDANCE_EMBED_SCALE = 100.0
 
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -84,6 +93,7 @@ class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
         mlp_ratio: float = 4.0,
         context_dim: int = 1152,
         text_dim: int = 4096,
+        guidance_embeds: bool = False,
     ):
         super().__init__()
         if depth % 2:
@@ -92,6 +102,11 @@ class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
         self.x_embedder = nn.Linear(token_dim + context_dim, width)
         self.t_embedder = TimestepEmbedder(width)
         self.t_block = nn.Sequential(nn.SiLU(), nn.Linear(width, 6 * width))
+        if guidance_embeds:
+            self.guidance_embedder = TimestepEmbedder(width)
+            # zero output: a student starts as exactly its teacher's conditional prediction
+            nn.init.zeros_(self.guidance_embedder.mlp[2].weight)
+            nn.init.zeros_(self.guidance_embedder.mlp[2].bias)
         self.caption_proj = nn.Sequential(nn.Linear(text_dim, width), nn.GELU(approximate="tanh"), nn.Linear(width, width))
         half = depth // 2
         self.in_blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, long_skip=False) for _ in range(half))
@@ -122,16 +137,23 @@ class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
         token_mask: torch.Tensor | None = None,
         skip_adapter: SkipAdapter | None = None,
         position_offset: torch.Tensor | None = None,
+        guidance: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """noisy_tokens (B, L, C*p*p) and context (B, L, context_dim) at flat grid indices token_index (B, L);
         timestep (B,) in 0..1000; text (B, T, text_dim); position_offset (B, 2) shifts the token positions
-        (training crops). Returns the prediction per token (B, L, C*p*p)."""
+        (training crops); guidance (B,) the guidance scale, required by (and only by) a guidance-distilled
+        transformer. Returns the prediction per token (B, L, C*p*p)."""
+        if self.config.guidance_embeds != (guidance is not None):
+            raise ValueError("this transformer is guidance-distilled: pass the guidance scale" if self.config.guidance_embeds
+                             else "this transformer is not guidance-distilled: it takes no guidance scale")
         frozen = not any(p.requires_grad for p in self.first_half_parameters())
         # With the first half frozen (SCEdit tuning) no gradient may flow back through it: run it without a graph.
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             x = self.x_embedder(torch.cat([noisy_tokens, context], dim=-1))
             x = x + sincos_positions(x.shape[-1], grid, token_index, position_offset).to(x.dtype)
             t = self.t_embedder(timestep)
+            if guidance is not None:
+                t = t + self.guidance_embedder(guidance * GUIDANCE_EMBED_SCALE)
             t_mod = self.t_block(t)
             text = self.caption_proj(text)
             skips = []
