@@ -496,7 +496,7 @@ def test_cli_edit_and_errors(tmp_path):
 
 
 def test_bench_reports_speed_table(tmp_path):
-    from lazyedit.engine.bench import format_table, plot, run_bench
+    from lazyedit.engine.bench import format_table, plot, run_against, run_bench
 
     report = run_bench("tiny", size=128, quick=True, progress=lambda m: None)
     fractions = [r["mask_fraction"] for r in report["decoder_step"]]
@@ -508,6 +508,13 @@ def test_bench_reports_speed_table(tmp_path):
     assert "end to end" in format_table(report)
     plot(report, str(tmp_path / "p.png"))
     assert Image.open(tmp_path / "p.png").size[0] > 500
+    # side by side: the tiny model and a guidance-distilled copy of it take turns; the report says which is which
+    _distilled_copy(load_pipeline("tiny")).save_pretrained(tmp_path / "distilled")
+    report["against"] = against = run_against("tiny", str(tmp_path / "distilled"), size=128, reps=2, progress=lambda m: None)
+    medians = against["median_ms"]
+    assert medians["tiny"]["guidance_distilled"] is False and medians[str(tmp_path / "distilled")]["guidance_distilled"] is True
+    assert all(m["total_ms"] >= m["denoise_ms"] > 0 for m in medians.values())
+    assert "side by side" in format_table(report)
 
 
 def test_position_offset_places_a_crop_inside_a_larger_canvas():

@@ -44,6 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--quick", action="store_true", help="fewer repetitions")
     b.add_argument("--json", default=None, help="write the full report as JSON")
     b.add_argument("--plot", default=None, help="write a PNG plot of time against mask size")
+    b.add_argument("--against", metavar="MODEL", default=None,
+                   help="also time this model's 10%%-mask edit beside the benchmarked one, taking turns (JSON 'against')")
 
     for name in DELEGATED:
         sub.add_parser(name, help=f"see `lazyedit {name} --help`", add_help=False)

@@ -194,6 +194,28 @@ def run_bench(config: str = "demo", size: int = 1024, device: str = "cpu", steps
     return report
 
 
+def run_against(model: str, other: str, size: int = 512, device: str = "cpu", steps: int | None = None,
+                reps: int = 5, progress=print) -> dict:
+    """Two models side by side: the same 10%-mask edit (a new mask on a cached canvas), the models taking
+    turns rep by rep so that a noisy machine slows both alike. Medians of each stage, and their ratio."""
+    pipes = {name: load_pipeline(name, device=device) for name in (model, other)}
+    image, mask = sample_canvas(size), square_mask(size, 0.10)
+    stages = ("context_ms", "denoise_ms", "decode_ms", "total_ms")
+    times: dict = {name: {k: [] for k in stages} for name in pipes}
+    for rep in range(reps + 1):  # the first is a warm-up (it also encodes and caches the canvas)
+        progress(f"bench: side by side, round {rep} of {reps}")
+        for name, pipe in pipes.items():
+            pipe.context_cache.__init__(pipe.context_cache.max_bytes)
+            t = pipe.edit(image, mask, "a red star", steps=steps, seed=0, canvas_key="against").timings
+            for k in stages:
+                if rep:
+                    times[name][k].append(t[k])
+    out = {name: {"guidance_distilled": pipe.guidance_distilled, **{k: statistics.median(v) for k, v in times[name].items()}}
+           for name, pipe in pipes.items()}
+    return {"models": [model, other], "size": size, "reps": reps, "median_ms": out,
+            "total_ratio": out[model]["total_ms"] / out[other]["total_ms"]}
+
+
 def format_table(report: dict) -> str:
     lines = [f"lazyedit bench: config={report['config']} size={report['size']} device={report['device']} "
              f"tokens={report['tokens_full']} steps={report['steps']}" + ("  (RANDOM weights)" if report["random_weights"] else ""),
@@ -214,6 +236,13 @@ def format_table(report: dict) -> str:
     if "interactive_512_10pct_ms" in report:
         lines += [f"interactive edit, 512x512, 10% mask, new mask on a cached canvas: {report['interactive_512_10pct_ms']:.0f} ms"]
     lines += [f"peak memory (MB): {report['peak_memory_mb']}"]
+    if "against" in report:
+        a = report["against"]
+        lines += ["", f"side by side, {a['size']}x{a['size']}, 10% mask, new mask on a cached canvas (median ms of {a['reps']}):"]
+        for name, m in a["median_ms"].items():
+            lines.append(f"  {name}: context {m['context_ms']:.0f}, denoise {m['denoise_ms']:.0f}, decode {m['decode_ms']:.0f}, "
+                         f"total {m['total_ms']:.0f}" + ("  (guidance-distilled)" if m["guidance_distilled"] else ""))
+        lines.append(f"  total {a['models'][0]} / {a['models'][1]}: {a['total_ratio']:.2f}x")
     return "\n".join(lines)
 
 
@@ -248,6 +277,9 @@ def bench_main(args) -> int:
         print(msg, file=sys.stderr, flush=True)
 
     report = run_bench(args.config, args.size, args.device, args.steps, args.quick, args.model, progress)
+    if args.against:
+        report["against"] = run_against(args.against, args.model or args.config, args.size, args.device, args.steps,
+                                        3 if args.quick else 7, progress)
     print(format_table(report))
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))

@@ -20,7 +20,7 @@ import logging
 import os
 import sys
 
-from .trainer import STAGE_DEFAULTS, STAGES, TrainArgs, canvas_sizes, export_pipeline, ship_pipeline
+from .trainer import CORE_STAGES, STAGE_DEFAULTS, STAGES, TrainArgs, canvas_sizes, export_pipeline, ship_pipeline
 
 
 def fraction(text: str) -> float:
@@ -55,7 +55,7 @@ def _shapes(text: str) -> tuple[str, ...]:
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="lazyedit train", description="Train a lazyedit model stage by stage.")
     p.add_argument("stage", choices=(*STAGES, "all", "export", "ship"),
-                   help="stage to train; 'all' runs vae, asym-decoder, lazy, sketch, distill in order; 'export' only writes the pipeline "
+                   help="stage to train; 'all' runs vae, asym-decoder, lazy, sketch in order (distill is optional); 'export' only writes the pipeline "
                         "index; 'ship' copies <output>/model as fp16 to --dest (default: the bundled demo model's folder)")
     p.add_argument("--dest", help="with 'ship': destination folder")
     p.add_argument("--config", default="demo", help="model config: tiny, demo (default), base")
@@ -166,7 +166,7 @@ def run(ns: argparse.Namespace) -> int:
         size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
         print(f"{ns.output}/model -> {dest} (fp16, {size / 2**20:.1f} MiB)")
         return 0
-    stages = STAGES if ns.stage == "all" else (ns.stage,)
+    stages = CORE_STAGES if ns.stage == "all" else (ns.stage,)
     for stage in stages:
         result = train_stage(_args_for(ns, stage))
         if main_process:  # one line per stage, not one per training process

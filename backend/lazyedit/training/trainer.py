@@ -45,7 +45,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger("lazyedit.training")
 
-STAGES = ("vae", "asym-decoder", "lazy", "sketch", "distill")
+# 'lazyedit train all' runs these; distill is optional (a faster model that may draw a little worse)
+CORE_STAGES = ("vae", "asym-decoder", "lazy", "sketch")
+STAGES = (*CORE_STAGES, "distill")
 COMPONENT = {"vae": "vae", "asym-decoder": "asym_vae", "lazy": "transformer", "sketch": "sketch_tuner", "distill": "transformer"}
 
 
