@@ -380,6 +380,25 @@ def test_distill_stage_learns_the_guided_velocity_in_one_row(trained, tmp_path):
 
     assert loss(pipe.transformer) < 0.5 * loss(start)
 
+    # the stages after it sample with it (the decoder's --generated-latents, sample grids): one row a step,
+    # the sketch tuner steering that row
+    from lazyedit.training.data import sketch_tensor
+    from lazyedit.training.trainer import guided_sketch_adapter, sample_holes
+
+    s = make_sample(0, 5, size=64)
+    image = torch.from_numpy(np.asarray(s.image, np.float32) / 127.5 - 1).permute(2, 0, 1)[None]
+    canvas = pipe.vae.encode(image).latent_dist.mode() * pipe.vae.config.scaling_factor
+    rows = []
+    hook = pipe.transformer.register_forward_hook(lambda m, args, kwargs, out: rows.append(out.shape[0]), with_kwargs=True)
+    try:
+        filled = sample_holes((pipe.text_encoder, pipe.context_encoder, pipe.transformer), canvas,
+                              torch.from_numpy(s.mask.astype(np.float32))[None, None], [s.caption], unit=pipe.unit,
+                              steps=2, guidance=3.0, shift=1.0, generator=torch.Generator().manual_seed(0),
+                              adapter=guided_sketch_adapter(pipe.sketch_tuner, sketch_tensor(s.sketch, (64, 64))[None]))
+    finally:
+        hook.remove()
+    assert rows == [1, 1] and not torch.equal(filled, canvas)
+
     more = train_stage(_args(run, "distill", 26))
     assert more["step"] == 26 and len(more["losses"]) == 2
     again = load_file(str(run / "distill" / "teacher" / weights))
