@@ -185,11 +185,7 @@ def test_guidance_contrasts_with_the_models_null_prompt(pipe, tmp_path):
 
 def _distilled_copy(pipe):
     """The pipe with a guidance-distilled transformer that starts from pipe's weights (the distill stage's start)."""
-    tr = pipe.transformer
-    student = type(tr).from_config(tr.config, guidance_embeds=True)
-    keys = student.load_state_dict(tr.state_dict(), strict=False)
-    assert keys.missing_keys and all(k.startswith("guidance_embedder.") for k in keys.missing_keys)
-    return LazyEditPipeline(**{**pipe.components, "transformer": student}, model_name="distilled")
+    return LazyEditPipeline(**{**pipe.components, "transformer": pipe.transformer.guidance_student()}, model_name="distilled")
 
 
 def test_guidance_distilled_transformer_runs_one_row_per_step(pipe):

@@ -367,8 +367,7 @@ def test_distill_stage_learns_the_guided_velocity_in_one_row(trained, tmp_path):
     # on a batch it never saw, the trained student is closer to the guided velocity than its start (the teacher's
     # conditional row); the same generator seed draws the same noise, times and scales for both
     teacher = pipe.transformer.from_pretrained(str(run / "distill" / "teacher"))
-    start = type(pipe.transformer).from_config(teacher.config, guidance_embeds=True)
-    start.load_state_dict(teacher.state_dict(), strict=False)
+    start = teacher.guidance_student()
     batch = torch.utils.data.default_collate([StageDataset("distill", size=64, seed=99)[i] for i in range(8)])
     frozen = {"vae": pipe.vae, "text_encoder": pipe.text_encoder, "context_encoder": pipe.context_encoder,
               "teacher": teacher, "sketch_tuner": pipe.sketch_tuner}

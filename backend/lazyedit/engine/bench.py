@@ -157,7 +157,7 @@ def run_bench(config: str = "demo", size: int = 1024, device: str = "cpu", steps
     e2e = {}
     for strategy in ("lazy", "regenerate_crop", "regenerate_image"):
         def run(s=strategy):
-            pipe.context_cache.__init__(pipe.context_cache.max_bytes)  # a new mask each time: context recomputed
+            pipe.context_cache.clear()  # a new mask each time: context recomputed
             return pipe.edit(image, mask10, "a red star", steps=steps, seed=0, canvas_key="bench", strategy=s)
         e2e[f"{strategy}_ms"] = Timer(device, 0.0, 1 if quick else 2, 3)(run)
     e2e["speedup_vs_image"] = e2e["regenerate_image_ms"] / e2e["lazy_ms"]
@@ -182,7 +182,7 @@ def run_bench(config: str = "demo", size: int = 1024, device: str = "cpu", steps
         pipe.edit(small, m512, "a red star", seed=0, canvas_key="small")
 
         def interactive():
-            pipe.context_cache.__init__(pipe.context_cache.max_bytes)
+            pipe.context_cache.clear()
             return pipe.edit(small, m512, "a red star", seed=0, canvas_key="small")
 
         report["interactive_512_10pct_ms"] = Timer(device, 1.0, 3, 10)(interactive)
@@ -205,7 +205,7 @@ def run_against(model: str, other: str, size: int = 512, device: str = "cpu", st
     for rep in range(reps + 1):  # the first is a warm-up (it also encodes and caches the canvas)
         progress(f"bench: side by side, round {rep} of {reps}")
         for name, pipe in pipes.items():
-            pipe.context_cache.__init__(pipe.context_cache.max_bytes)
+            pipe.context_cache.clear()
             t = pipe.edit(image, mask, "a red star", steps=steps, seed=0, canvas_key="against").timings
             for k in stages:
                 if rep:

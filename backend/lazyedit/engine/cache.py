@@ -53,6 +53,12 @@ class ByteLRU:
                 _, (_, old) = self._items.popitem(last=False)
                 self._bytes -= old
 
+    def clear(self) -> None:
+        """Forget every entry and the hit/miss counts."""
+        with self._lock:
+            self._items.clear()
+            self._bytes = self.hits = self.misses = 0
+
     def __len__(self) -> int:
         return len(self._items)
 

@@ -215,9 +215,8 @@ class LazyEditPipeline(DiffusionPipeline):
         return {"latent": self.latent_cache.stats(), "context": self.context_cache.stats(), "text": self.text_cache.stats()}
 
     def clear_caches(self) -> None:
-        for name in ("latent_cache", "context_cache", "text_cache"):
-            old = getattr(self, name)
-            setattr(self, name, ByteLRU(old.max_bytes))
+        for cache in (self.latent_cache, self.context_cache, self.text_cache):
+            cache.clear()
 
     def use_scheduler(self, kind: str) -> None:
         """"euler" (flow matching, default) or "ddim" (run on the same flow-matching model, see _ddim_output)."""

@@ -558,7 +558,7 @@ class StageNet(torch.nn.Module):
                 adapter = tuner.adapter([(batch["sketch"], 1.0)], h["index"], strength)
         args = (h["context"], h["index"], h["grid"], h["t"] * 1000)
         with torch.no_grad():
-            null, null_mask = text_enc.encode([text_enc.null_prompt] * b, device)
+            null, null_mask = (x.expand(b, *x.shape[1:]) for x in text_enc.encode([text_enc.null_prompt], device))
             cond = teacher(h["xt"], *args, text, tmask, h["valid"], adapter, h["offset"]).float()
             uncond = teacher(h["xt"], *args, null, null_mask, h["valid"], adapter, h["offset"]).float()
             guided = uncond + w[:, None, None] * (cond - uncond)
@@ -645,13 +645,10 @@ class StageTrainer:
             vae = self._require(mdir / "vae", "vae")
             vae.requires_grad_(False).eval()
             self.frozen["vae"] = vae
-            self._load_frozen_backbone(mdir)
+            # not the model's transformer: once the student has been exported, that is the student
+            self._load_frozen_backbone(mdir, transformer=False)
             self.frozen["teacher"] = teacher = self._distill_teacher(mdir)
-            del self.frozen["transformer"]  # the exported student's, once it has been saved: never the teacher
-            student = type(teacher).from_config(teacher.config, guidance_embeds=True)
-            keys = student.load_state_dict(teacher.state_dict(), strict=False)
-            assert not keys.unexpected_keys and all(k.startswith("guidance_embedder.") for k in keys.missing_keys)
-            self.models = {"transformer": student}
+            self.models = {"transformer": teacher.guidance_student()}
             if (mdir / "sketch_tuner" / "config.json").exists():
                 from lazyedit.engine.models import CSCTuner
 
@@ -691,12 +688,13 @@ class StageTrainer:
             model.load_state_dict(type(model).from_pretrained(str(path)).state_dict())
             logger.info("%s starts from %s", name, path)
 
-    def _load_frozen_backbone(self, mdir: Path) -> None:
-        """The trained text encoder, context encoder and transformer, frozen (for the stages after lazy)."""
+    def _load_frozen_backbone(self, mdir: Path, transformer: bool = True) -> None:
+        """The trained text encoder, context encoder and (unless told not to) transformer, frozen (for the
+        stages after lazy)."""
         from lazyedit.engine.models import ByteTextEncoder, ContextEncoder, LazyDiffusionTransformer
 
-        for name, cls in (("text_encoder", ByteTextEncoder), ("context_encoder", ContextEncoder),
-                          ("transformer", LazyDiffusionTransformer)):
+        parts = [("text_encoder", ByteTextEncoder), ("context_encoder", ContextEncoder)]
+        for name, cls in parts + ([("transformer", LazyDiffusionTransformer)] if transformer else []):
             path = mdir / name
             if not (path / "config.json").exists():
                 raise FileNotFoundError(f"{path} missing: run the lazy stage first")

@@ -116,6 +116,16 @@ class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.t_block[1].weight)
         nn.init.zeros_(self.t_block[1].bias)
 
+    def guidance_student(self) -> "LazyDiffusionTransformer":
+        """A guidance-distilled copy of this transformer that starts as exactly its conditional row (the
+        guidance embedder's output is zero): where the distill stage begins."""
+        if self.config.guidance_embeds:
+            raise ValueError("this transformer is already guidance-distilled")
+        student = type(self).from_config(self.config, guidance_embeds=True)  # a keyword: the config's own value would win
+        keys = student.load_state_dict(self.state_dict(), strict=False)
+        assert not keys.unexpected_keys and all(k.startswith("guidance_embedder.") for k in keys.missing_keys)
+        return student.to(self.device, self.dtype)
+
     @property
     def num_skips(self) -> int:
         return len(self.in_blocks)
