@@ -123,6 +123,34 @@ def test_cache_hits_skip_both_encoders(pipe):
         h2.remove()
 
 
+def test_prepare_runs_the_encoders_an_edit_would_and_changes_nothing_it_draws(pipe):
+    pipe.clear_caches()
+    img, mask = canvas(seed=6), box_mask(box=(10, 30, 40, 60))
+    cold = pipe.edit(img, mask, "a red star", seed=2, canvas_key="p0")
+    pipe.clear_caches()
+    calls = {"vae": 0, "ctx": 0}
+    h1 = pipe.vae.encoder.register_forward_hook(lambda *a: calls.__setitem__("vae", calls["vae"] + 1))
+    h2 = pipe.context_encoder.register_forward_hook(lambda *a: calls.__setitem__("ctx", calls["ctx"] + 1))
+    try:
+        canvas_only = pipe.prepare(img, canvas_key="p0")  # what a new canvas gets
+        assert calls == {"vae": 1, "ctx": 0} and canvas_only["vae_encode_ms"] > 0
+        with_mask = pipe.prepare(img, mask, canvas_key="p0")  # what a painted mask gets
+        assert calls == {"vae": 1, "ctx": 1} and with_mask["latent_cache_hit"] and with_mask["context_ms"] > 0
+        warm = pipe.edit(img, mask, "a red star", seed=2, canvas_key="p0")
+        assert calls == {"vae": 1, "ctx": 1}
+        assert warm.timings["context_cache_hit"] and warm.timings["context_ms"] == 0
+    finally:
+        h1.remove()
+        h2.remove()
+    assert np.array_equal(np.asarray(warm.image), np.asarray(cold.image))
+    with pytest.raises(EditInputError) as err:
+        pipe.prepare(img, box_mask(w=40), canvas_key="p0")
+    assert err.value.code == "mask_size"
+    with pytest.raises(EditInputError) as err:
+        pipe.prepare(img, np.zeros((70, 90), bool), canvas_key="p0")
+    assert err.value.code == "empty_mask"
+
+
 def test_cache_is_bounded_in_bytes():
     from lazyedit.engine.cache import ByteLRU
 

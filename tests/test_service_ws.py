@@ -5,7 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from test_service_helpers import WS, box_mask, noise_image, paste, service
+import time
+
+from test_service_helpers import WS, box_mask, mask_png, noise_image, paste, service
 
 
 @pytest.fixture
@@ -55,6 +57,57 @@ def test_edit_round_trip_keeps_pixels_outside_mask(client):
         ws.send({"type": "goto", "id": "g", "index": 0})
         h, _ = ws.recv()
         assert h["type"] == "canvas" and h["position"] == 0
+
+
+def _prepared_count(client, at_least: int, timeout: float = 60.0) -> int:
+    sched = client.app.state.hub.scheduler
+    deadline = time.time() + timeout
+    while sched.stats()["prepared"] < at_least and time.time() < deadline:
+        time.sleep(0.02)
+    return sched.stats()["prepared"]
+
+
+def test_canvas_and_mask_are_encoded_before_the_edit_asks(client):
+    client.app.state.hub.pipe.clear_caches()
+    with client.websocket_connect("/ws") as raw:
+        ws = WS(raw)
+        ws.hello()
+        im = noise_image(96, 64, seed=11)
+        ws.canvas(im)  # queues the canvas latent
+        assert _prepared_count(client, 1) == 1
+        mask = box_mask(96, 64, (20, 10, 50, 40))
+        ws.send_frame({"type": "prepare", "id": "p1"}, {"mask": (mask_png(mask), "image/png")})
+        seen, _ = ws.recv_until("prepared", "error")
+        assert seen[-1]["type"] == "prepared" and seen[-1]["id"] == "p1", seen[-1]
+        assert seen[-1]["timings"]["vae_encode_ms"] == 0 and seen[-1]["timings"]["context_ms"] > 0
+        _, result, region = ws.edit_result(mask, "e1", steps=2, seed=3)
+        assert result["timings"]["vae_encode_ms"] == 0 and result["timings"]["context_ms"] == 0
+        edited = np.asarray(paste(im, region.convert("RGB"), result["box"]))
+        assert np.array_equal(edited[~mask], np.asarray(im)[~mask])
+        # a bad prepare is answered by name and costs nothing: the session edits on
+        for rid, parts, code in (
+            ("p2", {"mask": (mask_png(box_mask(40, 40, (1, 1, 9, 9))), "image/png")}, "mask_size"),
+            ("p3", {"mask": (mask_png(np.zeros((64, 96), bool)), "image/png")}, "empty_mask"),
+            ("p4", {}, "bad_parts"),
+            ("p5", {"mask": (b"not a png", "image/png")}, "bad_image"),
+        ):
+            ws.send_frame({"type": "prepare", "id": rid}, parts)
+            h, _ = ws.recv()
+            assert (h["type"], h["id"], h["code"]) == ("error", rid, code), h
+        ws.send({"type": "accept", "id": "a1", "target": "e1"})  # the accepted canvas is encoded next
+        assert ws.recv()[0]["of"] == "accept"
+        assert _prepared_count(client, 3) == 3
+        _, result, _ = ws.edit_result(box_mask(96, 64, (60, 30, 90, 60)), "e2", steps=2, seed=3)
+        assert result["timings"]["vae_encode_ms"] == 0 and result["timings"]["context_ms"] > 0
+
+
+def test_prepare_needs_a_canvas(client):
+    with client.websocket_connect("/ws") as raw:
+        ws = WS(raw)
+        ws.hello()
+        ws.send_frame({"type": "prepare", "id": "p0"}, {"mask": (mask_png(box_mask(8, 8, (1, 1, 4, 4))), "image/png")})
+        h, _ = ws.recv()
+        assert (h["type"], h["id"], h["code"]) == ("error", "p0", "no_canvas")
 
 
 def test_supersede_and_cancel(client):

@@ -7,7 +7,7 @@ import { canvasToPNG, ctx2d, decodeImage, makeCanvas, type LayerOp } from "./lay
 import { countMasked, maskFromRGBA, maskToRGBA } from "./mask";
 import {
   acceptMsg, binaryToMessage, cancelMsg, decodeFrame, decodeText, describeError, editFrame,
-  gotoMsg, helloMsg, redoMsg, undoMsg,
+  gotoMsg, helloMsg, prepareFrame, redoMsg, undoMsg,
   type AckMsg, type Box, type CanvasFrame, type EditParams, type ErrorMsg, type HistoryEntry, type Limits,
   type ProgressFrame, type ReadyMsg, type ResultFrame, type ServerMessage,
 } from "./protocol";
@@ -15,10 +15,14 @@ import {
 export type UndoEntry = { kind: "layer"; op: LayerOp } | { kind: "server" };
 
 type Slot = "open" | "edit" | "result" | "history" | "mask" | "global";
+// where a request's error is shown; "prepare": nowhere (a head start whose edit reports its own errors)
+type ErrorTarget = Slot | "prepare";
 
 const SESSION_KEY = "lazyedit.session";
 const UNDO_CAP = 100;
 const LIVE_DELAY_MS = 600;
+/** Pause after a mask change before the server is asked to encode the mask's context (a head start on the edit). */
+const PREPARE_DELAY_MS = 150;
 const RESUME_WATCH_MS = 20_000;
 
 interface RunningEdit {
@@ -54,7 +58,7 @@ export class App {
   version = 0;
   connState: ConnState = "closed";
   private seq = 0;
-  private slots = new Map<string, Slot>();
+  private slots = new Map<string, ErrorTarget>();
   private helloId: string | null = null;
   private pendingCanvas: { id: string; bmp: ImageBitmap; name: string } | null = null;
   private gotoIds = new Set<string>();
@@ -66,6 +70,8 @@ export class App {
   private accepting: string | null = null;
   private live = false;
   private liveTimer: ReturnType<typeof setTimeout> | null = null;
+  private prepareTimer: ReturnType<typeof setTimeout> | null = null;
+  private preparedCount = 0;
   private liveWanted = false;
   private thumbCache = new Map<string, string>();
 
@@ -130,7 +136,7 @@ export class App {
     this.refresh();
   }
 
-  private nextId(prefix: string, slot: Slot): string {
+  private nextId(prefix: string, slot: ErrorTarget): string {
     const id = `${prefix}${++this.seq}`;
     this.slots.set(id, slot);
     if (this.slots.size > 500) this.slots.delete(this.slots.keys().next().value as string);
@@ -279,6 +285,7 @@ export class App {
     this.editor.onOp = (op) => {
       this.stack.push({ kind: "layer", op });
       this.refresh();
+      this.layerChanged(op.layer);
       this.scheduleLive();
     };
     this.editor.onViewChange = () => (this.ui.zoom.textContent = `${Math.round(this.editor.view.scale * 100)}%`);
@@ -520,6 +527,7 @@ export class App {
       case "canvas": return void this.onCanvas(m as CanvasFrame);
       case "progress": return void this.onProgress(m as ProgressFrame);
       case "result": return void this.onResult(m as ResultFrame);
+      case "prepared": this.preparedCount++; return;
       case "cancelled": return this.onCancelled(m.id);
       case "error": return this.onError(m as ErrorMsg);
     }
@@ -677,7 +685,9 @@ export class App {
   }
 
   private onError(m: ErrorMsg): void {
-    const slot: Slot = (m.id && this.slots.get(m.id)) || "global";
+    const target = (m.id && this.slots.get(m.id)) || "global";
+    if (target === "prepare") return;
+    const slot: Slot = target;
     if (m.id && m.id === this.helloId && m.code === "unknown_session") {
       // the server forgot our session: start a fresh one
       this.session = null;
@@ -885,6 +895,7 @@ export class App {
     this.stack.push({ kind: "layer", op });
     this.editor.requestRender();
     this.refresh();
+    this.layerChanged(op.layer);
     return true;
   }
 
@@ -898,6 +909,7 @@ export class App {
     if (top.kind === "layer") {
       this.stack.undo();
       this.rebuildLayer(top.op.layer);
+      this.layerChanged(top.op.layer);
     } else {
       this.stack.undo();
       this.sendServerUndo("undo", true);
@@ -916,6 +928,7 @@ export class App {
     if (top.kind === "layer") {
       this.editor.layer(top.op.layer)?.apply(top.op);
       this.editor.requestRender();
+      this.layerChanged(top.op.layer);
     } else this.sendServerUndo("redo", true);
     this.refresh();
   }
@@ -999,6 +1012,24 @@ export class App {
     }
     const png = await canvasToPNG(this.editor.image);
     downloadBlob(new Blob([png as Uint8Array<ArrayBuffer>], { type: "image/png" }), `lazyedit-${this.session?.slice(0, 8) ?? "image"}-v${this.version}.png`);
+  }
+
+  // ---------- head start: the server encodes a painted mask's context before the edit ----------
+
+  private layerChanged(layer: LayerOp["layer"]): void {
+    if (layer !== "mask") return;
+    if (this.prepareTimer) clearTimeout(this.prepareTimer);
+    this.prepareTimer = setTimeout(() => {
+      this.prepareTimer = null;
+      void this.sendPrepare();
+    }, PREPARE_DELAY_MS);
+  }
+
+  private async sendPrepare(): Promise<void> {
+    const mask = this.editor.mask;
+    if (!mask?.hasContent || this.editor.drawing || !this.conn.isOpen || this.pendingCanvas) return;
+    const png = await mask.toPNG();
+    this.conn.send(prepareFrame(this.nextId("p", "prepare"), png));
   }
 
   // ---------- live mode ----------
@@ -1123,6 +1154,9 @@ export class App {
       },
       get busy() {
         return app.edit !== null;
+      },
+      get preparedCount() {
+        return app.preparedCount;
       },
       get previewCount() {
         return (app.edit ?? app.lastEdit)?.previews ?? 0;

@@ -163,6 +163,12 @@ export interface AckMsg {
   history: HistoryEntry[];
 }
 
+export interface PreparedMsg {
+  type: "prepared";
+  id: string | null;
+  timings: Record<string, number>;
+}
+
 export interface CancelledMsg {
   type: "cancelled";
   id: string | null;
@@ -208,6 +214,7 @@ export interface ResultFrame {
 export type ServerMessage =
   | ReadyMsg
   | AckMsg
+  | PreparedMsg
   | CancelledMsg
   | ErrorMsg
   | CanvasFrame
@@ -245,6 +252,11 @@ export function helloMsg(id: string, session?: string | null): string {
 
 export function canvasFrame(id: string, png: Uint8Array): Uint8Array {
   return encodeFrame({ type: "canvas", id }, [{ name: "image", mime: "image/png", data: png }]);
+}
+
+/** The mask being painted, so that the server encodes its context before the edit is asked for. */
+export function prepareFrame(id: string, mask: Uint8Array): Uint8Array {
+  return encodeFrame({ type: "prepare", id }, [{ name: "mask", mime: "image/png", data: mask }]);
 }
 
 export function editFrame(id: string, params: EditParams, mask: Uint8Array, sketch?: Uint8Array | null): Uint8Array {

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import {
-  binaryToMessage, canvasFrame, decodeFrame, editFrame, encodeFrame, FrameError, helloMsg,
+  binaryToMessage, canvasFrame, decodeFrame, editFrame, encodeFrame, FrameError, helloMsg, prepareFrame,
   cancelMsg, acceptMsg, gotoMsg, undoMsg, redoMsg,
 } from "../src/protocol";
 
@@ -57,6 +57,12 @@ describe("binary frame encoding (docs/protocol.md example)", () => {
     });
     expect(Array.from(f.subarray(4 + n))).toEqual([9, 9, 7, 7, 7]);
     expect(f.byteLength).toBe(4 + n + 5);
+  });
+
+  it("encodes a prepare: the mask alone, no edit fields", () => {
+    const d = decodeFrame(prepareFrame("p3", new Uint8Array([4, 5])));
+    expect(d.header).toEqual({ type: "prepare", id: "p3", parts: [{ name: "mask", bytes: 2, mime: "image/png" }] });
+    expect(Array.from(d.parts.get("mask")!.data)).toEqual([4, 5]);
   });
 
   it("omits sketch_strength when there is no sketch", () => {

@@ -8,7 +8,7 @@ import urllib.request
 
 from PIL import Image
 
-from e2e_helpers import drag, hook, open_app, open_image, wait_hook
+from e2e_helpers import drag, generate_and_wait, hook, open_app, open_image, wait_hook
 
 
 def _frames(page):
@@ -255,3 +255,26 @@ def test_two_finger_pinch_zooms_and_does_not_paint(page, server, sample_png):
     assert after["scale"] > before["scale"] * 2.5  # fingers 100 px apart -> 300 px apart
     assert hook(page, "maskCoverage()") == 0
     assert hook(page, "undoDepth") == 0
+
+
+def test_a_painted_mask_is_encoded_before_generate(page, server, sample_png):
+    log = _frames(page)
+    open_app(page, server)
+    open_image(page, sample_png)
+    drag(page, [(120, 110), (220, 170)])
+    wait_hook(page, "$.preparedCount >= 1", timeout=60_000)
+    prepares = [h for h in log["sent"] if h.get("type") == "prepare"]
+    assert prepares and [p["name"] for p in prepares[-1]["parts"]] == ["mask"]
+    prepared = [h for h in log["recv"] if h["type"] == "prepared"]
+    assert prepared[-1]["id"] == prepares[-1]["id"] and prepared[-1]["timings"]["context_ms"] > 0
+    # undo leaves an empty mask: nothing to send; redo brings the mask back, and it is sent again (a cache hit)
+    page.keyboard.press("Control+z")
+    page.wait_for_timeout(600)
+    assert len([h for h in log["sent"] if h.get("type") == "prepare"]) == len(prepares)
+    page.keyboard.press("Control+y")
+    wait_hook(page, "$.preparedCount >= 2", timeout=60_000)
+    assert [h for h in log["recv"] if h["type"] == "prepared"][-1]["timings"]["context_ms"] == 0
+    page.get_by_test_id("steps").fill("2")
+    generate_and_wait(page, "a red hat")
+    result = [h for h in log["recv"] if h["type"] == "result"][-1]
+    assert result["timings"]["context_ms"] == 0 and result["timings"]["vae_encode_ms"] == 0

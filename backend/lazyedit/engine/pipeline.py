@@ -16,6 +16,7 @@ import hashlib
 import logging
 import secrets
 import time
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -254,14 +255,33 @@ class LazyEditPipeline(DiffusionPipeline):
         for i, job in enumerate(jobs):  # one packed batch per step count and token grid
             grid = tuple(-(-n // self.unit) for n in job.mask.shape)
             groups.setdefault((job.steps, grid), []).append(i)
-        self._pinned_device = super().device
-        try:
+        with self._device_pinned():
             for members in groups.values():
                 for i, out in zip(members, self._run_group([jobs[i] for i in members])):
                     results[i] = out
+        return results
+
+    @torch.no_grad()
+    def prepare(self, image: Image.Image, mask: Image.Image | np.ndarray | None = None, canvas_key: str | None = None) -> dict:
+        """Fills the caches the next edit of `image` reads: the canvas latent and, given a `mask`, that mask's
+        context (LazyDiffusion's context encoder runs once per mask). An editor calls it while the person is
+        still writing the prompt, so that the edit itself runs only the diffusion transformer and the crop
+        decode. Returns the stage timings (0 where a cache already held the result)."""
+        whole = np.ones(image.size[::-1], dtype=bool) if mask is None and isinstance(image, Image.Image) else mask
+        job = self._validate(EditRequest(image=image, mask=whole, canvas_key=canvas_key))
+        with self._device_pinned():
+            self._encode_canvas(job)
+            if mask is not None:
+                self._encode_context(job)
+        return job.timings
+
+    @contextmanager
+    def _device_pinned(self):
+        self._pinned_device = super().device
+        try:
+            yield
         finally:
             self._pinned_device = None
-        return results
 
     # ----------------------------------------------------------------- validation
     def _validate(self, r: EditRequest) -> _Job:

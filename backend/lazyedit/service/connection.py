@@ -259,6 +259,8 @@ class Connection:
             msg = self._validate(header, binary=True)
             if isinstance(msg, P.CanvasIn):
                 await self._canvas(msg, parts)
+            elif isinstance(msg, P.PrepareIn):
+                await self._prepare(msg, parts)
             else:
                 await self._edit(msg, parts)
         except ClientError as exc:
@@ -354,6 +356,17 @@ class Connection:
 
         await run_to_end(commit())
         self._ack(msg.id, "canvas", rt)
+        await self.hub.prepare(rt)  # encode the new canvas while the first mask is painted
+
+    async def _prepare(self, msg: P.PrepareIn, parts: dict[str, Part]) -> None:
+        rt = self._need_session()
+        if rt.state is None:
+            raise ClientError("no_canvas", "send a canvas before preparing a mask")
+        self._expect_parts(parts, {"mask"})
+        mask, _ = await self._decode_mask_and_sketch(rt, parts)
+        if not mask.any():
+            raise ClientError("empty_mask", "the mask is empty: nothing to prepare")
+        await self.hub.prepare(rt, mask, msg.id, answer=True)
 
     async def _edit(self, msg: P.EditIn, parts: dict[str, Part]) -> None:
         rt = self._need_session()
@@ -373,19 +386,7 @@ class Connection:
         if msg.seed is not None and not 0 <= msg.seed <= P.MAX_SEED:
             raise ClientError("out_of_range", f"seed must be in 0..{P.MAX_SEED}")
         self._expect_parts(parts, {"mask"}, {"sketch"})
-        size = (rt.state.width, rt.state.height)
-        mask_data = parts["mask"].data
-        sketch_data = parts["sketch"].data if "sketch" in parts else None
-
-        def prepare():
-            mask = decode_mask(mask_data, size=size, max_bytes=s.max_image_bytes)
-            sketch = decode_sketch(sketch_data, size=size, max_bytes=s.max_image_bytes) if sketch_data else None
-            return mask, sketch
-
-        try:
-            mask, sketch = await asyncio.to_thread(prepare)
-        except EditInputError as exc:
-            raise ClientError(exc.code, exc.message) from None
+        mask, sketch = await self._decode_mask_and_sketch(rt, parts)
         image = await hub.current_image(rt)
         if rt.state is None:  # deleted meanwhile
             raise ClientError("unknown_session", "this session was deleted")
@@ -399,6 +400,23 @@ class Connection:
             hub.scheduler.submit(job)
         except QueueFull as exc:
             raise ClientError("queue_full", str(exc)) from None
+
+    async def _decode_mask_and_sketch(self, rt: SessionRuntime, parts: dict[str, Part]):
+        """The ``mask`` part (and the ``sketch`` part, if any) decoded and checked against the canvas size."""
+        assert rt.state is not None
+        size, max_bytes = (rt.state.width, rt.state.height), self.hub.settings.max_image_bytes
+        mask_data = parts["mask"].data
+        sketch_data = parts["sketch"].data if "sketch" in parts else None
+
+        def decode():
+            mask = decode_mask(mask_data, size=size, max_bytes=max_bytes)
+            sketch = decode_sketch(sketch_data, size=size, max_bytes=max_bytes) if sketch_data else None
+            return mask, sketch
+
+        try:
+            return await asyncio.to_thread(decode)
+        except EditInputError as exc:
+            raise ClientError(exc.code, exc.message) from None
 
     async def _accept(self, msg: P.Accept) -> None:
         rt = self._need_session()
@@ -422,6 +440,7 @@ class Connection:
 
         await run_to_end(commit())
         self._ack(msg.id, "accept", rt)
+        await self.hub.prepare(rt)  # the accepted canvas is the next edit's
 
     async def _move(self, req_id: Optional[str], n: int, *, relative: bool) -> None:
         rt = self._need_session()
@@ -444,3 +463,4 @@ class Connection:
         await run_to_end(commit())
         png = await asyncio.to_thread(self.hub.storage.blobs.get, rt.state.current.image_sha)
         self._send_canvas(req_id, rt, png)
+        await self.hub.prepare(rt)

@@ -20,7 +20,7 @@ from PIL import Image
 
 from . import protocol as P
 from ..images import encode_png
-from .scheduler import EditScheduler, Job
+from .scheduler import EditScheduler, Job, PrepareJob
 from .settings import ServiceSettings
 from .storage import SessionState, Storage, iso, new_session_id, valid_session_id
 
@@ -173,6 +173,27 @@ class Hub:
                 conn.session = None
                 conn.send_error(None, "unknown_session", "this session was deleted")
         return await asyncio.to_thread(self.storage.delete, sid)
+
+    async def prepare(self, rt: SessionRuntime, mask=None, req_id: Optional[str] = None, answer: bool = False) -> None:
+        """Queue a head start for the session's next edit: the current canvas's latent, and with ``mask`` that
+        mask's context. With ``answer`` the session's connection hears ``prepared`` once it is done."""
+        if rt.state is None:
+            return
+        image = await self.current_image(rt)
+        loop = self.loop
+
+        def done(timings: dict) -> None:  # worker thread
+            if not answer or loop is None:
+                return
+            ms = {k: round(float(v), 2) for k, v in timings.items() if k.endswith("_ms")}
+            msg = Outgoing(P.Prepared(id=req_id, timings=ms).model_dump_json())
+            try:
+                loop.call_soon_threadsafe(lambda: rt.conn.enqueue(msg) if rt.conn is not None else None)
+            except RuntimeError:  # loop closed: server shutting down
+                pass
+
+        self.scheduler.submit_prepare(PrepareJob(session_id=rt.id, image=image, canvas_key=rt.sha or "", mask=mask,
+                                                 done=done))
 
     # ---- edit events from the worker thread ---------------------------------------------------
     def make_emitter(self, rt: SessionRuntime, job: Job):

@@ -38,7 +38,7 @@ MAX_SEED = 2**63 - 1
 MIN_SKETCH_STRENGTH, MAX_SKETCH_STRENGTH = 0.0, 2.0
 
 RequestId = Annotated[Optional[str], Field(default=None, max_length=64)]
-BinaryMessageTypes = frozenset({"canvas", "edit"})
+BinaryMessageTypes = frozenset({"canvas", "prepare", "edit"})
 TextMessageTypes = frozenset({"hello", "cancel", "accept", "undo", "redo", "goto"})
 ClientMessageTypes = BinaryMessageTypes | TextMessageTypes
 
@@ -59,6 +59,13 @@ class CanvasIn(_Client):
     """Header of the binary ``canvas`` frame (part ``image``)."""
 
     type: Literal["canvas"]
+
+
+class PrepareIn(_Client):
+    """Header of the binary ``prepare`` frame (part ``mask``): the mask being painted, so that the server
+    encodes its context while the prompt is still being written. Answered by ``prepared`` once done."""
+
+    type: Literal["prepare"]
 
 
 class EditIn(_Client):
@@ -98,7 +105,7 @@ class Goto(_Client):
 
 
 ClientMessage = Annotated[
-    Union[Hello, CanvasIn, EditIn, Cancel, Accept, Undo, Redo, Goto], Field(discriminator="type")
+    Union[Hello, CanvasIn, PrepareIn, EditIn, Cancel, Accept, Undo, Redo, Goto], Field(discriminator="type")
 ]
 client_message_adapter: TypeAdapter[Any] = TypeAdapter(ClientMessage)
 
@@ -173,6 +180,15 @@ class Ack(BaseModel):
     history: list[HistoryEntry]
 
 
+class Prepared(BaseModel):
+    """A ``prepare`` is done: the next edit of this canvas and mask starts at the diffusion transformer.
+    A prepare that a newer one or an edit made pointless gets no answer."""
+
+    type: Literal["prepared"] = "prepared"
+    id: Optional[str] = None
+    timings: dict[str, float] = Field(description="vae_encode_ms, context_ms: 0 where a cache already held it")
+
+
 class Progress(BaseModel):
     """Header of the binary ``progress`` frame (part ``preview``, JPEG)."""
 
@@ -207,7 +223,7 @@ class Error(BaseModel):
 
 
 ServerMessage = Annotated[
-    Union[Ready, CanvasOut, Ack, Progress, Result, Cancelled, Error], Field(discriminator="type")
+    Union[Ready, CanvasOut, Ack, Prepared, Progress, Result, Cancelled, Error], Field(discriminator="type")
 ]
 server_message_adapter: TypeAdapter[Any] = TypeAdapter(ServerMessage)
 

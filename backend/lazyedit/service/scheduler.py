@@ -5,6 +5,11 @@ in line), sessions served in arrival order, a session whose edit was just taken 
 it submits again: round-robin by session. The worker takes the head edit plus up to ``max_batch - 1``
 waiting edits with the same step count and runs them in one ``pipe.edit_batch`` call.
 
+Prepares (``PrepareJob``) fill the model's caches ahead of an edit: the canvas latent when a canvas
+arrives, a mask's context while its person writes the prompt. They run only when no edit is waiting, one
+per session at most (a newer prepare or an edit of the session drops the waiting one), and never delay an
+edit by more than the one prepare already running.
+
 Cancellation is cooperative: each edit has an Event that its step callback checks, so a running edit
 stops at the next denoising step boundary. Nothing here touches asyncio: ``Job.emit`` is called from
 the worker thread (or the submitting thread for a queued edit superseded) and must be thread-safe.
@@ -61,6 +66,16 @@ class Job:
                 "service_total_ms": round((self.t_end - self.t_submit) * 1000, 2)}
 
 
+@dataclass(eq=False)
+class PrepareJob:
+    session_id: str
+    image: Any                       # PIL RGB canvas snapshot
+    canvas_key: str
+    mask: Optional[np.ndarray] = None  # None: the canvas latent only
+    #: done(timings): called from the worker thread once the caches are filled. Thread-safe.
+    done: Callable[[dict], None] = lambda timings: None
+
+
 class EditScheduler:
     def __init__(self, pipe: Any, *, max_queue: int = 64, max_batch: int = 8):
         self.pipe = pipe
@@ -69,11 +84,13 @@ class EditScheduler:
         self._cond = threading.Condition()
         self._queue: "OrderedDict[str, Job]" = OrderedDict()   # session_id -> waiting job
         self._running: dict[str, Job] = {}                     # session_id -> running job
+        self._prepares: "OrderedDict[str, PrepareJob]" = OrderedDict()  # session_id -> waiting prepare
         self._stopping = False
         self._thread: Optional[threading.Thread] = None
         self.batches = 0
         self.batched_jobs = 0
         self.completed = 0
+        self.prepared = 0
 
     # ---- lifecycle --------------------------------------------------------------------------------
     def start(self) -> None:
@@ -85,6 +102,7 @@ class EditScheduler:
             self._stopping = True
             waiting = list(self._queue.values())
             self._queue.clear()
+            self._prepares.clear()
             for job in self._running.values():
                 job.cancel_event.set()
             self._cond.notify_all()
@@ -105,6 +123,7 @@ class EditScheduler:
             running = self._running.get(job.session_id)
             if running is not None:
                 running.cancel_event.set()
+            self._prepares.pop(job.session_id, None)   # the edit computes what it needs itself
             if old is not None:
                 old.state = "done"
                 self._queue[job.session_id] = job          # same place in line
@@ -115,6 +134,16 @@ class EditScheduler:
             self._cond.notify()
         if old is not None:
             self._finish(old, "cancelled", None)
+
+    def submit_prepare(self, job: PrepareJob) -> None:
+        """Queue ``job`` behind every edit; it replaces the session's waiting prepare. Dropped quietly when the
+        queue is full or the server is stopping: a prepare is only a head start."""
+        with self._cond:
+            if self._stopping or (job.session_id not in self._prepares and len(self._prepares) >= self.max_queue):
+                return
+            self._prepares.pop(job.session_id, None)
+            self._prepares[job.session_id] = job          # to the back: the newest mask is the likeliest edit
+            self._cond.notify()
 
     def cancel(self, session_id: str, edit_id: Optional[str]) -> bool:
         """Cancel this session's edit named ``edit_id`` if it is waiting or running."""
@@ -137,6 +166,7 @@ class EditScheduler:
     def cancel_session(self, session_id: str) -> None:
         with self._cond:
             old = self._queue.pop(session_id, None)
+            self._prepares.pop(session_id, None)
             running = self._running.get(session_id)
             if running is not None:
                 running.cancel_event.set()
@@ -151,7 +181,8 @@ class EditScheduler:
     def stats(self) -> dict[str, Any]:
         with self._cond:
             return {"queued": len(self._queue), "running": len(self._running), "batches": self.batches,
-                    "batched_jobs": self.batched_jobs, "completed": self.completed, "max_batch": self.max_batch}
+                    "batched_jobs": self.batched_jobs, "completed": self.completed, "max_batch": self.max_batch,
+                    "prepares_queued": len(self._prepares), "prepared": self.prepared}
 
     # ---- worker -----------------------------------------------------------------------------------
     def _take_batch(self) -> list[Job]:
@@ -170,17 +201,21 @@ class EditScheduler:
     def _worker(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._stopping:
+                while not self._queue and not self._prepares and not self._stopping:
                     self._cond.wait()
                 if self._stopping:
                     return
-                batch = self._take_batch()
+                prep = None if self._queue else self._prepares.popitem(last=False)[1]
+                batch = self._take_batch() if self._queue else []
                 now = time.perf_counter()
                 for job in batch:
                     job.state = "running"
                     job.t_start = now
                     job.batch_size = len(batch)
                     self._running[job.session_id] = job
+            if prep is not None:
+                self._prepare(prep)
+                continue
             try:
                 self._execute(batch)
             except BaseException:  # never let the worker die
@@ -193,6 +228,15 @@ class EditScheduler:
                     for job in batch:
                         if self._running.get(job.session_id) is job:
                             del self._running[job.session_id]
+
+    def _prepare(self, job: PrepareJob) -> None:
+        try:
+            timings = self.pipe.prepare(job.image, job.mask, canvas_key=job.canvas_key)
+        except Exception:  # never let the worker die; the edit will compute (and report) the same itself
+            log.exception("prepare for session %s failed", job.session_id[:8])
+            return
+        self.prepared += 1
+        job.done(timings)
 
     def _callback(self, job: Job) -> Callable[[Any], bool]:
         every = max(1, job.preview_every)

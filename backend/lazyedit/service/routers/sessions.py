@@ -44,6 +44,9 @@ async def create_session(hub: HubDep, image: UploadFile = File(...)) -> SessionC
                                         s.max_stored_sessions)
     except StorageError as exc:
         raise http_error(429, exc.code, exc.message) from None
+    rt = await hub.runtime(sid)
+    if rt is not None:
+        await hub.prepare(rt)  # encode the canvas while the page opens its socket and the first mask is painted
     return SessionCreated(session=sid, width=state.width, height=state.height, version=state.version)
 
 
