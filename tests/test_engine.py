@@ -131,17 +131,22 @@ def test_prepare_runs_the_encoders_an_edit_would_and_changes_nothing_it_draws(pi
     calls = {"vae": 0, "ctx": 0}
     h1 = pipe.vae.encoder.register_forward_hook(lambda *a: calls.__setitem__("vae", calls["vae"] + 1))
     h2 = pipe.context_encoder.register_forward_hook(lambda *a: calls.__setitem__("ctx", calls["ctx"] + 1))
+    h3 = pipe.asym_vae.decoder.condition_encoder.register_forward_hook(
+        lambda *a: calls.__setitem__("known", calls.get("known", 0) + 1))
     try:
         canvas_only = pipe.prepare(img, canvas_key="p0")  # what a new canvas gets
         assert calls == {"vae": 1, "ctx": 0} and canvas_only["vae_encode_ms"] > 0
         with_mask = pipe.prepare(img, mask, canvas_key="p0")  # what a painted mask gets
-        assert calls == {"vae": 1, "ctx": 1} and with_mask["latent_cache_hit"] and with_mask["context_ms"] > 0
+        assert calls == {"vae": 1, "ctx": 1, "known": 1}
+        assert with_mask["latent_cache_hit"] and with_mask["context_ms"] > 0 and with_mask["known_pixels_ms"] > 0
         warm = pipe.edit(img, mask, "a red star", seed=2, canvas_key="p0")
-        assert calls == {"vae": 1, "ctx": 1}
+        assert calls == {"vae": 1, "ctx": 1, "known": 1}
         assert warm.timings["context_cache_hit"] and warm.timings["context_ms"] == 0
+        assert warm.timings["known_pixels_ms"] == 0
     finally:
         h1.remove()
         h2.remove()
+        h3.remove()
     assert np.array_equal(np.asarray(warm.image), np.asarray(cold.image))
     with pytest.raises(EditInputError) as err:
         pipe.prepare(img, box_mask(w=40), canvas_key="p0")
@@ -281,28 +286,23 @@ def test_frozen_backbone_gets_no_gradient_in_first_half(pipe):
 
 
 def test_asymmetric_decoder_is_given_the_mask(pipe):
+    pipe.clear_caches()
     recorded = []
-    original = pipe.asym_vae.decode
-
-    def recording_decode(z, *args, **kwargs):
-        recorded.append(kwargs)
-        return original(z, *args, **kwargs)
-
-    pipe.asym_vae.decode = recording_decode
+    hook = pipe.asym_vae.decoder.condition_encoder.register_forward_hook(lambda m, args, out: recorded.append(args))
     try:
         img, mask = canvas(), box_mask()
         pipe.edit(img, mask, "a red star", seed=0)
     finally:
-        del pipe.asym_vae.decode
-    (kwargs,) = recorded
-    assert kwargs["mask"] is not None and kwargs["image"] is not None
-    m = kwargs["mask"][0, 0].numpy().astype(bool)
-    assert m.shape == kwargs["image"].shape[-2:]
+        hook.remove()
+    ((masked_image, m),) = recorded  # the conditional branch sees the unmasked pixels and the mask
+    m = m[0, 0].numpy().astype(bool)
+    assert m.shape == masked_image.shape[-2:]
     assert m.sum() == mask.sum()  # the user's mask, cropped to the decoded box
+    assert (masked_image[0][:, torch.from_numpy(m)] == 0).all()
     # the box is the mask's, grown by the margin and widened to whole latent pixels, not the hole's token box
     f, margin = pipe.vae_factor, pipe.decode_margin
     side = lambda lo, hi: (-(-(hi + margin) // f) - (lo - margin) // f) * f  # noqa: E731
-    assert tuple(kwargs["image"].shape[-2:]) == (side(20, 40), side(30, 50))
+    assert tuple(masked_image.shape[-2:]) == (side(20, 40), side(30, 50))
     # and the decoder's output really depends on it
     z = torch.randn(1, 4, 4, 4)
     image = torch.rand(1, 3, 32, 32) * 2 - 1
@@ -312,6 +312,21 @@ def test_asymmetric_decoder_is_given_the_mask(pipe):
         a = pipe.asym_vae.decode(z, image=image, mask=full).sample
         b = pipe.asym_vae.decode(z, image=image, mask=half).sample
     assert not torch.allclose(a, b)
+
+
+def test_decoding_with_known_pixel_features_is_diffusers_decode_exactly(pipe):
+    from lazyedit.engine.asymmetric import decode_with_known_pixels, known_pixel_features
+
+    g = torch.Generator().manual_seed(0)
+    vae = pipe.asym_vae
+    for h, w in ((32, 32), (40, 24)):
+        z = torch.randn(2, 4, h // 8, w // 8, generator=g)
+        image = torch.rand(2, 3, h, w, generator=g) * 2 - 1
+        mask = (torch.rand(2, 1, h, w, generator=g) > 0.6).float()
+        with torch.no_grad():
+            want = vae.decode(z, image=image, mask=mask).sample
+            got = decode_with_known_pixels(vae, z, known_pixel_features(vae, image, mask), mask)
+        assert torch.equal(got, want)
 
 
 @pytest.mark.parametrize("seed", range(6))
@@ -529,6 +544,7 @@ def test_bench_reports_speed_table(tmp_path):
     assert small["lazy_tokens"] < full["lazy_tokens"] == report["tokens_full"]
     assert small["flop_ratio_vs_image"] > 5 and abs(full["flop_ratio_vs_image"] - 1) < 1e-6
     assert report["cache"]["hit_ran_vae_encoder"] is False and report["cache"]["hit_ran_context_encoder"] is False
+    assert report["cache"]["hit_ran_known_pixels"] is False
     assert "end to end" in format_table(report)
     plot(report, str(tmp_path / "p.png"))
     assert Image.open(tmp_path / "p.png").size[0] > 500
@@ -537,7 +553,7 @@ def test_bench_reports_speed_table(tmp_path):
     report["against"] = against = run_against("tiny", str(tmp_path / "distilled"), size=128, reps=2, progress=lambda m: None)
     medians = against["median_ms"]
     assert medians["tiny"]["guidance_distilled"] is False and medians[str(tmp_path / "distilled")]["guidance_distilled"] is True
-    assert all(m["total_ms"] >= m["denoise_ms"] > 0 for m in medians.values())
+    assert all(m["total_ms"] >= m["denoise_ms"] > 0 and m["prepared_total_ms"] > 0 for m in medians.values())
     assert "side by side" in format_table(report)
 
 

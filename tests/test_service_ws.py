@@ -82,6 +82,7 @@ def test_canvas_and_mask_are_encoded_before_the_edit_asks(client):
         assert seen[-1]["timings"]["vae_encode_ms"] == 0 and seen[-1]["timings"]["context_ms"] > 0
         _, result, region = ws.edit_result(mask, "e1", steps=2, seed=3)
         assert result["timings"]["vae_encode_ms"] == 0 and result["timings"]["context_ms"] == 0
+        assert result["timings"]["known_pixels_ms"] == 0  # the decoder's features of the pixels around the mask too
         edited = np.asarray(paste(im, region.convert("RGB"), result["box"]))
         assert np.array_equal(edited[~mask], np.asarray(im)[~mask])
         # a bad prepare is answered by name and costs nothing: the session edits on

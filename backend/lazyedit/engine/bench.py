@@ -157,14 +157,15 @@ def run_bench(config: str = "demo", size: int = 1024, device: str = "cpu", steps
     e2e = {}
     for strategy in ("lazy", "regenerate_crop", "regenerate_image"):
         def run(s=strategy):
-            pipe.context_cache.clear()  # a new mask each time: context recomputed
+            pipe.clear_mask_caches()  # a new mask each time: context and known pixels recomputed
             return pipe.edit(image, mask10, "a red star", steps=steps, seed=0, canvas_key="bench", strategy=s)
         e2e[f"{strategy}_ms"] = Timer(device, 0.0, 1 if quick else 2, 3)(run)
     e2e["speedup_vs_image"] = e2e["regenerate_image_ms"] / e2e["lazy_ms"]
     e2e["speedup_vs_crop"] = e2e["regenerate_crop_ms"] / e2e["lazy_ms"]
     report["end_to_end_10pct"] = e2e
 
-    # Cache: the same canvas and mask with a new prompt runs neither the VAE encoder nor the context encoder.
+    # Cache: the same canvas and mask with a new prompt (what Generate costs after a prepare) runs neither the
+    # VAE encoder nor the context encoder nor the decoder's known-pixel branch.
     progress("bench: cache hit against miss")
     pipe.clear_caches()
     miss = pipe.edit(image, mask10, "a red star", steps=steps, seed=1, canvas_key="cache")
@@ -172,6 +173,7 @@ def run_bench(config: str = "demo", size: int = 1024, device: str = "cpu", steps
     report["cache"] = {
         "miss_ms": miss.timings["total_ms"], "hit_ms": hit.timings["total_ms"],
         "hit_ran_vae_encoder": not hit.timings["latent_cache_hit"], "hit_ran_context_encoder": not hit.timings["context_cache_hit"],
+        "hit_ran_known_pixels": hit.timings.get("known_pixels_ms", 0) > 0,
         "stats": pipe.cache_stats(),
     }
 
@@ -182,7 +184,7 @@ def run_bench(config: str = "demo", size: int = 1024, device: str = "cpu", steps
         pipe.edit(small, m512, "a red star", seed=0, canvas_key="small")
 
         def interactive():
-            pipe.context_cache.clear()
+            pipe.clear_mask_caches()
             return pipe.edit(small, m512, "a red star", seed=0, canvas_key="small")
 
         report["interactive_512_10pct_ms"] = Timer(device, 1.0, 3, 10)(interactive)
@@ -196,24 +198,30 @@ def run_bench(config: str = "demo", size: int = 1024, device: str = "cpu", steps
 
 def run_against(model: str, other: str, size: int = 512, device: str = "cpu", steps: int | None = None,
                 reps: int = 5, progress=print) -> dict:
-    """Two models side by side: the same 10%-mask edit (a new mask on a cached canvas), the models taking
-    turns rep by rep so that a noisy machine slows both alike. Medians of each stage, and their ratio."""
+    """Two models side by side: the same 10%-mask edit, the models taking turns rep by rep so that a noisy
+    machine slows both alike. Each turn edits a new mask on a cached canvas, then the same mask again with
+    another prompt (``prepared_total_ms``: what Generate costs once the mask was prepared). Medians of each
+    stage, and the ratios."""
     pipes = {name: load_pipeline(name, device=device) for name in (model, other)}
     image, mask = sample_canvas(size), square_mask(size, 0.10)
     stages = ("context_ms", "denoise_ms", "decode_ms", "total_ms")
-    times: dict = {name: {k: [] for k in stages} for name in pipes}
+    times: dict = {name: {k: [] for k in (*stages, "prepared_total_ms")} for name in pipes}
     for rep in range(reps + 1):  # the first is a warm-up (it also encodes and caches the canvas)
         progress(f"bench: side by side, round {rep} of {reps}")
         for name, pipe in pipes.items():
-            pipe.context_cache.clear()
+            pipe.clear_mask_caches()
             t = pipe.edit(image, mask, "a red star", steps=steps, seed=0, canvas_key="against").timings
-            for k in stages:
-                if rep:
+            prepared = pipe.edit(image, mask, "a blue ring", steps=steps, seed=0, canvas_key="against").timings
+            if rep:
+                for k in stages:
                     times[name][k].append(t[k])
-    out = {name: {"guidance_distilled": pipe.guidance_distilled, **{k: statistics.median(v) for k, v in times[name].items()}}
+                times[name]["prepared_total_ms"].append(prepared["total_ms"])
+    out = {name: {"guidance_distilled": pipe.guidance_distilled, "steps": steps or pipe.default_steps,
+                  **{k: statistics.median(v) for k, v in times[name].items()}}
            for name, pipe in pipes.items()}
     return {"models": [model, other], "size": size, "reps": reps, "median_ms": out,
-            "total_ratio": out[model]["total_ms"] / out[other]["total_ms"]}
+            "total_ratio": out[model]["total_ms"] / out[other]["total_ms"],
+            "prepared_total_ratio": out[model]["prepared_total_ms"] / out[other]["prepared_total_ms"]}
 
 
 def format_table(report: dict) -> str:
@@ -232,7 +240,7 @@ def format_table(report: dict) -> str:
               f"regenerate image {e['regenerate_image_ms']:.0f}  -> {e['speedup_vs_image']:.2f}x vs image, {e['speedup_vs_crop']:.2f}x vs crop"]
     k = report["cache"]
     lines += [f"cache: miss {k['miss_ms']:.0f} ms, hit {k['hit_ms']:.0f} ms (hit ran VAE encoder: {k['hit_ran_vae_encoder']}, "
-              f"context encoder: {k['hit_ran_context_encoder']})"]
+              f"context encoder: {k['hit_ran_context_encoder']}, known-pixel branch: {k['hit_ran_known_pixels']})"]
     if "interactive_512_10pct_ms" in report:
         lines += [f"interactive edit, 512x512, 10% mask, new mask on a cached canvas: {report['interactive_512_10pct_ms']:.0f} ms"]
     lines += [f"peak memory (MB): {report['peak_memory_mb']}"]
@@ -241,8 +249,10 @@ def format_table(report: dict) -> str:
         lines += ["", f"side by side, {a['size']}x{a['size']}, 10% mask, new mask on a cached canvas (median ms of {a['reps']}):"]
         for name, m in a["median_ms"].items():
             lines.append(f"  {name}: context {m['context_ms']:.0f}, denoise {m['denoise_ms']:.0f}, decode {m['decode_ms']:.0f}, "
-                         f"total {m['total_ms']:.0f}" + ("  (guidance-distilled)" if m["guidance_distilled"] else ""))
-        lines.append(f"  total {a['models'][0]} / {a['models'][1]}: {a['total_ratio']:.2f}x")
+                         f"total {m['total_ms']:.0f}; prepared mask {m['prepared_total_ms']:.0f} ({m['steps']} steps"
+                         + (", guidance-distilled)" if m["guidance_distilled"] else ")"))
+        lines.append(f"  total {a['models'][0]} / {a['models'][1]}: {a['total_ratio']:.2f}x; "
+                     f"prepared {a['prepared_total_ratio']:.2f}x")
     return "\n".join(lines)
 
 

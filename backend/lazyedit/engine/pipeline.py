@@ -32,6 +32,7 @@ from diffusers import (
 )
 from PIL import Image
 
+from .asymmetric import decode_with_known_pixels, known_pixel_features
 from .cache import ByteLRU
 from .holes import Box, HolePlan, decode_box, mask_box, plan_holes
 from .models import ContextEncoder, CSCTuner, HFTextEncoder, LazyDiffusionTransformer
@@ -119,6 +120,7 @@ class _Job:
     plan: HolePlan | None = None
     latent: torch.Tensor | None = None  # (1, C, h, w) scaled, padded canvas
     rgb_fit: torch.Tensor | None = None  # (C+1, 3) latent -> RGB least-squares fit for previews
+    mask_digest: str = ""  # names the (padded) mask in cache keys
     context: torch.Tensor | None = None  # (1, L, D)
     tokens: torch.Tensor | None = None  # (L, C*p*p) current sample
     cancelled: bool = False
@@ -165,6 +167,7 @@ class LazyEditPipeline(DiffusionPipeline):
         self.latent_cache = ByteLRU(512 << 20)
         self.context_cache = ByteLRU(256 << 20)
         self.text_cache = ByteLRU(64 << 20)
+        self.known_pixels_cache = ByteLRU(256 << 20)  # the asymmetric decoder's features of the unmasked pixels
         self.random_weights = False  # set by load_pipeline when no trained weights were found
         self._pinned_device: torch.device | None = None
 
@@ -213,11 +216,18 @@ class LazyEditPipeline(DiffusionPipeline):
         return HFTextEncoder(self.tokenizer, self.text_encoder)
 
     def cache_stats(self) -> dict:
-        return {"latent": self.latent_cache.stats(), "context": self.context_cache.stats(), "text": self.text_cache.stats()}
+        return {"latent": self.latent_cache.stats(), "context": self.context_cache.stats(), "text": self.text_cache.stats(),
+                "known_pixels": self.known_pixels_cache.stats()}
 
     def clear_caches(self) -> None:
-        for cache in (self.latent_cache, self.context_cache, self.text_cache):
+        for cache in (self.latent_cache, self.context_cache, self.text_cache, self.known_pixels_cache):
             cache.clear()
+
+    def clear_mask_caches(self) -> None:
+        """Forget what was computed per mask (the context, the decoder's known pixels): the next edit costs
+        what an edit of a new mask on a known canvas costs."""
+        self.context_cache.clear()
+        self.known_pixels_cache.clear()
 
     def use_scheduler(self, kind: str) -> None:
         """"euler" (flow matching, default) or "ddim" (run on the same flow-matching model, see _ddim_output)."""
@@ -264,15 +274,18 @@ class LazyEditPipeline(DiffusionPipeline):
     @torch.no_grad()
     def prepare(self, image: Image.Image, mask: Image.Image | np.ndarray | None = None, canvas_key: str | None = None) -> dict:
         """Fills the caches the next edit of `image` reads: the canvas latent and, given a `mask`, that mask's
-        context (LazyDiffusion's context encoder runs once per mask). An editor calls it while the person is
-        still writing the prompt, so that the edit itself runs only the diffusion transformer and the crop
-        decode. Returns the stage timings (0 where a cache already held the result)."""
+        context (LazyDiffusion's context encoder runs once per mask) and the asymmetric decoder's features of
+        the pixels around it. An editor calls it while the person is still writing the prompt, so that the
+        edit itself runs only the diffusion transformer and the decoder's upsampling path. Returns the stage
+        timings (0 where a cache already held the result)."""
         whole = np.ones(image.size[::-1], dtype=bool) if mask is None and isinstance(image, Image.Image) else mask
         job = self._validate(EditRequest(image=image, mask=whole, canvas_key=canvas_key))
         with self._device_pinned():
             self._encode_canvas(job)
             if mask is not None:
                 self._encode_context(job)
+                if self.asym_vae is not None:
+                    self._known_pixels(job, self.decode_box(job.mask, job.box))
         return job.timings
 
     @contextmanager
@@ -374,8 +387,8 @@ class LazyEditPipeline(DiffusionPipeline):
     def _encode_context(self, job: _Job) -> None:
         mask = self._pad(job.mask, fill_edge=False)
         job.plan = plan_holes(mask, self.unit, job.request.dilation, all_tokens=job.request.strategy != "lazy")
-        mask_digest = hashlib.sha1(np.packbits(mask).tobytes() + bytes(str(mask.shape), "ascii")).hexdigest()
-        key = (job.canvas_key, mask_digest, job.request.dilation, job.request.strategy)
+        job.mask_digest = hashlib.sha1(np.packbits(mask).tobytes() + bytes(str(mask.shape), "ascii")).hexdigest()
+        key = (job.canvas_key, job.mask_digest, job.request.dilation, job.request.strategy)
 
         def compute():
             latent_mask = _token_mask_to_latent(self._hide_mask(job), self.patch_size).to(job.latent)
@@ -557,6 +570,22 @@ class LazyEditPipeline(DiffusionPipeline):
 
         return StepPreview(step=step, total=total, box=self._offset_box(job, box), render=render)
 
+    def _known_pixels(self, job: _Job, box: Box) -> tuple[torch.Tensor, dict]:
+        """The asymmetric decoder's mask over the decode `box` and its conditional branch's features of the
+        unmasked pixels there: cached per canvas and mask (a prepare fills the cache before the edit)."""
+        x0, y0, x1, y1 = box
+        mask = self._pad(job.mask, fill_edge=False)[y0:y1, x0:x1]
+        mask = torch.from_numpy(mask.astype(np.float32))[None, None].to(self.device, self.asym_vae.dtype)
+
+        def compute():
+            image = self._to_tensor(self._pad(job.rgb)[y0:y1, x0:x1]).to(self.asym_vae.dtype)
+            return known_pixel_features(self.asym_vae, image, mask)
+
+        t0 = time.perf_counter()
+        features, hit = self.known_pixels_cache.get_or_compute((job.canvas_key, job.mask_digest, box), compute)
+        job.timings["known_pixels_ms"] = 0.0 if hit else _ms(t0)
+        return mask, features
+
     def _offset_box(self, job: _Job, box: Box) -> Box:
         ox, oy = job.offset
         return box[0] + ox, box[1] + oy, box[2] + ox, box[3] + oy
@@ -567,13 +596,9 @@ class LazyEditPipeline(DiffusionPipeline):
         x0, y0, x1, y1 = self.decode_box(job.mask, job.box)
         f = self.vae_factor
         z = latent[:, :, y0 // f : y1 // f, x0 // f : x1 // f] / self.vae.config.scaling_factor
-        padded_rgb = self._pad(job.rgb)
-        padded_mask = self._pad(job.mask, fill_edge=False)
         if self.asym_vae is not None:
-            image = self._to_tensor(padded_rgb[y0:y1, x0:x1]).to(self.asym_vae.dtype)
-            mask = torch.from_numpy(padded_mask[y0:y1, x0:x1].astype(np.float32))[None, None].to(image)
-            # Keywords matter: AsymmetricAutoencoderKL.forward would pass these positionally and drop the mask.
-            decoded = self.asym_vae.decode(z.to(image.dtype), image=image, mask=mask).sample
+            mask, features = self._known_pixels(job, (x0, y0, x1, y1))
+            decoded = decode_with_known_pixels(self.asym_vae, z.to(mask.dtype), features, mask)
         else:
             decoded = self.vae.decode(z.to(self.vae.dtype)).sample
         decoded = ((decoded[0].float().clamp(-1, 1) + 1) * 127.5).round().byte().permute(1, 2, 0).cpu().numpy()
