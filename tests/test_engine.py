@@ -229,6 +229,10 @@ def test_guidance_distilled_transformer_runs_one_row_per_step(pipe):
     distilled = _distilled_copy(pipe)
     assert distilled.guidance_distilled and not pipe.guidance_distilled
     assert (distilled.limits["min_guidance"], distilled.limits["max_guidance"]) == DISTILLED_GUIDANCE_RANGE
+    swapped = LazyEditPipeline(**pipe.components, model_name="swapped")  # limits follow a transformer swapped in
+    assert swapped.limits["max_guidance"] == 20.0
+    swapped.register_modules(transformer=distilled.transformer)
+    assert (swapped.limits["min_guidance"], swapped.limits["max_guidance"]) == DISTILLED_GUIDANCE_RANGE
     rows = []
     hook = distilled.transformer.register_forward_hook(lambda m, args, kwargs, out: rows.append(out.shape[0]), with_kwargs=True)
     img, mask = canvas(), box_mask()

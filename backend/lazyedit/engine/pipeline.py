@@ -160,9 +160,6 @@ class LazyEditPipeline(DiffusionPipeline):
             sketch_tuner=sketch_tuner,
         )
         self.register_to_config(model_name=model_name, default_steps=default_steps, default_guidance=default_guidance)
-        self.limits = {"min_steps": 1, "max_steps": 100, "min_guidance": 0.0, "max_guidance": 20.0, "max_pixels": 4096 * 4096}
-        if self.guidance_distilled:  # a distilled transformer knows only the scales it was trained on
-            self.limits["min_guidance"], self.limits["max_guidance"] = DISTILLED_GUIDANCE_RANGE
         self.decode_margin = 16  # pixels of known canvas around the mask that the asymmetric decoder sees
         self.latent_cache = ByteLRU(512 << 20)
         self.context_cache = ByteLRU(256 << 20)
@@ -194,6 +191,13 @@ class LazyEditPipeline(DiffusionPipeline):
     def guidance_distilled(self) -> bool:
         """The transformer takes the guidance scale as an input: one forward row per edit and step, not two."""
         return bool(self.transformer.config.get("guidance_embeds", False))
+
+    @property
+    def limits(self) -> dict:
+        """What an edit may ask for; read from the components, so a swapped-in transformer's own range holds
+        (a guidance-distilled one knows only the scales it was trained on)."""
+        low, high = DISTILLED_GUIDANCE_RANGE if self.guidance_distilled else (0.0, 20.0)
+        return {"min_steps": 1, "max_steps": 100, "min_guidance": low, "max_guidance": high, "max_pixels": 4096 * 4096}
 
     @property
     def patch_size(self) -> int:
