@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import time
 from contextlib import contextmanager
 from typing import Any, Optional
 
@@ -50,6 +51,15 @@ def service(data_dir, pipeline, **overrides):
     app = create_app(settings, pipeline=pipeline)
     with TestClient(app, base_url=BASE_URL) as client:
         yield client
+
+
+def prepared_count(client, at_least: int, timeout: float = 60.0) -> int:
+    """The server's count of finished prepares, once it reaches ``at_least`` (or the timeout passes)."""
+    sched = client.app.state.hub.scheduler
+    deadline = time.time() + timeout
+    while sched.stats()["prepared"] < at_least and time.time() < deadline:
+        time.sleep(0.02)
+    return sched.stats()["prepared"]
 
 
 class WS:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from test_service_helpers import WS, box_mask, decode_png, noise_image, paste, png, service
+from test_service_helpers import WS, box_mask, decode_png, noise_image, paste, png, prepared_count, service
 
 
 def test_rest_sessions_lifecycle(tmp_path, tiny_pipeline):
@@ -13,8 +13,10 @@ def test_rest_sessions_lifecycle(tmp_path, tiny_pipeline):
         h = c.get("/api/health").json()
         assert h["status"] == "ok" and h["protocol"] == 1 and h["model"] == "tiny" and h["device"] == "cpu"
         im = noise_image(80, 60)
+        tiny_pipeline.clear_caches()
         r = c.post("/api/sessions", files={"image": ("a.png", png(im), "image/png")})
         assert r.status_code == 201, r.text
+        assert prepared_count(c, 1) == 1  # the uploaded canvas is encoded before anyone asks
         sid = r.json()["session"]
         assert r.json() == {"session": sid, "width": 80, "height": 60, "version": 1}
         assert c.post("/api/sessions", files={"image": ("a.png", b"nope", "image/png")}).json()["detail"]["code"] == "bad_image"
@@ -31,6 +33,7 @@ def test_rest_sessions_lifecycle(tmp_path, tiny_pipeline):
             ws.recv()
             mask = box_mask(80, 60, (10, 10, 40, 30))
             _, res, region = ws.edit_result(mask, "e", steps=1)
+            assert res["timings"]["vae_encode_ms"] == 0 and res["timings"]["context_ms"] > 0
             ws.send({"type": "accept", "id": "a", "target": "e"})
             assert ws.recv()[0]["of"] == "accept"
         edited = paste(im, region.convert("RGB"), res["box"])

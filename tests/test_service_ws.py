@@ -5,9 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import time
-
-from test_service_helpers import WS, box_mask, mask_png, noise_image, paste, service
+from test_service_helpers import WS, box_mask, mask_png, noise_image, paste, prepared_count, service
 
 
 @pytest.fixture
@@ -59,14 +57,6 @@ def test_edit_round_trip_keeps_pixels_outside_mask(client):
         assert h["type"] == "canvas" and h["position"] == 0
 
 
-def _prepared_count(client, at_least: int, timeout: float = 60.0) -> int:
-    sched = client.app.state.hub.scheduler
-    deadline = time.time() + timeout
-    while sched.stats()["prepared"] < at_least and time.time() < deadline:
-        time.sleep(0.02)
-    return sched.stats()["prepared"]
-
-
 def test_canvas_and_mask_are_encoded_before_the_edit_asks(client):
     client.app.state.hub.pipe.clear_caches()
     with client.websocket_connect("/ws") as raw:
@@ -74,7 +64,7 @@ def test_canvas_and_mask_are_encoded_before_the_edit_asks(client):
         ws.hello()
         im = noise_image(96, 64, seed=11)
         ws.canvas(im)  # queues the canvas latent
-        assert _prepared_count(client, 1) == 1
+        assert prepared_count(client, 1) == 1
         mask = box_mask(96, 64, (20, 10, 50, 40))
         ws.send_frame({"type": "prepare", "id": "p1"}, {"mask": (mask_png(mask), "image/png")})
         seen, _ = ws.recv_until("prepared", "error")
@@ -97,7 +87,7 @@ def test_canvas_and_mask_are_encoded_before_the_edit_asks(client):
             assert (h["type"], h["id"], h["code"]) == ("error", rid, code), h
         ws.send({"type": "accept", "id": "a1", "target": "e1"})  # the accepted canvas is encoded next
         assert ws.recv()[0]["of"] == "accept"
-        assert _prepared_count(client, 3) == 3
+        assert prepared_count(client, 3) == 3
         _, result, _ = ws.edit_result(box_mask(96, 64, (60, 30, 90, 60)), "e2", steps=2, seed=3)
         assert result["timings"]["vae_encode_ms"] == 0 and result["timings"]["context_ms"] > 0
 
