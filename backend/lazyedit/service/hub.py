@@ -176,7 +176,8 @@ class Hub:
 
     async def prepare(self, rt: SessionRuntime, mask=None, req_id: Optional[str] = None, answer: bool = False) -> None:
         """Queue a head start for the session's next edit: the current canvas's latent, and with ``mask`` that
-        mask's context. With ``answer`` the session's connection hears ``prepared`` once it is done."""
+        mask's context and the decoder's features of the pixels around it. With ``answer`` the session's
+        connection hears ``prepared`` once it is done."""
         if rt.state is None:
             return
         image = await self.current_image(rt)

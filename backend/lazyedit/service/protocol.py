@@ -186,7 +186,7 @@ class Prepared(BaseModel):
 
     type: Literal["prepared"] = "prepared"
     id: Optional[str] = None
-    timings: dict[str, float] = Field(description="vae_encode_ms, context_ms: 0 where a cache already held it")
+    timings: dict[str, float] = Field(description="vae_encode_ms, context_ms, known_pixels_ms: 0 where a cache already held it")
 
 
 class Progress(BaseModel):

@@ -6,7 +6,7 @@ it submits again: round-robin by session. The worker takes the head edit plus up
 waiting edits with the same step count and runs them in one ``pipe.edit_batch`` call.
 
 Prepares (``PrepareJob``) fill the model's caches ahead of an edit: the canvas latent when a canvas
-arrives, a mask's context while its person writes the prompt. They run only when no edit is waiting, one
+arrives, a mask's context (and the decoder's features of the pixels around it) while the prompt is written. They run only when no edit is waiting, one
 per session at most (a newer prepare or an edit of the session drops the waiting one), and never delay an
 edit by more than the one prepare already running.
 
