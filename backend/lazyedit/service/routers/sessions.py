@@ -46,6 +46,7 @@ async def create_session(hub: HubDep, image: UploadFile = File(...)) -> SessionC
         raise http_error(429, exc.code, exc.message) from None
     rt = await hub.runtime(sid)
     if rt is not None:
+        rt.image = im.convert("RGB")  # already decoded: the prepare need not read the PNG back
         await hub.prepare(rt)  # encode the canvas while the page opens its socket and the first mask is painted
     return SessionCreated(session=sid, width=state.width, height=state.height, version=state.version)
 
