@@ -115,8 +115,19 @@ export class Layer {
     this.version++;
   }
 
-  async toPNG(): Promise<Uint8Array> {
-    return canvasToPNG(this.canvas);
+  private png: { version: number; bytes: Promise<Uint8Array> } | null = null;
+
+  /** The layer as PNG, encoded once per version: the prepare sent after a stroke and the edit sent after it
+   * share one encoding (a large mask takes a while to compress). */
+  toPNG(): Promise<Uint8Array> {
+    if (this.png?.version !== this.version) {
+      const entry = { version: this.version, bytes: canvasToPNG(this.canvas) };
+      entry.bytes.catch(() => {
+        if (this.png === entry) this.png = null; // a failed encoding is retried next time
+      });
+      this.png = entry;
+    }
+    return this.png.bytes;
   }
 }
 
