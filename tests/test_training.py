@@ -576,3 +576,60 @@ def test_two_cpu_processes_train_one_model(trained, tmp_path):
     s = make_sample(0, 5, size=64)
     res = pipe.edit(s.image, s.mask, prompt=s.caption, seed=0, steps=2)
     assert np.array_equal(np.asarray(res.image)[~s.mask], np.asarray(s.image)[~s.mask])
+
+
+def _asym(up):
+    from diffusers import AsymmetricAutoencoderKL
+
+    from lazyedit.engine.configs import _asym as asym_config
+
+    torch.manual_seed(0)
+    return AsymmetricAutoencoderKL(**asym_config((8, 8, 16, 16), 1, up, 1, 4))
+
+
+def test_a_narrower_decoder_starts_from_the_same_channel_subset_in_every_layer():
+    from lazyedit.training.narrow import kept_channels, narrowed_state_dict
+
+    # the demo's cut: the wide decoder's third block keeps its width (no shortcut), the narrow one's halves it
+    wide, narrow = _asym((16, 32, 32, 32)), _asym((8, 16, 32, 32))
+    w = wide.state_dict()
+    state = narrowed_state_dict(w, narrow, groups=4)
+    narrow.load_state_dict(state)
+    k16, k8 = kept_channels(32, 16, 4), kept_channels(16, 8, 4)
+    assert k16.tolist() == [0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27]  # half of each group of 8
+    up = "decoder.up_blocks.2.upsamplers.0.conv.weight"  # on the 16-channel stream, both sides
+    assert torch.equal(state[up], w[up][k16][:, k16])
+    # the known-pixel features blended into that stream are cut to the same channels
+    cond = "decoder.condition_encoder.layers.1.weight"
+    assert torch.equal(state[cond], w[cond][k16][:, k8])
+    assert torch.equal(state["decoder.conv_out.weight"], w["decoder.conv_out.weight"][:, k8])
+    # where the wide block added its input unchanged, the narrow one's new shortcut keeps the same channels
+    x = torch.randn(1, 32, 5, 5)
+    assert torch.equal(narrow.decoder.up_blocks[2].resnets[0].conv_shortcut(x), x[:, k16])
+    assert all(torch.equal(state[k], w[k]) for k in w if k.startswith("encoder."))
+    with pytest.raises(ValueError, match="multiples of 4 groups"):
+        kept_channels(32, 10, 4)
+    with pytest.raises(ValueError, match="cannot be narrowed"):
+        narrowed_state_dict(narrow.state_dict(), wide, groups=4)
+
+
+def test_decoder_teacher_pulls_the_decoder_to_the_one_it_starts_from(trained, tmp_path):
+    from lazyedit.training.data import StageDataset
+    from lazyedit.training.trainer import StageTrainer
+
+    out, _, _ = trained
+    with pytest.raises(ValueError, match="needs --init-from"):
+        train_stage(_args(tmp_path / "no-teacher", "asym-decoder", 2, decoder_teacher=1.0))
+    source = tmp_path / "source"
+    shutil.copytree(out / "model", source)
+    _asym((8, 8, 16, 16)).save_pretrained(str(source / "asym_vae"))
+    trainer = StageTrainer(_args(tmp_path / "run", "asym-decoder", 2, decoder_teacher=1.0, init_from=str(source)))
+    trainer._setup()
+    batch = torch.utils.data.default_collate([StageDataset("asym-decoder", 64)[i] for i in range(2)])
+    loss, logs = trainer.net_inner(batch)
+    assert float(logs["teacher_l1"]) < 1e-4  # it starts as its teacher
+    with torch.no_grad():
+        for p in trainer.unwrap("asym_vae").decoder.conv_out.parameters():
+            p.add_(0.1)
+    moved, logs = trainer.net_inner(batch)
+    assert float(logs["teacher_l1"]) > 0.05 and float(moved) > float(loss)

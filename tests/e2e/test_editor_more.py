@@ -70,8 +70,11 @@ def test_new_generate_supersedes_running_one(page, server, sample_png):
     log = _frames(page)
     open_app(page, server)
     open_image(page, sample_png)
-    drag(page, [(100, 100), (200, 160)])
-    page.get_by_test_id("steps").fill("100")  # long enough that the second Generate always lands mid-run
+    # most of the canvas at 100 steps (seconds even for the tiny model): a thin stroke's few tokens could
+    # finish before the second Generate lands when the machine is loaded
+    page.get_by_test_id("tool-lasso").click()
+    drag(page, [(30, 30), (480, 30), (480, 350), (30, 350)], steps_between=10)
+    page.get_by_test_id("steps").fill("100")
     page.get_by_test_id("prompt").fill("first")
     page.get_by_test_id("generate").click()
     wait_hook(page, "$.busy && $.previewCount >= 1", timeout=120_000)

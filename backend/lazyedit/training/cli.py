@@ -96,6 +96,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="asym-decoder with --generated-latents: the fraction of those edits (the ones with an object "
                         "and its outline) sampled with their sketch through the frozen sketch tuner, so the decoder "
                         "also learns the latents sketches steer; needs the sketch stage")
+    p.add_argument("--decoder-teacher", type=float, default=0.0, metavar="WEIGHT",
+                   help="asym-decoder with --init-from: the weight of an L1 term pulling the decoder's output to the "
+                        "--init-from model's decoder on the same latents and pixels (a narrower decoder learning "
+                        "from the wider one it was cut from); 0 = none")
     p.add_argument("--init-from", metavar="DIR",
                    help="fine-tune a pipeline folder (e.g. backend/lazyedit/weights/demo): it fills in the components "
                         "<output>/model lacks, and the stage's trained components start from its weights")
@@ -141,6 +145,7 @@ def _args_for(ns: argparse.Namespace, stage: str) -> TrainArgs:
         large_objects=ns.large_objects,
         generated_latents=ns.generated_latents,
         generated_sketches=ns.generated_sketches,
+        decoder_teacher=ns.decoder_teacher,
         sample_steps=ns.sample_steps,
         sample_guidance=ns.sample_guidance,
         progress=not ns.no_progress,

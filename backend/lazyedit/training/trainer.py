@@ -83,6 +83,8 @@ class TrainArgs:
     generated_latents: float = 0.0
     # asym-decoder: fraction of those edits (object masks) whose hole latents are sampled with their sketch
     generated_sketches: float = 0.0
+    # asym-decoder: weight of an L1 term to the --init-from model's decoder on the same inputs
+    decoder_teacher: float = 0.0
     sample_steps: int = 12
     sample_guidance: float = 2.0
     progress: bool = True
@@ -121,6 +123,8 @@ def _defaults(args: TrainArgs) -> TrainArgs:
     a finished stage is skipped or any model is loaded."""
     if args.generated_sketches > 0 and args.generated_latents <= 0:
         raise ValueError("--generated-sketches needs --generated-latents (it is a fraction of those edits)")
+    if args.decoder_teacher and (args.stage != "asym-decoder" or not args.init_from or args.decoder_teacher < 0):
+        raise ValueError("--decoder-teacher is a positive weight for the asym-decoder stage and needs --init-from (the teacher)")
     if args.focus_fraction > 0 and not args.focus_shapes:
         raise ValueError("--focus-fraction needs --focus-shapes (the shapes those scenes are drawn from)")
     args.focus_shapes = shape_names(args.focus_shapes) if args.focus_shapes else ()
@@ -392,8 +396,9 @@ class StageNet(torch.nn.Module):
 
     def __init__(self, stage: str, models: dict, frozen: dict, text_dropout: float, generator: torch.Generator,
                  position_grid: int = 0, generated_latents: float = 0.0, sampling: dict | None = None,
-                 generated_sketches: float = 0.0):
+                 generated_sketches: float = 0.0, decoder_teacher: float = 0.0):
         super().__init__()
+        self.decoder_teacher = decoder_teacher
         self.stage = stage
         self.generated_latents = generated_latents
         self.generated_sketches = generated_sketches
@@ -439,7 +444,7 @@ class StageNet(torch.nn.Module):
                 z = asym.encode(x).latent_dist.mode()
             # keywords: AsymmetricAutoencoderKL.forward would pass image/mask positionally and drop the mask
             rec = asym.decode(z, image=x, mask=m).sample
-            return decoder_loss(rec, x, m)
+            return self._with_teacher(decoder_loss(rec, x, m), rec, z, x, m)
         if self.stage == "distill":
             return self._distill_loss(batch)
         return self._flow_loss(batch)
@@ -458,8 +463,22 @@ class StageNet(torch.nn.Module):
                              generator=self.generator, adapter=self._generated_sketch_adapter(batch),
                              **self.sampling) / scale
         rec = asym.decode(z, image=x, mask=m).sample
-        loss, logs = decoder_loss(rec, target, m)
+        loss, logs = self._with_teacher(decoder_loss(rec, target, m), rec, z, x, m)
         return loss, {**logs, "generated": torch.ones(())}
+
+    def _with_teacher(self, loss_logs: tuple[torch.Tensor, dict], rec: torch.Tensor, z: torch.Tensor,
+                      x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The decoder's loss plus, with --decoder-teacher, the L1 distance to what the wider decoder it was
+        cut from decodes of the same latents and known pixels: a dense target that already joins generated
+        latents to the canvas, for a decoder cut from it to relearn what the cut lost."""
+        loss, logs = loss_logs
+        teacher = self.frozen.get("asym_teacher")
+        if teacher is None:
+            return loss, logs
+        with torch.no_grad():
+            target = teacher.decode(z, image=x, mask=m).sample
+        gap = (rec - target).abs().mean()
+        return loss + self.decoder_teacher * gap, {**logs, "teacher_l1": gap.detach()}
 
     def _generated_sketch_adapter(self, batch: dict):
         """The frozen sketch tuner's adapter for the edits drawn with their sketch (a ``generated_sketches``
@@ -622,6 +641,11 @@ class StageTrainer:
             self.models = {"asym_vae": asym}
             if a.generated_latents > 0:
                 self._load_frozen_backbone(mdir)
+            if a.decoder_teacher:
+                from diffusers import AsymmetricAutoencoderKL
+
+                self.frozen["asym_teacher"] = AsymmetricAutoencoderKL.from_pretrained(
+                    str(Path(a.init_from) / "asym_vae")).requires_grad_(False).eval()
             if a.generated_sketches > 0:
                 path = mdir / "sketch_tuner"
                 if not (path / "config.json").exists():
@@ -664,7 +688,7 @@ class StageTrainer:
             self.frozen["vae"].to(memory_format=torch.channels_last)
         sampling = {"steps": cfg.default_steps, "guidance": cfg.default_guidance, "shift": cfg.sampling_shift}
         self.net_inner = StageNet(stage, self.models, self.frozen, a.text_dropout, self.generator, a.position_grid,
-                                  a.generated_latents, sampling, a.generated_sketches)
+                                  a.generated_latents, sampling, a.generated_sketches, a.decoder_teacher)
         params = [p for p in self.net_inner.parameters() if p.requires_grad]
         self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.99), weight_decay=a.weight_decay)
@@ -680,13 +704,22 @@ class StageTrainer:
 
     def _init_weights(self, source: Path) -> None:
         """--init-from: the trained components start from ``source``'s weights (a checkpoint, when one is
-        resumed, replaces them later)."""
+        resumed, replaces them later); a component the config makes narrower than ``source``'s starts from a
+        channel subset of it (narrow.py)."""
+        from .narrow import narrowed_state_dict
+
         for name, model in self.models.items():
             path = source / name
             if not (path / "config.json").exists():
                 raise FileNotFoundError(f"--init-from {source}: it has no {name} to start the {self.args.stage} stage from")
-            model.load_state_dict(type(model).from_pretrained(str(path)).state_dict())
-            logger.info("%s starts from %s", name, path)
+            wide = type(model).from_pretrained(str(path)).state_dict()
+            own = model.state_dict()
+            if own.keys() == wide.keys() and all(own[k].shape == wide[k].shape for k in own):
+                model.load_state_dict(wide)
+                logger.info("%s starts from %s", name, path)
+            else:
+                model.load_state_dict(narrowed_state_dict(wide, model, model.config.get("norm_num_groups", 1)))
+                logger.info("%s starts from a channel subset of %s", name, path)
 
     def _load_frozen_backbone(self, mdir: Path, transformer: bool = True) -> None:
         """The trained text encoder, context encoder and (unless told not to) transformer, frozen (for the

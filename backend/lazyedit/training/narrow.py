@@ -1,0 +1,45 @@
+"""Starting a narrower model from a trained wider one of the same layout (a lighter decoder for CPUs).
+
+Every dimension where the narrow tensor is smaller keeps a channel subset of the wide one: from each of
+the ``groups`` GroupNorm groups, its first channels. One rule for every dimension of a given width keeps a
+residual stream's channels the same subset in every layer that reads or writes it (convolutions, norms,
+the known-pixel features blended into it), and a narrow group is part of one wide group, so the norms see
+the statistics of the channels they saw before. A shortcut the narrow block needs where the wide one added
+its input unchanged (its width now changes inside the block) starts as that identity on the kept channels.
+What the dropped channels carried is lost; fine-tuning (best against the wide model, --decoder-teacher)
+recovers it.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def kept_channels(wide: int, narrow: int, groups: int) -> torch.Tensor:
+    """The wide channels a narrow dimension keeps: the first narrow/groups of each group."""
+    if wide % groups or narrow % groups:
+        raise ValueError(f"cannot narrow {wide} channels to {narrow}: both must be multiples of {groups} groups")
+    per_wide, per_narrow = wide // groups, narrow // groups
+    return torch.tensor([g * per_wide + j for g in range(groups) for j in range(per_narrow)])
+
+
+def narrowed_state_dict(wide: dict[str, torch.Tensor], narrow: torch.nn.Module, groups: int) -> dict[str, torch.Tensor]:
+    """A state dict for ``narrow`` cut out of the wide model's state dict ``wide``."""
+    out = {}
+    for key, target in narrow.state_dict().items():
+        if key not in wide:
+            if ".conv_shortcut." not in key:
+                raise KeyError(f"{key}: the wide model has no such weight and it is not a block's shortcut")
+            t = torch.zeros_like(target)
+            if key.endswith("weight"):  # 1x1 convolution (out, in, 1, 1) selecting the kept channels
+                t[torch.arange(t.shape[0]), kept_channels(t.shape[1], t.shape[0], groups), 0, 0] = 1
+            out[key] = t
+            continue
+        t = wide[key]
+        if t.ndim != target.ndim or any(w < n for w, n in zip(t.shape, target.shape)):
+            raise ValueError(f"{key}: {tuple(t.shape)} cannot be narrowed to {tuple(target.shape)}")
+        for dim, (w, n) in enumerate(zip(t.shape, target.shape)):
+            if w != n:
+                t = t.index_select(dim, kept_channels(w, n, groups))
+        out[key] = t.to(target.dtype).clone()
+    return out
