@@ -633,3 +633,24 @@ def test_decoder_teacher_pulls_the_decoder_to_the_one_it_starts_from(trained, tm
             p.add_(0.1)
     moved, logs = trainer.net_inner(batch)
     assert float(logs["teacher_l1"]) > 0.05 and float(moved) > float(loss)
+
+
+def test_demo_light_is_the_demo_with_a_narrower_decoder_that_can_be_cut_from_it():
+    from dataclasses import asdict
+
+    from lazyedit.engine import get_config
+    from lazyedit.engine.loading import build_pipeline
+    from lazyedit.training.narrow import narrowed_state_dict
+
+    demo, light = asdict(get_config("demo")), asdict(get_config("demo-light"))
+    assert {k for k in demo if demo[k] != light[k]} == {"name", "asym_vae"}
+    assert {k for k in demo["asym_vae"] if demo["asym_vae"][k] != light["asym_vae"][k]} == {"up_block_out_channels"}
+    wide, narrow = build_pipeline("demo").asym_vae, build_pipeline("demo-light").asym_vae
+    narrow.load_state_dict(narrowed_state_dict(wide.state_dict(), narrow, groups=16))
+    x = torch.rand(1, 3, 64, 64) * 2 - 1
+    m = torch.zeros(1, 1, 64, 64)
+    m[..., 16:48, 16:48] = 1
+    with torch.no_grad():
+        z = wide.encode(x).latent_dist.mode()  # one latent space: the encoders are the same
+        assert torch.equal(z, narrow.encode(x).latent_dist.mode())
+        assert narrow.decode(z, image=x, mask=m).sample.shape == x.shape

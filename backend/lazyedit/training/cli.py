@@ -58,7 +58,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="stage to train; 'all' runs vae, asym-decoder, lazy, sketch in order (distill is optional); 'export' only writes the pipeline "
                         "index; 'ship' copies <output>/model as fp16 to --dest (default: the bundled demo model's folder)")
     p.add_argument("--dest", help="with 'ship': destination folder")
-    p.add_argument("--config", default="demo", help="model config: tiny, demo (default), base")
+    p.add_argument("--config", default="demo", help="model config: tiny, demo (default), demo-light (demo with a lighter decoder), base")
     p.add_argument("--output", default="runs/demo", help="run folder; the model goes to <output>/model")
     p.add_argument("--data", default="world", help="'world' (procedural, default) or a folder of images with .txt captions")
     p.add_argument("--resolution", type=_sizes, help="training canvas size in pixels (a multiple of 16), or several "
