@@ -611,6 +611,8 @@ def test_a_narrower_decoder_starts_from_the_same_channel_subset_in_every_layer()
         kept_channels(32, 10, 4)
     with pytest.raises(ValueError, match="cannot be narrowed"):
         narrowed_state_dict(narrow.state_dict(), wide, groups=4)
+    with pytest.raises(KeyError, match="lacks"):
+        narrowed_state_dict({**w, "decoder.extra.weight": torch.zeros(1)}, narrow, groups=4)
 
 
 def test_decoder_teacher_pulls_the_decoder_to_the_one_it_starts_from(trained, tmp_path):

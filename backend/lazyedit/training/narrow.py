@@ -25,8 +25,9 @@ def kept_channels(wide: int, narrow: int, groups: int) -> torch.Tensor:
 
 def narrowed_state_dict(wide: dict[str, torch.Tensor], narrow: torch.nn.Module, groups: int) -> dict[str, torch.Tensor]:
     """A state dict for ``narrow`` cut out of the wide model's state dict ``wide``."""
+    own = narrow.state_dict()
     out = {}
-    for key, target in narrow.state_dict().items():
+    for key, target in own.items():
         if key not in wide:
             if ".conv_shortcut." not in key:
                 raise KeyError(f"{key}: the wide model has no such weight and it is not a block's shortcut")
@@ -42,4 +43,7 @@ def narrowed_state_dict(wide: dict[str, torch.Tensor], narrow: torch.nn.Module, 
             if w != n:
                 t = t.index_select(dim, kept_channels(w, n, groups))
         out[key] = t.to(target.dtype).clone()
+    extra = sorted(wide.keys() - own.keys())
+    if extra:  # a layer the narrow model lacks is not a narrowing (strict loading would refuse it too)
+        raise KeyError(f"the wide model has weights the narrow one lacks: {', '.join(extra[:3])}")
     return out
