@@ -578,13 +578,13 @@ def test_two_cpu_processes_train_one_model(trained, tmp_path):
     assert np.array_equal(np.asarray(res.image)[~s.mask], np.asarray(s.image)[~s.mask])
 
 
-def _asym(up):
+def _asym(up, layers=1):
     from diffusers import AsymmetricAutoencoderKL
 
     from lazyedit.engine.configs import _asym as asym_config
 
     torch.manual_seed(0)
-    return AsymmetricAutoencoderKL(**asym_config((8, 8, 16, 16), 1, up, 1, 4))
+    return AsymmetricAutoencoderKL(**asym_config((8, 8, 16, 16), 1, up, layers, 4))
 
 
 def test_a_narrower_decoder_starts_from_the_same_channel_subset_in_every_layer():
@@ -615,6 +615,33 @@ def test_a_narrower_decoder_starts_from_the_same_channel_subset_in_every_layer()
         narrowed_state_dict({**w, "decoder.extra.weight": torch.zeros(1)}, narrow, groups=4)
 
 
+def test_a_shallower_decoder_keeps_each_blocks_first_layers_and_drops_only_residual_ones():
+    from lazyedit.training.narrow import narrowed_state_dict
+
+    wide, shallow = _asym((16, 32, 32, 32), layers=2), _asym((16, 32, 32, 32), layers=0)
+    w = wide.state_dict()
+    state = narrowed_state_dict(w, shallow, groups=4)
+    shallow.load_state_dict(state)
+    assert all(torch.equal(v, w[k]) for k, v in state.items())  # same widths: every kept weight as it was
+    assert "decoder.up_blocks.3.resnets.0.conv_shortcut.weight" in state  # the width-changing first layer stays
+    dropped = {k.split(".resnets.")[0] + ".resnets." + k.split(".resnets.")[1].split(".")[0]
+               for k in w.keys() - state.keys()}
+    assert dropped == {f"decoder.up_blocks.{b}.resnets.{j}" for b in range(4) for j in (1, 2)}
+    # with the dropped layers' residual branches zeroed, the wide decoder is the shallow one
+    with torch.no_grad():
+        for b in range(4):
+            for j in (1, 2):
+                wide.decoder.up_blocks[b].resnets[j].conv2.weight.zero_()
+                wide.decoder.up_blocks[b].resnets[j].conv2.bias.zero_()
+        x, m = torch.rand(1, 3, 32, 32) * 2 - 1, torch.ones(1, 1, 32, 32)
+        m[..., :8, :] = 0
+        z = wide.encode(x).latent_dist.mode()
+        assert torch.allclose(wide.decode(z, image=x, mask=m).sample, shallow.decode(z, image=x, mask=m).sample, atol=1e-6)
+    # a dropped layer with a shortcut of its own changed the width: not a residual layer to drop
+    with pytest.raises(KeyError, match="lacks"):
+        narrowed_state_dict({**w, "decoder.up_blocks.0.resnets.3.conv_shortcut.weight": torch.zeros(1)}, shallow, groups=4)
+
+
 def test_decoder_teacher_pulls_the_decoder_to_the_one_it_starts_from(trained, tmp_path):
     from lazyedit.training.data import StageDataset
     from lazyedit.training.trainer import StageTrainer
@@ -637,17 +664,18 @@ def test_decoder_teacher_pulls_the_decoder_to_the_one_it_starts_from(trained, tm
     assert float(logs["teacher_l1"]) > 0.05 and float(moved.detach()) > float(loss.detach())
 
 
-def test_demo_light_is_the_demo_with_a_narrower_decoder_that_can_be_cut_from_it():
+@pytest.mark.parametrize("name, field", [("demo-light", "up_block_out_channels"), ("demo-shallow", "layers_per_up_block")])
+def test_the_lighter_demo_decoders_differ_from_the_demo_in_one_field_and_can_be_cut_from_it(name, field):
     from dataclasses import asdict
 
     from lazyedit.engine import get_config
     from lazyedit.engine.loading import build_pipeline
     from lazyedit.training.narrow import narrowed_state_dict
 
-    demo, light = asdict(get_config("demo")), asdict(get_config("demo-light"))
+    demo, light = asdict(get_config("demo")), asdict(get_config(name))
     assert {k for k in demo if demo[k] != light[k]} == {"name", "asym_vae"}
-    assert {k for k in demo["asym_vae"] if demo["asym_vae"][k] != light["asym_vae"][k]} == {"up_block_out_channels"}
-    wide, narrow = build_pipeline("demo").asym_vae, build_pipeline("demo-light").asym_vae
+    assert {k for k in demo["asym_vae"] if demo["asym_vae"][k] != light["asym_vae"][k]} == {field}
+    wide, narrow = build_pipeline("demo").asym_vae, build_pipeline(name).asym_vae
     narrow.load_state_dict(narrowed_state_dict(wide.state_dict(), narrow, groups=16))
     x = torch.rand(1, 3, 64, 64) * 2 - 1
     m = torch.zeros(1, 1, 64, 64)

@@ -1,4 +1,5 @@
-"""Starting a narrower model from a trained wider one of the same layout (a lighter decoder for CPUs).
+"""Starting a narrower or shallower model from a trained wider one of the same layout (a lighter decoder
+for CPUs).
 
 Every dimension where the narrow tensor is smaller keeps a channel subset of the wide one: from each of
 the ``groups`` GroupNorm groups, its first channels. One rule for every dimension of a given width keeps a
@@ -6,13 +7,19 @@ residual stream's channels the same subset in every layer that reads or writes i
 the known-pixel features blended into it), and a narrow group is part of one wide group, so the norms see
 the statistics of the channels they saw before. A shortcut the narrow block needs where the wide one added
 its input unchanged (its width now changes inside the block) starts as that identity on the kept channels.
-What the dropped channels carried is lost; fine-tuning (best against the wide model, --decoder-teacher)
-recovers it.
+A block with fewer residual layers (diffusers' ``resnets``) keeps the wide block's first ones: the ones
+dropped added ``f(x)`` to an input of their own width, so the block starts as if their ``f`` were zero.
+What the dropped channels and layers carried is lost; fine-tuning (best against the wide model,
+--decoder-teacher) recovers it.
 """
 
 from __future__ import annotations
 
+import re
+
 import torch
+
+_RESIDUAL_LAYER = re.compile(r"^(.*\.resnets)\.(\d+)\.")
 
 
 def kept_channels(wide: int, narrow: int, groups: int) -> torch.Tensor:
@@ -43,7 +50,18 @@ def narrowed_state_dict(wide: dict[str, torch.Tensor], narrow: torch.nn.Module, 
             if w != n:
                 t = t.index_select(dim, kept_channels(w, n, groups))
         out[key] = t.to(target.dtype).clone()
-    extra = sorted(wide.keys() - own.keys())
-    if extra:  # a layer the narrow model lacks is not a narrowing (strict loading would refuse it too)
+    extra = sorted(k for k in wide.keys() - own.keys() if not _dropped_residual_layer(k, wide, own))
+    if extra:  # any other layer the narrow model lacks is not a cut (strict loading would refuse it too)
         raise KeyError(f"the wide model has weights the narrow one lacks: {', '.join(extra[:3])}")
     return out
+
+
+def _dropped_residual_layer(key: str, wide: dict, own: dict) -> bool:
+    """Whether ``key`` belongs to a residual layer that the narrow block lacks after keeping the ones before
+    it: not its block's first layer, and one that adds its input unchanged (no shortcut of its own)."""
+    m = _RESIDUAL_LAYER.match(key)
+    if not m or int(m[2]) == 0:
+        return False
+    prefix = f"{m[1]}.{m[2]}."
+    return not any(k.startswith(prefix) for k in own) and not any(
+        k.startswith(prefix + "conv_shortcut.") for k in wide)

@@ -704,8 +704,8 @@ class StageTrainer:
 
     def _init_weights(self, source: Path) -> None:
         """--init-from: the trained components start from ``source``'s weights (a checkpoint, when one is
-        resumed, replaces them later); a component the config makes narrower than ``source``'s starts from a
-        channel subset of it (narrow.py)."""
+        resumed, replaces them later); a component the config makes narrower or shallower than ``source``'s
+        starts from a cut of it (narrow.py)."""
         from .narrow import narrowed_state_dict
 
         for name, model in self.models.items():
@@ -719,7 +719,7 @@ class StageTrainer:
                 logger.info("%s starts from %s", name, path)
             else:
                 model.load_state_dict(narrowed_state_dict(wide, model, model.config.get("norm_num_groups", 1)))
-                logger.info("%s starts from a channel subset of %s", name, path)
+                logger.info("%s starts from a cut of %s", name, path)
 
     def _load_frozen_backbone(self, mdir: Path, transformer: bool = True) -> None:
         """The trained text encoder, context encoder and (unless told not to) transformer, frozen (for the
