@@ -458,6 +458,7 @@ def test_sketch_condition_changes_a_trained_tuner(pipe):
         (dict(guidance=-1.0), "out_of_range"),
         (dict(guidance=100.0), "out_of_range"),
         (dict(sketch_strength=5.0), "out_of_range"),
+        (dict(prompt=" <null> "), "reserved_prompt"),
         (dict(image=Image.new("RGB", (5000, 5000)), mask=np.ones((5000, 5000), bool)), "image_too_large"),
     ],
 )

@@ -76,6 +76,7 @@ CASES = [
     ("decompression_bomb", lambda: ("bytes", frame({"type": "canvas", "id": "bad"}, image=bomb_png())), "image_too_large"),
     ("message_too_large", ("bytes", frame({"type": "canvas", "id": "x"}, image=b"\x00" * 250_000)), "message_too_large"),
     ("prompt_too_long", ("bytes", edit_frame(prompt="y" * 51)), "prompt_too_long"),
+    ("reserved_prompt", ("bytes", edit_frame(prompt="<null>")), "reserved_prompt"),
     ("steps_out_of_range", ("bytes", edit_frame(steps=100000)), "out_of_range"),
     ("steps_zero", ("bytes", edit_frame(steps=0)), "out_of_range"),
     ("guidance_out_of_range", ("bytes", edit_frame(guidance=-1.0)), "out_of_range"),

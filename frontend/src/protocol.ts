@@ -282,6 +282,7 @@ export function describeError(code: string, message: string): string {
     bad_image: "Not a readable image",
     empty_mask: "Paint a mask first",
     prompt_too_long: "Prompt too long",
+    reserved_prompt: "That prompt is reserved",
     out_of_range: "Setting out of range",
     no_canvas: "Open an image first",
     nothing_to_undo: "Nothing to undo",

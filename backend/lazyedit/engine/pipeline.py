@@ -319,6 +319,10 @@ class LazyEditPipeline(DiffusionPipeline):
             raise EditInputError("mask_size", f"mask is {mask.shape[1]}x{mask.shape[0]} but the image is {w}x{h}")
         if not mask.any():
             raise EditInputError("empty_mask", "the mask is empty: nothing to edit")
+        null = self.text.null_prompt
+        if null and r.prompt.strip() == null:
+            raise EditInputError("reserved_prompt", f"the prompt {null!r} is reserved: the model reads it as no prompt at "
+                                 "all (leave the prompt empty to fill the hole from its surroundings)")
         sketch = None
         if r.sketch is not None:
             if r.sketch.size != (w, h):

@@ -14,16 +14,11 @@ PROTOCOL_VERSION = 1
 
 ERROR_CODES = (
     "bad_json", "bad_message", "unknown_type", "bad_frame", "bad_parts", "bad_image", "image_too_large",
-    "message_too_large", "mask_size", "sketch_size", "empty_mask", "prompt_too_long", "out_of_range",
-    "no_canvas", "unknown_session", "unknown_target", "nothing_to_undo", "queue_full", "too_many_sessions",
-    "unauthorized", "bad_origin", "internal",
+    "message_too_large", "mask_size", "sketch_size", "empty_mask", "prompt_too_long", "reserved_prompt",
+    "out_of_range", "no_canvas", "unknown_session", "unknown_target", "nothing_to_undo", "queue_full",
+    "too_many_sessions", "unauthorized", "bad_origin", "internal",
 )
-ErrorCode = Literal[
-    "bad_json", "bad_message", "unknown_type", "bad_frame", "bad_parts", "bad_image", "image_too_large",
-    "message_too_large", "mask_size", "sketch_size", "empty_mask", "prompt_too_long", "out_of_range",
-    "no_canvas", "unknown_session", "unknown_target", "nothing_to_undo", "queue_full", "too_many_sessions",
-    "unauthorized", "bad_origin", "internal",
-]
+ErrorCode = Literal[ERROR_CODES]  # the same codes, as a type
 #: WebSocket close codes: a bad token or Origin (the only errors that close the socket), a client that let
 #: more than max_outgoing_bytes pile up unread (reconnect and resume), an older socket whose session another
 #: socket resumed.
