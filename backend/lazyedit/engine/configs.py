@@ -1,6 +1,6 @@
-"""Named model sizes. `tiny` is for tests, `demo` is the model shipped for CPUs (`demo-light`, `demo-shallow`: the
-same with a lighter decoder, not shipped), `base` is PixArt-alpha-XL/2 scale with the SD-1.x VAE (the speed benchmark's
-reference configuration)."""
+"""Named model sizes. `tiny` is for tests, `demo` is the model shipped for CPUs (`demo-light`, `demo-shallow`:
+the same with a lighter decoder, not shipped), `base` is PixArt-alpha-XL/2 scale with the SD-1.x VAE (the
+speed benchmark's reference configuration)."""
 
 from __future__ import annotations
 
@@ -104,7 +104,8 @@ CONFIGS["demo-light"] = replace(CONFIGS["demo"], name="demo-light",
                                 asym_vae=_asym((32, 64, 64, 64), 1, (32, 64, 96, 96), 1, 16))
 # The demo model with one residual layer in each decoder block instead of two, at the demo's widths: about a
 # fifth less of the decode's convolutions, all of it kept at full width where the fine detail is drawn.
-# Trained the same way (docs/training.md "A shallower decoder").
+# Trained the same way (docs/training.md "A shallower decoder"); not shipped: its removals read 2.2 dB worse
+# at 512 px, as demo-light's did.
 CONFIGS["demo-shallow"] = replace(CONFIGS["demo"], name="demo-shallow",
                                   asym_vae=_asym((32, 64, 64, 64), 1, (48, 96, 96, 96), 0, 16))
 
