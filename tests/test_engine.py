@@ -195,7 +195,7 @@ def _decoder_inputs(pipe, n=6):
 
 def test_guidance_contrasts_with_the_models_null_prompt(pipe, tmp_path):
     """New models read "<null>" as "no condition" and "" as "fill from the context": an empty prompt (a
-    removal) is guided away from the null prompt, and the null prompt itself needs no unconditional row."""
+    removal) is guided away from the null prompt (which is refused as a prompt: test_bad_input_is_named)."""
     from lazyedit.engine.models.text_encoder import NULL_PROMPT
 
     img, mask = canvas(), box_mask()
@@ -205,7 +205,6 @@ def test_guidance_contrasts_with_the_models_null_prompt(pipe, tmp_path):
         return np.asarray(pipe.edit(img, mask, prompt, seed=5, guidance=guidance).image)
 
     assert (run("", 4.0) != run("", 1.0)).any()
-    assert (run(NULL_PROMPT, 4.0) == run(NULL_PROMPT, 1.0)).all()
     # the null prompt is part of the text encoder's config; a config from before it (no key) reads as ""
     pipe.text_encoder.save_pretrained(tmp_path / "text")
     config = tmp_path / "text" / "config.json"
