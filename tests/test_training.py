@@ -656,12 +656,14 @@ def test_decoder_teacher_pulls_the_decoder_to_the_one_it_starts_from(trained, tm
     trainer._setup()
     batch = torch.utils.data.default_collate([StageDataset("asym-decoder", 64)[i] for i in range(2)])
     loss, logs = trainer.net_inner(batch)
-    assert float(logs["teacher_l1"]) < 1e-4  # it starts as its teacher
+    assert float(logs["teacher_l1"]) < 1e-4 and float(logs["teacher_hole"]) < 1e-4  # it starts as its teacher
     with torch.no_grad():
         for p in trainer.unwrap("asym_vae").decoder.conv_out.parameters():
             p.add_(0.1)
     moved, logs = trainer.net_inner(batch)
     assert float(logs["teacher_l1"]) > 0.05 and float(moved.detach()) > float(loss.detach())
+    # the hole is scored on its own (with its chroma), not only as its share of the image's mean
+    assert float(logs["teacher_hole"]) > float(logs["teacher_l1"])
 
 
 @pytest.mark.parametrize("name, field", [("demo-light", "up_block_out_channels"), ("demo-shallow", "layers_per_up_block")])

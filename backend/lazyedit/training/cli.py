@@ -97,9 +97,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         "and its outline) sampled with their sketch through the frozen sketch tuner, so the decoder "
                         "also learns the latents sketches steer; needs the sketch stage")
     p.add_argument("--decoder-teacher", type=float, default=0.0, metavar="WEIGHT",
-                   help="asym-decoder with --init-from: the weight of an L1 term pulling the decoder's output to the "
-                        "--init-from model's decoder on the same latents and pixels (a narrower decoder learning "
-                        "from the wider one it was cut from); 0 = none")
+                   help="asym-decoder with --init-from: the weight of the decoder's loss against the --init-from model's "
+                        "decoder on the same latents and pixels (a narrower decoder learning from the wider one it "
+                        "was cut from; scored as against the truth, hole and rim weighted); 0 = none")
     p.add_argument("--init-from", metavar="DIR",
                    help="fine-tune a pipeline folder (e.g. backend/lazyedit/weights/demo): it fills in the components "
                         "<output>/model lacks, and the stage's trained components start from its weights")

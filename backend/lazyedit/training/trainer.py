@@ -468,17 +468,20 @@ class StageNet(torch.nn.Module):
 
     def _with_teacher(self, loss_logs: tuple[torch.Tensor, dict], rec: torch.Tensor, z: torch.Tensor,
                       x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """The decoder's loss plus, with --decoder-teacher, the L1 distance to what the wider decoder it was
-        cut from decodes of the same latents and known pixels: a dense target that already joins generated
-        latents to the canvas, for a decoder cut from it to relearn what the cut lost."""
+        """The decoder's loss plus, with --decoder-teacher, its loss against what the wider decoder it was cut
+        from decodes of the same latents and known pixels: a dense target that already joins generated
+        latents to the canvas, for a decoder cut from it to relearn what the cut lost. The teacher's output
+        is scored as the truth is (``decoder_loss``: the hole and its rim weighted apart): a plain L1 over the
+        whole image is mostly the known pixels, which the cut decoder copies easily, and let removal fills
+        stay grainy (v17, v18)."""
         loss, logs = loss_logs
         teacher = self.frozen.get("asym_teacher")
         if teacher is None:
             return loss, logs
         with torch.no_grad():
             target = teacher.decode(z, image=x, mask=m).sample
-        gap = (rec - target).abs().mean()
-        return loss + self.decoder_teacher * gap, {**logs, "teacher_l1": gap.detach()}
+        gap, gap_logs = decoder_loss(rec, target, m)
+        return loss + self.decoder_teacher * gap, {**logs, "teacher_l1": gap_logs["l1"], "teacher_hole": gap_logs["hole"]}
 
     def _generated_sketch_adapter(self, batch: dict):
         """The frozen sketch tuner's adapter for the edits drawn with their sketch (a ``generated_sketches``
