@@ -69,7 +69,7 @@ $D lazy $C $L --resolution 128,256 --lr 7e-5 --text-dropout 0.2 --steps 27696
 # v15, v16 (stops 20, 21): guidance distillation. The transformer learns v13's guided velocity for w in 1..8 in
 # one forward row instead of two (the frozen teacher is kept in $OUT/distill/teacher). v15 ran these flags as
 # `--init-from` the shipped fp16 v13 with --seed 15; from step 1097 (v16) 128 px crops came twice as often as
-# 256 px ones, where v15's 128 px colour had lagged. v16 ships with 6 steps (the demo config's default).
+# 256 px ones, where v15's 128 px colour had lagged. v16 shipped with 6 steps; from stop 24 the default is 5.
 $D distill $C $L --resolution 128,256 --lr 1e-4 --steps 1097      # v15 stopped here after 70 minutes
 $D distill $C $L --resolution 128,128,256 --lr 1e-4 --steps 2651  # v16 stopped here after 75 minutes
 echo "trained; model in $OUT/model"
