@@ -583,7 +583,10 @@ def test_shipped_demo_model_is_trained_and_loads_in_fp32():
     assert (DEMO_MODEL_DIR / "model_index.json").is_file(), "the demo model is not shipped"
     pipe = load_pipeline("demo")
     assert pipe.config.model_name == "demo" and not pipe.random_weights
-    assert pipe.scheduler.config.shift == get_config("demo").sampling_shift   # the sampler it was tuned with
+    cfg = get_config("demo")
+    assert pipe.scheduler.config.shift == cfg.sampling_shift   # the sampler it was tuned with
+    # the served defaults are the ones the demo config trains the decoder's generated latents with
+    assert (pipe.default_steps, pipe.config.default_guidance) == (cfg.default_steps, cfg.default_guidance)
     assert pipe.transformer.dtype == torch.float32 and pipe.sketch_tuner is not None and pipe.asym_vae is not None
     image = Image.new("RGB", (96, 80), (90, 140, 200))
     mask = np.zeros((80, 96), bool)
