@@ -666,6 +666,65 @@ def test_decoder_teacher_pulls_the_decoder_to_the_one_it_starts_from(trained, tm
     assert float(logs["teacher_hole"]) > float(logs["teacher_l1"])
 
 
+def test_adversarial_term_trains_a_discriminator_beside_the_decoder(trained, tmp_path):
+    from safetensors.torch import load_file
+
+    from lazyedit.training.data import StageDataset
+    from lazyedit.training.discriminator import PatchDiscriminator, adversarial_losses
+    from lazyedit.training.trainer import StageTrainer
+
+    out, _, _ = trained
+    with pytest.raises(ValueError, match="--adversarial"):
+        train_stage(_args(tmp_path / "lazy", "lazy", 2, adversarial=0.1))
+    # the hinge losses judge only the hole: a decode that differs from the truth outside it costs nothing
+    torch.manual_seed(0)
+    disc = PatchDiscriminator(channels=8)
+    truth = torch.rand(2, 3, 32, 32) * 2 - 1
+    mask = torch.zeros(2, 1, 32, 32)
+    mask[..., 8:24, 8:24] = 1
+    d_loss, g_loss, _ = adversarial_losses(disc, truth, truth, mask)
+    d_same, g_same, _ = adversarial_losses(disc, truth * mask + 0.3 * (1 - mask), truth, mask)
+    assert torch.allclose(d_loss, d_same) and torch.allclose(g_loss, g_same)
+    # one backward of their sum: the decoder's term moves only the decode, the discriminator's only the judge
+    rec = truth.clone().requires_grad_(True)
+    d_loss, g_loss, _ = adversarial_losses(disc, rec, truth, mask)
+    d_loss.backward(retain_graph=True)
+    assert rec.grad is None and any(p.grad is not None for p in disc.parameters())
+    disc.zero_grad()
+    g_loss.backward()
+    assert rec.grad is not None and all(p.grad is None or not p.grad.any() for p in disc.parameters())
+    assert not rec.grad[mask.expand_as(rec) == 0].any()  # known pixels get no gradient
+
+    run = tmp_path / "run"
+    shutil.copytree(out / "model", run / "model")
+    trainer = StageTrainer(_args(run, "asym-decoder", 2, batch_size=2, adversarial=0.5, adversarial_start=1))
+    trainer._setup()
+    batch = torch.utils.data.default_collate([StageDataset("asym-decoder", 64)[i] for i in range(2)])
+    trainer.net_inner.adversary_on = False
+    plain, logs = trainer.net_inner(batch)
+    assert {"d_real", "d_fake", "adv_g"} <= logs.keys()
+    trainer.net_inner.adversary_on = True
+    torch.manual_seed(0)
+    with_g, logs_on = trainer.net_inner(batch)
+    # VQGAN's adaptive weight: the adversarial gradient at the last layer, scaled to the reconstruction's
+    assert float(logs["adv_weight"]) == 0 and float(logs_on["adv_weight"]) > 0
+    assert float((with_g - plain).detach()) == pytest.approx(float(logs_on["adv_weight"] * logs_on["adv_g"]), abs=1e-4)
+    last = trainer.unwrap("asym_vae").decoder.conv_out.weight
+    g_rec = torch.autograd.grad(plain, last, retain_graph=True)[0].norm()
+    g_adv = torch.autograd.grad(with_g - plain, last, retain_graph=True)[0].norm()
+    assert float(g_adv / g_rec) == pytest.approx(0.5, rel=1e-3)
+    before = {k: v.clone() for k, v in trainer.net_inner.discriminator.state_dict().items()}
+    result = train_stage(_args(run, "asym-decoder", 3, batch_size=2, adversarial=0.5, adversarial_start=1,
+                               save_every=3))
+    assert result["done"] and all(np.isfinite(result["losses"]))
+    # the discriminator is checkpointed (a resume continues the game) but never exported with the model
+    ckpt = load_file(str(next((run / "asym-decoder" / "checkpoints").glob("step_*/model.safetensors"))))
+    moved = [k for k, v in before.items() if not torch.equal(ckpt[f"discriminator.{k}"], v)]
+    assert moved
+    exported = load_file(str(run / "model" / "asym_vae" / "diffusion_pytorch_model.safetensors"))
+    assert not [k for k in exported if "discriminator" in k]
+
+
 @pytest.mark.parametrize("name, field", [("demo-light", "up_block_out_channels"), ("demo-shallow", "layers_per_up_block")])
 def test_the_lighter_demo_decoders_differ_from_the_demo_in_one_field_and_can_be_cut_from_it(name, field):
     from dataclasses import asdict

@@ -100,6 +100,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="asym-decoder with --init-from: the weight of the decoder's loss against the --init-from model's "
                         "decoder on the same latents and pixels (a narrower decoder learning from the wider one it "
                         "was cut from; scored as against the truth, hole and rim weighted); 0 = none")
+    p.add_argument("--adversarial", type=float, default=0.0, metavar="WEIGHT",
+                   help="asym-decoder: the weight of a PatchGAN term on the decoded hole (a discriminator trained beside "
+                        "the decoder), for sharp outlines and stripes where L1 paints their blurred mean; 0 = none")
+    p.add_argument("--adversarial-start", type=int, default=100, metavar="STEP",
+                   help="asym-decoder with --adversarial: the step the decoder's adversarial term starts at (the "
+                        "discriminator trains alone before it)")
     p.add_argument("--init-from", metavar="DIR",
                    help="fine-tune a pipeline folder (e.g. backend/lazyedit/weights/demo): it fills in the components "
                         "<output>/model lacks, and the stage's trained components start from its weights")
@@ -146,6 +152,8 @@ def _args_for(ns: argparse.Namespace, stage: str) -> TrainArgs:
         generated_latents=ns.generated_latents,
         generated_sketches=ns.generated_sketches,
         decoder_teacher=ns.decoder_teacher,
+        adversarial=ns.adversarial,
+        adversarial_start=ns.adversarial_start,
         sample_steps=ns.sample_steps,
         sample_guidance=ns.sample_guidance,
         progress=not ns.no_progress,

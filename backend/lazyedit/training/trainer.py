@@ -85,6 +85,10 @@ class TrainArgs:
     generated_sketches: float = 0.0
     # asym-decoder: weight of an L1 term to the --init-from model's decoder on the same inputs
     decoder_teacher: float = 0.0
+    # asym-decoder: weight of the PatchGAN term (discriminator.py), and the step it starts at (the discriminator
+    # learns alone until then)
+    adversarial: float = 0.0
+    adversarial_start: int = 100
     sample_steps: int = 12
     sample_guidance: float = 2.0
     progress: bool = True
@@ -125,6 +129,8 @@ def _defaults(args: TrainArgs) -> TrainArgs:
         raise ValueError("--generated-sketches needs --generated-latents (it is a fraction of those edits)")
     if args.decoder_teacher and (args.stage != "asym-decoder" or not args.init_from or args.decoder_teacher < 0):
         raise ValueError("--decoder-teacher is a positive weight for the asym-decoder stage and needs --init-from (the teacher)")
+    if args.adversarial and (args.stage != "asym-decoder" or args.adversarial < 0):
+        raise ValueError("--adversarial is a positive weight for the asym-decoder stage")
     if args.focus_fraction > 0 and not args.focus_shapes:
         raise ValueError("--focus-fraction needs --focus-shapes (the shapes those scenes are drawn from)")
     args.focus_shapes = shape_names(args.focus_shapes) if args.focus_shapes else ()
@@ -396,9 +402,16 @@ class StageNet(torch.nn.Module):
 
     def __init__(self, stage: str, models: dict, frozen: dict, text_dropout: float, generator: torch.Generator,
                  position_grid: int = 0, generated_latents: float = 0.0, sampling: dict | None = None,
-                 generated_sketches: float = 0.0, decoder_teacher: float = 0.0):
+                 generated_sketches: float = 0.0, decoder_teacher: float = 0.0, adversarial: float = 0.0):
         super().__init__()
         self.decoder_teacher = decoder_teacher
+        self.adversarial = adversarial
+        self.adversary_on = False  # the trainer turns the decoder's adversarial term on at --adversarial-start
+        if adversarial > 0:
+            from .discriminator import PatchDiscriminator
+
+            # a submodule, so the optimizer, DDP and checkpoints hold it; not in ``models``: never exported
+            self.discriminator = PatchDiscriminator()
         self.stage = stage
         self.generated_latents = generated_latents
         self.generated_sketches = generated_sketches
@@ -444,7 +457,7 @@ class StageNet(torch.nn.Module):
                 z = asym.encode(x).latent_dist.mode()
             # keywords: AsymmetricAutoencoderKL.forward would pass image/mask positionally and drop the mask
             rec = asym.decode(z, image=x, mask=m).sample
-            return self._with_teacher(decoder_loss(rec, x, m), rec, z, x, m)
+            return self._with_adversary(self._with_teacher(decoder_loss(rec, x, m), rec, z, x, m), rec, x, m)
         if self.stage == "distill":
             return self._distill_loss(batch)
         return self._flow_loss(batch)
@@ -463,7 +476,7 @@ class StageNet(torch.nn.Module):
                              generator=self.generator, adapter=self._generated_sketch_adapter(batch),
                              **self.sampling) / scale
         rec = asym.decode(z, image=x, mask=m).sample
-        loss, logs = self._with_teacher(decoder_loss(rec, target, m), rec, z, x, m)
+        loss, logs = self._with_adversary(self._with_teacher(decoder_loss(rec, target, m), rec, z, x, m), rec, target, m)
         return loss, {**logs, "generated": torch.ones(())}
 
     def _with_teacher(self, loss_logs: tuple[torch.Tensor, dict], rec: torch.Tensor, z: torch.Tensor,
@@ -482,6 +495,26 @@ class StageNet(torch.nn.Module):
             target = teacher.decode(z, image=x, mask=m).sample
         gap, gap_logs = decoder_loss(rec, target, m)
         return loss + self.decoder_teacher * gap, {**logs, "teacher_l1": gap_logs["l1"], "teacher_hole": gap_logs["hole"]}
+
+    def _with_adversary(self, loss_logs: tuple[torch.Tensor, dict], rec: torch.Tensor, truth: torch.Tensor,
+                        m: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """The decoder's loss plus, with --adversarial, the PatchGAN's: the discriminator's own hinge loss
+        always, the decoder's (weighted) from --adversarial-start on."""
+        loss, logs = loss_logs
+        if self.adversarial <= 0:
+            return loss, logs
+        from .discriminator import adversarial_losses
+
+        d_loss, g_loss, adv_logs = adversarial_losses(self.discriminator, rec.float(), truth, m)
+        weight = torch.zeros(())
+        if self.adversary_on and torch.is_grad_enabled():
+            # VQGAN's adaptive weight: the adversarial gradient at the decoder's last layer is scaled to the
+            # reconstruction's there, times --adversarial, so the weight means the same as both losses move
+            last = self.models["asym_vae"].decoder.conv_out.weight
+            g_rec = torch.autograd.grad(loss, last, retain_graph=True)[0].norm()
+            g_adv = torch.autograd.grad(g_loss, last, retain_graph=True)[0].norm()
+            weight = (self.adversarial * g_rec / (g_adv + 1e-4)).clamp(max=1e4).detach()
+        return loss + d_loss + weight * g_loss, {**logs, **adv_logs, "adv_weight": weight}
 
     def _generated_sketch_adapter(self, batch: dict):
         """The frozen sketch tuner's adapter for the edits drawn with their sketch (a ``generated_sketches``
@@ -691,7 +724,7 @@ class StageTrainer:
             self.frozen["vae"].to(memory_format=torch.channels_last)
         sampling = {"steps": cfg.default_steps, "guidance": cfg.default_guidance, "shift": cfg.sampling_shift}
         self.net_inner = StageNet(stage, self.models, self.frozen, a.text_dropout, self.generator, a.position_grid,
-                                  a.generated_latents, sampling, a.generated_sketches, a.decoder_teacher)
+                                  a.generated_latents, sampling, a.generated_sketches, a.decoder_teacher, a.adversarial)
         params = [p for p in self.net_inner.parameters() if p.requires_grad]
         self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.99), weight_decay=a.weight_decay)
@@ -913,6 +946,7 @@ class StageTrainer:
             batch = {k: (v.to(self.device) if torch.is_tensor(v) else v) for k, v in batch.items()}
             if fixed_batch is None:
                 fixed_batch = batch
+            self.net_inner.adversary_on = self.step >= a.adversarial_start
             with acc.accumulate(self.net):
                 with acc.autocast():
                     loss, logs = self.net(batch)
