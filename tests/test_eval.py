@@ -140,6 +140,22 @@ def test_shape_accuracy_is_split_by_the_prompted_shape():
     assert t.summary()[f"shape_acc_{case.sample.shape}"] == 0.0
 
 
+def test_style_accuracy_is_split_by_the_scene_style():
+    from lazyedit.training.eval import Totals, ground_truth_report, score_case
+
+    cases = eval_cases(24, 5, 96)
+    report = ground_truth_report(cases)
+    per_style = {k: v for k, v in report.items() if k.startswith("style_acc_")}
+    inserts = [c for c in cases if c.kind == "insert"]
+    assert set(per_style) == {f"style_acc_{c.sample.style}" for c in inserts} and len(per_style) > 1
+    assert sum(report[f"n_{k}"] for k in per_style) == report["n_style_acc"] == len(inserts)
+    # a blank answer reads as plain: it fails a styled scene's entry
+    case = next(c for c in inserts if c.sample.style != "plain")
+    t = Totals()
+    score_case(t, case, np.asarray(case.sample.removed))
+    assert t.summary()[f"style_acc_{case.sample.style}"] == 0.0
+
+
 def test_eval_main_autoencoder_ceiling_scores_every_case_through_both_decoders(capsys):
     assert eval_main(["--model", "tiny", "--autoencoder", "--cases", "6", "--size", "64", "--no-progress"]) == 0
     report = json.loads(capsys.readouterr().out)["autoencoder"]

@@ -381,6 +381,7 @@ def score_case(t: Totals, case: EvalCase, out: np.ndarray) -> None:
     t.add(prefix + "shape_acc", sc["shape_ok"])
     t.add(f"{prefix}shape_acc_{s.shape}", sc["shape_ok"])  # per prompted shape: which shapes the model cannot draw
     t.add(prefix + "style_acc", sc["style_ok"])
+    t.add(f"{prefix}style_acc_{s.style}", sc["style_ok"])  # per scene style: which styles the decoder loses
     t.add("sketch_iou" if case.kind == "sketch" else "object_iou", sc["sketch_iou"])
 
 
