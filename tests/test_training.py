@@ -696,7 +696,8 @@ def test_adversarial_term_trains_a_discriminator_beside_the_decoder(trained, tmp
     assert not rec.grad[mask.expand_as(rec) == 0].any()  # known pixels get no gradient
 
     run = tmp_path / "run"
-    shutil.copytree(out / "model", run / "model")
+    # without the shared fixture's asym-decoder marker, which an earlier test may have written
+    shutil.copytree(out / "model", run / "model", ignore=shutil.ignore_patterns("asym-decoder.json"))
     trainer = StageTrainer(_args(run, "asym-decoder", 2, batch_size=2, adversarial=0.5, adversarial_start=1))
     trainer._setup()
     batch = torch.utils.data.default_collate([StageDataset("asym-decoder", 64)[i] for i in range(2)])
