@@ -60,12 +60,33 @@ def test_openapi_describes_the_api(tmp_path, tiny_pipeline):
         spec = c.get("/openapi.json").json()
         paths = spec["paths"]
         assert {"/api/health", "/api/sessions", "/api/sessions/{sid}", "/api/sessions/{sid}/image",
-                "/api/sessions/{sid}/history/{n}/image"} <= set(paths)
+                "/api/sessions/{sid}/history/{n}/image", "/api/example"} <= set(paths)
         schemas = spec["components"]["schemas"]
         assert {"Health", "SessionCreated", "SessionSummary", "SessionDetail", "HistoryEntry"} <= set(schemas)
         assert "image/png" in paths["/api/sessions/{sid}/image"]["get"]["responses"]["200"]["content"]
         assert paths["/api/sessions"]["post"]["responses"]["201"]["content"]["application/json"]["schema"]["$ref"].endswith("SessionCreated")
         assert c.get("/").status_code == 200
+
+
+def test_example_scenes_come_from_the_procedural_world(tmp_path, tiny_pipeline):
+    from lazyedit.training.world import COLOUR_NAMES, SHAPES, example_scene
+
+    with service(tmp_path / "d", tiny_pipeline, token="s3cret") as c:
+        auth = {"Authorization": "Bearer s3cret"}
+        assert c.get("/api/example?seed=7").status_code == 401  # behind the token, as the sessions are
+        r = c.get("/api/example?seed=7&size=256", headers=auth)
+        assert r.status_code == 200 and r.headers["content-type"] == "image/png"
+        image, prompt = example_scene(7, 256)
+        assert np.array_equal(np.asarray(decode_png(r.content)), np.asarray(image))
+        assert r.headers["x-lazyedit-prompt"] == prompt
+        colour, shape = prompt.split()[-2:]
+        assert colour in COLOUR_NAMES and shape in SHAPES
+        assert decode_png(c.get("/api/example", headers=auth).content).size == (512, 512)  # the editor's canvas
+        assert c.get("/api/example?seed=8&size=256", headers=auth).content != r.content
+        for bad, field in (("seed=-1", "seed"), ("size=4096", "size"), ("size=big", "size")):
+            r = c.get(f"/api/example?{bad}", headers=auth)
+            assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["query", field], r.text
+        assert c.get("/api/health").status_code == 200  # a bad query costs nothing else
 
 
 def test_persistence_across_app_restart(tmp_path, tiny_pipeline):

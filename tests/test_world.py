@@ -101,3 +101,16 @@ def test_all_attributes_occur():
         seen_bg.add(s.scene.background.kind)
     assert seen_shapes == set(SHAPES) and seen_colours == set(COLOURS) and seen_styles == set(STYLES)
     assert len(seen_bg) == 5
+
+
+def test_example_scene_is_deterministic_and_suggests_what_it_lacks():
+    from lazyedit.training.world import EXAMPLE_WORLD, example_scene, sample_rng, sample_scene
+
+    for seed in range(12):
+        image, prompt = example_scene(seed, 128)
+        again, prompt2 = example_scene(seed, 128)
+        assert np.array_equal(np.asarray(image), np.asarray(again)) and prompt == prompt2
+        scene = sample_scene(sample_rng(EXAMPLE_WORLD, seed), n_objects=(2, 3))
+        assert 2 <= len(scene.objects) <= 3 and image.size == (128, 128)
+        assert prompt not in {o.caption for o in scene.objects}  # something new to put in
+    assert len({example_scene(s, 64)[1] for s in range(12)}) > 3

@@ -88,6 +88,7 @@ export class App {
     sketchStrength: HTMLInputElement;
     sketchStrengthLabel: HTMLElement;
     prompt: HTMLInputElement;
+    promptHint: HTMLElement;
     generate: HTMLButtonElement;
     seedRandom: HTMLInputElement;
     seed: HTMLInputElement;
@@ -231,7 +232,10 @@ export class App {
     const info = h("span", { class: "info", testid: "canvas-info" }, "");
     const zoom = h("span", { class: "zoom", testid: "zoom" }, "");
     const status = h("footer", { class: "status", testid: "status" }, conn, model, info, zoom);
-    const empty = h("div", { class: "empty", testid: "empty" }, h("p", {}, "Open an image (O), drop one here, or paste it."), h("button", { class: "primary", onclick: () => fileInput.click() }, "Open image"));
+    const promptHint = h("p", { class: "hint", testid: "prompt-hint", hidden: true });
+    const empty = h("div", { class: "empty", testid: "empty" }, h("p", {}, "Open an image (O), drop one here, or paste it."),
+      h("div", { class: "row" }, h("button", { class: "primary", onclick: () => fileInput.click() }, "Open image"),
+        h("button", { testid: "empty-example", title: "A scene of the world the demo model learned", onclick: () => void this.openExample() }, "Try an example")));
     const stage = h("div", { class: "stage", testid: "stage" }, empty);
     const errorSlots: Record<Slot, HTMLElement> = {
       open: errorSlot("open"), edit: errorSlot("edit"), result: resultBox.querySelector(".error-slot") as HTMLElement,
@@ -244,6 +248,7 @@ export class App {
     const toolbar = h("header", { class: "toolbar" },
       h("div", { class: "group" },
         h("button", { testid: "open", title: "Open image (O)", onclick: () => fileInput.click() }, "Open"), fileInput,
+        btn("Example", "example", "Open an example scene of the world the demo model learned", () => void this.openExample()),
         btn("Download", "download", "Download the current image as PNG", () => void this.downloadImage()),
         errorSlots.open),
       h("div", { class: "group" }, tools.brush, tools.eraser, tools.rect, tools.lasso,
@@ -264,7 +269,7 @@ export class App {
         btn("?", "help-button", "Keyboard shortcuts (?)", () => this.toggleHelp())),
     );
     const panel = h("aside", { class: "panel" },
-      h("section", {}, h("h3", {}, "Prompt"), h("div", { class: "row" }, prompt, generate),
+      h("section", {}, h("h3", {}, "Prompt"), h("div", { class: "row" }, prompt, generate), promptHint,
         h("div", { class: "params" },
           h("label", {}, seedRandom, "random seed"), seed,
           h("label", {}, "steps", steps), h("label", {}, "guidance", guidance)),
@@ -277,7 +282,7 @@ export class App {
 
     this.ui = {
       root, fileInput, maskInput, tools, brushSize, brushSizeLabel, sketchColor, sketchSize, sketchStrength, sketchStrengthLabel,
-      prompt, generate, seedRandom, seed, steps, guidance, progress, progressText, cancel, resultBox, resultInfo, accept, discard,
+      prompt, promptHint, generate, seedRandom, seed, steps, guidance, progress, progressText, cancel, resultBox, resultInfo, accept, discard,
       retry, history, undo, redo, live, status, conn, model, info, zoom, stage, empty, help, errorSlots,
     };
 
@@ -738,7 +743,8 @@ export class App {
   // actions
   // =====================================================================================
 
-  async openFile(file: Blob & { name?: string }): Promise<void> {
+  /** Opens an image file; true once it is the canvas of a new session. */
+  async openFile(file: Blob & { name?: string }): Promise<boolean> {
     this.clearError("open");
     const bytes = new Uint8Array(await file.arrayBuffer());
     let bmp: ImageBitmap;
@@ -746,7 +752,7 @@ export class App {
       bmp = await createImageBitmap(file);
     } catch {
       this.showError("open", `${file.name ?? "That file"} is not an image this browser can read.`, "bad_image");
-      return;
+      return false;
     }
     let png: Uint8Array = bytes;
     if (!PNG_MAGIC.every((b, i) => bytes[i] === b)) {
@@ -754,7 +760,39 @@ export class App {
       ctx2d(c).drawImage(bmp, 0, 0);
       png = await canvasToPNG(c);
     }
-    await this.sendCanvas(png, bmp, file.name ?? "image");
+    const opened = await this.sendCanvas(png, bmp, file.name ?? "image");
+    if (opened) this.ui.promptHint.hidden = true;
+    return opened;
+  }
+
+  /**
+   * A scene of the procedural world from the server (the demo model knows nothing else), opened as a file
+   * would be; the prompt it suggests, a shape and colour the scene lacks, becomes the prompt box's hint.
+   */
+  async openExample(): Promise<void> {
+    this.clearError("open");
+    const seed = Math.floor(Math.random() * 2 ** 31);
+    let res: Response;
+    try {
+      res = await fetch(`/api/example?seed=${seed}`, { headers: this.authHeaders() });
+    } catch {
+      this.showError("open", "Could not reach the server for an example; try again once reconnected.", "disconnected");
+      return;
+    }
+    if (!res.ok) return this.showHttpError("open", res);
+    const suggestion = res.headers.get("X-Lazyedit-Prompt");
+    const opened = await this.openFile(new File([await res.blob()], `example-${seed}.png`, { type: "image/png" }));
+    if (opened && suggestion) {
+      this.ui.promptHint.textContent = `Mask an empty spot and try “${suggestion}”, or mask an object and leave the prompt empty to remove it.`;
+      this.ui.promptHint.hidden = false;
+    }
+  }
+
+  private async showHttpError(slot: Slot, res: Response): Promise<void> {
+    const body = await res.json().catch(() => null);
+    const detail = body?.detail ?? {};
+    const code = typeof detail.code === "string" ? detail.code : `http_${res.status}`;
+    this.showError(slot, describeError(code, typeof detail.message === "string" ? detail.message : res.statusText), code);
   }
 
   /**
@@ -762,7 +800,7 @@ export class App {
    * then the socket is reopened with the session's routing key (`/ws?session=<id>`), so behind a proxy
    * with several replicas every edit of the session reaches the replica that holds its state.
    */
-  private async sendCanvas(png: Uint8Array, bmp: ImageBitmap, name: string): Promise<void> {
+  private async sendCanvas(png: Uint8Array, bmp: ImageBitmap, name: string): Promise<boolean> {
     const upload = { id: this.nextId("c", "open"), bmp, name };
     this.pendingCanvas = upload;
     this.refresh();
@@ -771,19 +809,17 @@ export class App {
       const form = new FormData();
       form.append("image", new Blob([png as Uint8Array<ArrayBuffer>], { type: "image/png" }), "image.png");
       const res = await fetch("/api/sessions", { method: "POST", body: form, headers: this.authHeaders() });
-      const body = await res.json().catch(() => null);
-      if (res.ok) created = body;
-      else {
-        const detail = body?.detail ?? {};
-        const code = typeof detail.code === "string" ? detail.code : `http_${res.status}`;
-        this.showError("open", describeError(code, typeof detail.message === "string" ? detail.message : res.statusText), code);
-      }
+      if (res.ok) created = await res.json();
+      else await this.showHttpError("open", res);
     } catch {
       this.showError("open", "Could not reach the server to upload the image; try again once reconnected.", "disconnected");
     }
-    if (this.pendingCanvas !== upload) return; // another image was opened meanwhile
+    if (this.pendingCanvas !== upload) return false; // another image was opened meanwhile
     this.pendingCanvas = null;
-    if (!created) return void this.refresh();
+    if (!created) {
+      this.refresh();
+      return false;
+    }
     this.cancelEdit();
     this.edit = null; // its outcome belongs to the old session, on the old socket
     this.ui.progressText.textContent = "";
@@ -798,6 +834,7 @@ export class App {
     this.renderHistory();
     this.conn.reconnect(); // hello on the new socket resumes the new session: ready, then its canvas and history
     this.refresh();
+    return true;
   }
 
   private authHeaders(): Record<string, string> {

@@ -49,6 +49,31 @@ def test_new_image_starts_new_session(page, server, sample_png, tmp_path):
     assert hook(page, "canvasSize") == {"width": 320, "height": 240}
 
 
+def test_example_scene_opens_as_a_new_session_with_a_prompt_to_try(page, server, sample_png):
+    from lazyedit.training.world import COLOUR_NAMES, SHAPES
+
+    open_app(page, server)
+    page.get_by_test_id("empty-example").click()  # from the empty canvas's call to action
+    wait_hook(page, "$.canvasSize !== null && $.historyLength === 1")
+    first = hook(page, "sessionId")
+    assert hook(page, "canvasSize") == {"width": 512, "height": 512}
+    hint = page.get_by_test_id("prompt-hint")
+    assert hint.is_visible()
+    suggested = hint.inner_text().split("“")[1].split("”")[0]
+    article, colour, shape = suggested.split()
+    assert colour in COLOUR_NAMES and shape in SHAPES
+    with urllib.request.urlopen(f"{server.url}/api/sessions/{first}/image") as r:
+        stored = Image.open(r)
+        stored.load()
+    assert stored.size == (512, 512) and len(stored.getcolors(512 * 512)) > 2  # a scene, not a blank page
+    # the toolbar's button opens another scene as another session; the user's own image drops the hint
+    page.get_by_test_id("example").click()
+    wait_hook(page, f"$.sessionId !== '{first}' && $.canvasSize !== null && $.historyLength === 1")
+    page.get_by_test_id("file-input").set_input_files(str(sample_png))
+    wait_hook(page, "$.canvasSize && $.canvasSize.height === 384 && $.historyLength === 1")
+    assert not hint.is_visible()
+
+
 def test_live_mode_generates_after_a_pause(page, server, sample_png):
     log = _frames(page)
     open_app(page, server)

@@ -13,7 +13,7 @@ from fastapi.staticfiles import StaticFiles
 
 from .. import __version__
 from .hub import Hub
-from .routers import health, sessions, ws
+from .routers import examples, health, sessions, ws
 from .security import host_ok
 from .settings import ServiceSettings
 from .storage import Storage
@@ -120,6 +120,7 @@ def create_app(settings: Optional[ServiceSettings] = None, *, pipeline: Any = No
     app.state.settings = settings
     app.include_router(health.router)
     app.include_router(sessions.router)
+    app.include_router(examples.router)
     app.include_router(ws.router)
 
     frontend = settings.resolved_frontend_dir
