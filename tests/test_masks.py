@@ -45,6 +45,13 @@ def test_grow_and_fill_holes():
     ring[5:16, 5:16] = True
     ring[8:13, 8:13] = False
     assert fill_holes(ring)[10, 10] and not fill_holes(ring)[0, 0]
+    # a hole is background cut off from the border side to side: a diagonal gap does not let the outside in
+    diamond = np.zeros((5, 5), bool)
+    diamond[1, 2] = diamond[2, 1] = diamond[2, 3] = diamond[3, 2] = True
+    assert fill_holes(diamond).sum() == 5 and fill_holes(diamond)[2, 2]
+    open_ring = ring.copy()
+    open_ring[10, 5:8] = False  # a channel to the outside: nothing to fill
+    assert np.array_equal(fill_holes(open_ring), open_ring)
 
 
 def test_cases_follow_the_rule():

@@ -23,6 +23,7 @@ from typing import Sequence
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
+from scipy import ndimage
 
 from .world import (
     Sample,
@@ -57,13 +58,9 @@ def grow(mask: np.ndarray, px: int) -> np.ndarray:
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:
     """Fill the enclosed holes of a bool mask (e.g. the centre of a ring), so no island of the
-    original survives inside an object mask."""
-    h, w = mask.shape
-    im = Image.new("L", (w + 2, h + 2), 0)
-    im.paste(Image.fromarray(mask.astype(np.uint8) * 255, "L"), (1, 1))
-    ImageDraw.floodfill(im, (0, 0), 128)
-    a = np.asarray(im)[1:-1, 1:-1]
-    return a != 128
+    original survives inside an object mask. (scipy's C flood, not PIL's per-pixel Python one, which
+    took four fifths of a 256 px training sample's drawing.)"""
+    return ndimage.binary_fill_holes(mask)
 
 
 def box_mask(rng: np.random.Generator, size, min_area: float = 0.02, max_area: float = 0.4) -> np.ndarray:
