@@ -89,6 +89,30 @@ def test_example_scenes_come_from_the_procedural_world(tmp_path, tiny_pipeline):
         assert c.get("/api/health").status_code == 200  # a bad query costs nothing else
 
 
+def test_any_of_the_last_results_kept_can_be_accepted(tmp_path, tiny_pipeline):
+    with service(tmp_path / "d", tiny_pipeline, results_kept=2) as c:
+        with c.websocket_connect("/ws") as raw:
+            ws = WS(raw)
+            assert ws.hello()["limits"]["results_kept"] == 2  # the editor offers as many candidates
+            im = noise_image(96, 64)
+            ws.canvas(im)
+            mask = box_mask(96, 64, (30, 20, 60, 44))
+            regions, boxes = {}, {}
+            for rid, seed in (("e1", 1), ("e2", 2), ("e3", 3)):
+                _, res, regions[rid] = ws.edit_result(mask, rid, steps=1, seed=seed)
+                boxes[rid] = res["box"]
+            ws.send({"type": "accept", "id": "a1", "target": "e1"})  # the oldest of three: no longer kept
+            err, _ = ws.recv()
+            assert err["type"] == "error" and err["code"] == "unknown_target" and err["id"] == "a1"
+            assert not np.array_equal(np.asarray(regions["e2"]), np.asarray(regions["e3"]))  # seeds differ
+            ws.send({"type": "accept", "id": "a2", "target": "e2"})  # not the newest, but kept
+            ack, _ = ws.recv()
+            assert ack["type"] == "ack" and ack["of"] == "accept" and ack["history"][1]["seed"] == 2
+        [item] = c.get("/api/sessions").json()
+        stored = np.asarray(decode_png(c.get(f"/api/sessions/{item['session']}/image").content))
+        assert np.array_equal(stored, np.asarray(paste(im, regions["e2"].convert("RGB"), boxes["e2"])))
+
+
 def test_persistence_across_app_restart(tmp_path, tiny_pipeline):
     data = tmp_path / "data"
     im = noise_image(64, 64, seed=3)

@@ -65,7 +65,12 @@ export class App {
   private serverUndo: { id: string; dir: "undo" | "redo"; fromStack: boolean } | null = null;
   edit: RunningEdit | null = null;
   lastEdit: RunningEdit | null = null;
-  result: PendingResult | null = null;
+  result: PendingResult | null = null; // the result shown, one of the candidates
+  /**
+   * The results of one edit and its Try agains, oldest first: the person picks which to accept. The server
+   * keeps the session's last `results_kept` un-accepted results, so no more are offered.
+   */
+  candidates: PendingResult[] = [];
   lastResultBox: Box | null = null;
   private accepting: string | null = null;
   private live = false;
@@ -99,6 +104,7 @@ export class App {
     cancel: HTMLButtonElement;
     resultBox: HTMLElement;
     resultInfo: HTMLElement;
+    candidates: HTMLElement;
     accept: HTMLButtonElement;
     discard: HTMLButtonElement;
     retry: HTMLButtonElement;
@@ -218,7 +224,8 @@ export class App {
     const discard = h("button", { testid: "discard", title: "Discard (D)", onclick: () => this.discard() }, "Discard");
     const retry = h("button", { testid: "retry", title: "Try again with a new seed (T)", onclick: () => void this.generate({ newSeed: true }) }, "Try again");
     const resultInfo = h("div", { class: "result-info", testid: "result-info" });
-    const resultBox = h("section", { class: "result", testid: "result" }, h("h3", {}, "Result"), resultInfo, h("div", { class: "row" }, accept, discard, retry), h("div", { class: "hint" }, "Hold B to compare before/after"), errorSlot("result"));
+    const candidates = h("div", { class: "candidates", testid: "candidates" });
+    const resultBox = h("section", { class: "result", testid: "result" }, h("h3", {}, "Result"), resultInfo, candidates, h("div", { class: "row" }, accept, discard, retry), h("div", { class: "hint" }, "Hold B to compare before/after"), errorSlot("result"));
     const history = h("ol", { class: "history", testid: "history" });
     const undo = h("button", { testid: "undo", title: "Undo (Ctrl+Z)", onclick: () => this.undo() }, "Undo");
     const redo = h("button", { testid: "redo", title: "Redo (Ctrl+Shift+Z)", onclick: () => this.redo() }, "Redo");
@@ -282,7 +289,7 @@ export class App {
 
     this.ui = {
       root, fileInput, maskInput, tools, brushSize, brushSizeLabel, sketchColor, sketchSize, sketchStrength, sketchStrengthLabel,
-      prompt, promptHint, generate, seedRandom, seed, steps, guidance, progress, progressText, cancel, resultBox, resultInfo, accept, discard,
+      prompt, promptHint, generate, seedRandom, seed, steps, guidance, progress, progressText, cancel, resultBox, resultInfo, candidates, accept, discard,
       retry, history, undo, redo, live, status, conn, model, info, zoom, stage, empty, help, errorSlots,
     };
 
@@ -386,6 +393,11 @@ export class App {
         if (!e.repeat) this.setComparing(true);
         return;
       case "a": case "A": this.accept(); return;
+      case "1": case "2": case "3": case "4": case "5": case "6": case "7": case "8": case "9": {
+        const c = this.candidates[Number(key) - 1];
+        if (c) this.showCandidate(c);
+        return;
+      }
       case "d": case "D": this.discard(); return;
       case "t": case "T": void this.generate({ newSeed: true }); return;
       case "g": case "G": void this.generate(); return;
@@ -601,9 +613,11 @@ export class App {
         this.accepting = null;
         if (this.result) {
           this.editor.pasteIntoImage({ bitmap: this.result.bitmap, box: this.result.box });
+          this.candidates = this.candidates.filter((c) => c !== this.result);
           this.result = null;
           this.editor.result = null;
         }
+        this.clearCandidates(); // the canvas moved on: the others no longer apply
         // the mask and sketch did their job: clear them (undoable) so the accepted edit is visible
         for (const layer of ["mask", "sketch"] as const) {
           if (this.editor.layer(layer)?.hasContent) this.pushLayerOp({ kind: "clear", layer });
@@ -668,18 +682,52 @@ export class App {
       return;
     }
     if (this.edit !== ed) return;
-    this.result?.bitmap.close();
-    this.result = { editId: ed.id, box: m.box, bitmap: bmp, seed: m.seed, steps: m.steps, timings: m.timings ?? {} };
-    this.lastResultBox = m.box;
-    this.editor.result = { bitmap: bmp, box: m.box };
+    const res: PendingResult = { editId: ed.id, box: m.box, bitmap: bmp, seed: m.seed, steps: m.steps, timings: m.timings ?? {} };
+    this.candidates.push(res);
+    while (this.candidates.length > Math.max(1, this.limits?.results_kept ?? 1)) this.candidates.shift()!.bitmap.close();
+    this.showCandidate(res);
     this.ui.progress.value = this.ui.progress.max;
     const t = m.timings ?? {};
     const nums = Object.values(t).filter((v): v is number => typeof v === "number");
     const total = t.service_total_ms ?? t.total_ms ?? (nums.length ? Math.max(...nums) : 0);
     this.ui.progressText.textContent = `done${total ? ` in ${Math.round(total)} ms` : ""}`;
-    this.ui.resultInfo.textContent = `seed ${m.seed} · ${m.steps} steps · box ${m.box.join(",")}`;
     this.clearError("result");
     this.finishEdit();
+  }
+
+  /** Shows one of the candidates on the canvas; Accept takes that one. */
+  private showCandidate(c: PendingResult): void {
+    if (!this.candidates.includes(c) || this.accepting) return;
+    this.result = c;
+    this.lastResultBox = c.box;
+    this.editor.result = { bitmap: c.bitmap, box: c.box };
+    this.ui.resultInfo.textContent = `seed ${c.seed} · ${c.steps} steps · box ${c.box.join(",")}`;
+    this.renderCandidates();
+    this.editor.requestRender();
+    this.refresh();
+  }
+
+  private clearCandidates(): void {
+    for (const c of this.candidates) if (c !== this.result) c.bitmap.close();
+    this.candidates = [];
+    this.renderCandidates();
+  }
+
+  /** Thumbnails of the candidates' boxes (only when there is a choice), the shown one marked. */
+  private renderCandidates(): void {
+    const strip = this.ui.candidates;
+    strip.replaceChildren();
+    if (this.candidates.length < 2) return;
+    this.candidates.forEach((c, i) => {
+      const thumb = makeCanvas(48, 48);
+      const s = Math.min(48 / c.bitmap.width, 48 / c.bitmap.height);
+      const w = c.bitmap.width * s, hgt = c.bitmap.height * s;
+      ctx2d(thumb).drawImage(c.bitmap, (48 - w) / 2, (48 - hgt) / 2, w, hgt);
+      strip.append(h("button", {
+        class: `candidate${c === this.result ? " current" : ""}`, testid: "candidate", "data-index": i,
+        title: `seed ${c.seed} (${i + 1})`, onclick: () => this.showCandidate(c),
+      }, thumb));
+    });
   }
 
   private onCancelled(id: string | null): void {
@@ -733,6 +781,7 @@ export class App {
   }
 
   private discardResultState(): void {
+    this.clearCandidates();
     this.result = null;
     this.editor.result = null;
     this.editor.preview = null;
@@ -868,6 +917,7 @@ export class App {
     const id = this.nextId("e", "edit");
     const ed: RunningEdit = { id, params, previews: 0, heard: 0, sent: false, cancelling: false };
     this.edit = ed;
+    if (!opts.newSeed) this.clearCandidates(); // a new edit; Try again adds a candidate to this one's
     this.result = null;
     this.editor.result = null;
     this.editor.preview = null;
@@ -913,8 +963,8 @@ export class App {
 
   discard(): void {
     if (!this.result || this.accepting) return;
-    this.result.bitmap.close();
     this.result = null;
+    this.clearCandidates(); // every candidate: discarding rejects the edit, not one try of it
     this.editor.result = null;
     this.editor.requestRender();
     this.refresh();
@@ -1104,7 +1154,7 @@ export class App {
     ui.generate.disabled = !open || !ed.image;
     ui.cancel.disabled = !this.edit;
     ui.root.classList.toggle("busy", !!this.edit);
-    ui.resultBox.hidden = !this.result;
+    ui.resultBox.hidden = !this.result && this.candidates.length === 0;
     ui.accept.disabled = !this.result || !!this.accepting || !open;
     ui.discard.disabled = !this.result || !!this.accepting;
     ui.retry.disabled = !this.result || !open;
@@ -1189,6 +1239,9 @@ export class App {
       get resultShown() {
         return app.result !== null;
       },
+      get candidates() {
+        return app.candidates.map((c) => ({ seed: c.seed, shown: c === app.result }));
+      },
       get busy() {
         return app.edit !== null;
       },
@@ -1260,7 +1313,8 @@ const SHORTCUTS: [string, string][] = [
   ["Del / Shift+Del", "clear mask / clear sketch"],
   ["Enter (in prompt), G, Ctrl+Enter", "generate"],
   ["Esc", "cancel the running edit"],
-  ["A / D / T", "accept / discard / try again with a new seed"],
+  ["A / D / T", "accept / discard / try again with a new seed (kept beside the others)"],
+  ["1 … 9", "show that candidate of the result (Accept takes the one shown)"],
   ["hold B", "compare before / after"],
   ["Ctrl+Z / Ctrl+Shift+Z", "undo / redo (strokes and accepted edits)"],
   ["wheel, pinch, + / -", "zoom"],

@@ -126,6 +126,7 @@ export interface Limits {
   max_steps: number;
   min_guidance: number;
   max_guidance: number;
+  results_kept?: number; // un-accepted results of the session that stay acceptable (absent: 1)
 }
 
 export interface HistoryEntry {

@@ -127,6 +127,46 @@ def test_new_generate_supersedes_running_one(page, server, sample_png):
     assert hook(page, "historyLength") == 1
 
 
+def test_try_again_keeps_candidates_and_accept_takes_the_one_shown(page, server, sample_png):
+    open_app(page, server)
+    open_image(page, sample_png)
+    session = hook(page, "sessionId")
+    page.get_by_test_id("tool-rect").click()
+    drag(page, [(150, 100), (300, 250)], steps_between=3)
+    page.get_by_test_id("steps").fill("2")
+    generate_and_wait(page, "a red star")
+    assert page.get_by_test_id("candidate").count() == 0  # one result: nothing to choose between
+    for n in (2, 3, 4, 4):  # the server keeps 4 un-accepted results a session, so the strip holds 4
+        page.get_by_test_id("retry").click()
+        wait_hook(page, "$.busy", timeout=10_000)
+        wait_hook(page, f"!$.busy && $.resultShown && $.candidates.length === {n}", timeout=120_000)
+    cands = hook(page, "candidates")
+    assert [c["shown"] for c in cands] == [False, False, False, True]  # the newest is shown
+    assert len({c["seed"] for c in cands}) == 4
+    strip = page.get_by_test_id("candidate")
+    assert strip.count() == 4
+    strip.nth(1).click()
+    assert [c["shown"] for c in hook(page, "candidates")] == [False, True, False, False]
+    assert f"seed {cands[1]['seed']} " in page.get_by_test_id("result-info").inner_text()
+    page.keyboard.press("3")  # digits pick too
+    assert hook(page, "candidates")[2]["shown"]
+    page.keyboard.press("1")
+    page.get_by_test_id("accept").click()
+    wait_hook(page, "$.historyLength === 2 && !$.resultShown")
+    # the server stored the candidate that was shown, not the newest
+    with urllib.request.urlopen(f"{server.url}/api/sessions/{session}") as r:
+        assert json.load(r)["history"][1]["seed"] == cands[0]["seed"]
+    assert hook(page, "candidates") == [] and strip.count() == 0
+    # discard drops every candidate of an edit (accepting cleared the mask: paint one again)
+    drag(page, [(150, 100), (300, 250)], steps_between=3)
+    generate_and_wait(page, "a blue ring")
+    page.get_by_test_id("retry").click()
+    wait_hook(page, "!$.busy && $.candidates.length === 2", timeout=120_000)
+    page.get_by_test_id("discard").click()
+    assert hook(page, "candidates") == [] and not hook(page, "resultShown")
+    assert not page.get_by_test_id("result").is_visible()
+
+
 def test_mask_export_import_roundtrip(page, server, sample_png, tmp_path):
     open_app(page, server)
     open_image(page, sample_png)

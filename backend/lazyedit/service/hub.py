@@ -96,7 +96,7 @@ class Hub:
                         max_message_bytes=s.max_message_bytes, max_prompt_chars=s.max_prompt_chars,
                         min_steps=int(lim.get("min_steps", 1)), max_steps=int(lim.get("max_steps", 50)),
                         min_guidance=float(lim.get("min_guidance", 0.0)),
-                        max_guidance=float(lim.get("max_guidance", 20.0)))
+                        max_guidance=float(lim.get("max_guidance", 20.0)), results_kept=s.results_kept)
 
     # ---- sessions -----------------------------------------------------------------------------
     def new_runtime(self) -> SessionRuntime:

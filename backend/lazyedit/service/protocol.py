@@ -121,6 +121,7 @@ class Limits(BaseModel):
     max_steps: int
     min_guidance: float
     max_guidance: float
+    results_kept: int = Field(1, description="un-accepted results of a session that stay acceptable (the newest)")
 
 
 class HistoryEntry(BaseModel):
