@@ -748,6 +748,13 @@ class StageTrainer:
             path = source / name
             if not (path / "config.json").exists():
                 raise FileNotFoundError(f"--init-from {source}: it has no {name} to start the {self.args.stage} stage from")
+            if type(model).load_config(str(path)).get("guidance_embeds") and not model.config.get("guidance_embeds"):
+                # its velocity at a guidance scale w was learned from a teacher's; the lazy stage's loss would
+                # train scale 1 alone and leave the others drifting
+                raise ValueError(f"--init-from {source}: its transformer is guidance-distilled, and the "
+                                 f"{self.args.stage} stage trains an undistilled one. Start from the transformer the "
+                                 "distillation began with (a run's distill/teacher), or fine-tune this folder's other "
+                                 "parts (asym-decoder, sketch)")
             wide = type(model).from_pretrained(str(path)).state_dict()
             own = model.state_dict()
             if own.keys() == wide.keys() and all(own[k].shape == wide[k].shape for k in own):
