@@ -69,15 +69,15 @@ def test_openapi_describes_the_api(tmp_path, tiny_pipeline):
 
 
 def test_example_scenes_come_from_the_procedural_world(tmp_path, tiny_pipeline):
-    from lazyedit.training.world import COLOUR_NAMES, SHAPES, example_scene
+    from lazyedit.training.world import COLOUR_NAMES, SHAPES, example_scene, render_scene
 
     with service(tmp_path / "d", tiny_pipeline, token="s3cret") as c:
         auth = {"Authorization": "Bearer s3cret"}
         assert c.get("/api/example?seed=7").status_code == 401  # behind the token, as the sessions are
         r = c.get("/api/example?seed=7&size=256", headers=auth)
         assert r.status_code == 200 and r.headers["content-type"] == "image/png"
-        image, prompt = example_scene(7, 256)
-        assert np.array_equal(np.asarray(decode_png(r.content)), np.asarray(image))
+        scene, prompt = example_scene(7)
+        assert np.array_equal(np.asarray(decode_png(r.content)), np.asarray(render_scene(scene, 256)))
         assert r.headers["x-lazyedit-prompt"] == prompt
         colour, shape = prompt.split()[-2:]
         assert colour in COLOUR_NAMES and shape in SHAPES

@@ -613,11 +613,10 @@ export class App {
         this.accepting = null;
         if (this.result) {
           this.editor.pasteIntoImage({ bitmap: this.result.bitmap, box: this.result.box });
-          this.candidates = this.candidates.filter((c) => c !== this.result);
-          this.result = null;
-          this.editor.result = null;
         }
-        this.clearCandidates(); // the canvas moved on: the others no longer apply
+        this.clearCandidates(); // the canvas moved on: the others no longer apply (the pasted one stays open)
+        this.result = null;
+        this.editor.result = null;
         // the mask and sketch did their job: clear them (undoable) so the accepted edit is visible
         for (const layer of ["mask", "sketch"] as const) {
           if (this.editor.layer(layer)?.hasContent) this.pushLayerOp({ kind: "clear", layer });

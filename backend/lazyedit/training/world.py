@@ -601,12 +601,12 @@ def contact_sheet(images: Sequence[Image.Image], cols: int = 4, pad: int = 2,
 EXAMPLE_WORLD = 0xE7A  # the editor's example scenes: a stream apart from training (0) and evaluation (1234)
 
 
-def example_scene(seed: int, size: int = 512) -> tuple[Image.Image, str]:
+def example_scene(seed: int) -> tuple[Scene, str]:
     """A scene for a person to try the editor on (the demo model knows only this world), and a prompt to try
-    in it: a shape and colour the scene does not hold yet. Deterministic for (seed, size)."""
+    in it: a shape and colour the scene does not hold yet. Deterministic for the seed; render it at any size."""
     rng = sample_rng(EXAMPLE_WORLD, seed)
     scene = sample_scene(rng, n_objects=(2, 3))
     held = {(o.colour, o.shape) for o in scene.objects}
     ideas = [(c, s) for c in COLOUR_NAMES for s in SHAPES if (c, s) not in held]
     colour, shape = ideas[int(rng.integers(len(ideas)))]
-    return render_scene(scene, size), caption_for(colour, shape)
+    return scene, caption_for(colour, shape)

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import asyncio
-import io
 
 from fastapi import APIRouter, Depends, Query, Response
 
-from ...training.world import example_scene
+from ...images import encode_png
+from ...training.world import example_scene, render_scene
 from ..deps import require_token
 from ..protocol import HTTPErrorOut
 
@@ -17,10 +17,8 @@ PROMPT_HEADER = "X-Lazyedit-Prompt"
 
 
 def _example_png(seed: int, size: int) -> tuple[bytes, str]:
-    image, prompt = example_scene(seed, size)
-    buf = io.BytesIO()
-    image.save(buf, format="PNG")
-    return buf.getvalue(), prompt
+    scene, prompt = example_scene(seed)
+    return encode_png(render_scene(scene, size)), prompt
 
 
 @router.get("/example", response_class=Response,
