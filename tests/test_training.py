@@ -534,11 +534,37 @@ def test_all_stages_train_on_real_photos(photo_folder, tmp_path):
     assert np.array_equal(a[~mask], b[~mask])                # a photo edit leaves the rest untouched
 
 
+def _stop_hung_torchrun(proc) -> tuple[str, str]:
+    """A hung torchrun: each trainer prints its threads' stacks (the CLI's SIGUSR1 handler) into the output,
+    then the agent and its trainers (each in a session of its own) are killed, so none outlives the test."""
+    import os
+    import signal
+    import time
+
+    workers = [int(d) for d in os.listdir("/proc") if d.isdigit() and _parent_pid(int(d)) == proc.pid]
+    for pid in workers:
+        os.kill(pid, signal.SIGUSR1)
+    time.sleep(3)
+    for pid in [proc.pid, *workers]:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    return proc.communicate()
+
+
+def _parent_pid(pid: int) -> int | None:
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+@pytest.mark.timeout(600)
 def test_two_cpu_processes_train_one_model(trained, tmp_path):
     """torchrun with two processes on a CPU: one process group (each process saves its own RNG state into the
     same checkpoint), one progress line per stage, one model that edits."""
     import os
-    import signal
     import subprocess
     import sys
 
@@ -547,19 +573,20 @@ def test_two_cpu_processes_train_one_model(trained, tmp_path):
     src, _, _ = trained
     out = tmp_path / "ddp"
     shutil.copytree(src / "model" / "vae", out / "model" / "vae")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+    # loopback only: the group never waits on resolving this machine's name
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
+    base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--local-addr", "127.0.0.1",
             "-m", "lazyedit.training.cli", "lazy", "--config", "tiny", "--output", str(out), "--resolution", "64,96",
             "--batch-size", "2", "--sample-every", "1000", "--no-progress", "--mixed-precision", "no", "--warmup", "1"]
 
-    def torchrun(*flags):  # a hung group is killed whole, so no orphaned trainer outlives the test
+    def torchrun(*flags):
         proc = subprocess.Popen([*base, *flags], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                                 start_new_session=True)
         try:
-            out_, err_ = proc.communicate(timeout=600)
+            out_, err_ = proc.communicate(timeout=240)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            raise
+            out_, err_ = _stop_hung_torchrun(proc)
+            pytest.fail(f"torchrun {' '.join(flags)} hung; its output, with the trainers' stacks:\n{out_[-3000:]}\n{err_[-12000:]}")
         return subprocess.CompletedProcess(proc.args, proc.returncode, out_, err_)
 
     run = torchrun("--steps", "4", "--save-every", "2")

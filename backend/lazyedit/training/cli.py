@@ -15,9 +15,11 @@ The result, <output>/model, is a LazyEditPipeline folder: load_pipeline("<output
 from __future__ import annotations
 
 import argparse
+import faulthandler
 import json
 import logging
 import os
+import signal
 import sys
 
 from .trainer import CORE_STAGES, STAGE_DEFAULTS, STAGES, TrainArgs, canvas_sizes, export_pipeline, ship_pipeline
@@ -167,6 +169,8 @@ def _args_for(ns: argparse.Namespace, stage: str) -> TrainArgs:
 def run(ns: argparse.Namespace) -> int:
     from .trainer import train_stage
 
+    if hasattr(signal, "SIGUSR1"):  # a run that seems stuck: `kill -USR1 PID` prints where every thread is
+        faulthandler.register(signal.SIGUSR1, all_threads=True)
     main_process = int(os.environ.get("RANK", "0")) == 0
     logging.basicConfig(level=logging.INFO if main_process else logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     for noisy in ("accelerate", "diffusers"):
