@@ -1,6 +1,8 @@
 """Eval metrics on hand-made cases: perfect answers score perfectly, wrong ones score zero."""
 
 import json
+from dataclasses import replace
+
 import numpy as np
 import pytest
 
@@ -198,3 +200,33 @@ def test_sketch_strength_reaches_the_edits(tmp_path):
     off, on, plain = grid("off", cases, 0.0), grid("on", cases, 2.0), grid("plain", plain_cases)
     assert np.array_equal(off, plain)
     assert not np.array_equal(on, off)
+
+
+def test_eval_main_scores_a_candidate_vae_in_place_of_the_models(capsys, tmp_path):
+    """--vae: the round trip of another VAE (here one with twice the latent channels) through its own decoder
+    only, on the model's decode boxes; misuse is named."""
+    import torch
+
+    from lazyedit.engine.configs import _vae, get_config
+    from lazyedit.training.trainer import build_vae
+
+    cfg = get_config("tiny")
+    torch.manual_seed(0)
+    build_vae(replace(cfg, vae={**cfg.vae, "latent_channels": 8})).save_pretrained(tmp_path / "vae8")
+    args = ["--model", "tiny", "--autoencoder", "--cases", "6", "--size", "64", "--no-progress"]
+    assert eval_main([*args, "--vae", str(tmp_path / "vae8")]) == 0
+    out = json.loads(capsys.readouterr().out)
+    report, model_report = out["autoencoder"], None
+    assert set(report) == {"plain"} and out["vae"] == str(tmp_path / "vae8")
+    assert report["plain"]["n_removal_psnr"] == 2 and report["plain"]["n_seam_error"] == 2
+    assert eval_main(args) == 0
+    model_report = json.loads(capsys.readouterr().out)["autoencoder"]["plain"]
+    assert model_report["removal_psnr"] != report["plain"]["removal_psnr"]   # another VAE's round trip, not the model's
+
+    assert eval_main([*args, "--vae", str(tmp_path / "nothing")]) == 2
+    assert f"--vae {tmp_path / 'nothing'}: not a VAE folder" in capsys.readouterr().err
+    build_vae(replace(cfg, vae=_vae((8, 16, 16), 1, 4))).save_pretrained(tmp_path / "vae4x")
+    assert eval_main([*args, "--vae", str(tmp_path / "vae4x")]) == 2
+    assert "downsamples 4x, the model's VAE 8x" in capsys.readouterr().err
+    assert eval_main(["--model", "tiny", "--vae", str(tmp_path / "vae8")]) == 2
+    assert "it needs --autoencoder" in capsys.readouterr().err

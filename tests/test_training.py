@@ -777,3 +777,21 @@ def test_the_lighter_demo_decoders_differ_from_the_demo_in_one_field_and_can_be_
         z = wide.encode(x).latent_dist.mode()  # one latent space: the encoders are the same
         assert torch.equal(z, narrow.encode(x).latent_dist.mode())
         assert narrow.decode(z, image=x, mask=m).sample.shape == x.shape
+
+
+def test_the_8_channel_demo_config_carries_its_latent_through_every_model():
+    """demo-z8 differs from demo in the latent's channels only, and every model that meets the latent
+    (VAE, asymmetric decoder, context encoder, transformer) agrees on them, so a whole edit runs."""
+    from dataclasses import asdict
+
+    from lazyedit.engine import get_config
+    from lazyedit.engine.loading import build_pipeline
+
+    demo, z8 = asdict(get_config("demo")), asdict(get_config("demo-z8"))
+    assert {k for k in demo if demo[k] != z8[k]} == {"name", "vae", "asym_vae", "transformer", "context_encoder"}
+    for part in ("vae", "asym_vae", "transformer", "context_encoder"):
+        assert {k: v for k, v in z8[part].items() if demo[part][k] != v} == {"latent_channels": 8}, part
+    pipe = build_pipeline("demo-z8")
+    s = make_sample(3, 3, size=64)
+    res = pipe.edit(s.image, s.mask, prompt=s.caption, seed=0, steps=1)
+    assert np.array_equal(np.asarray(res.image)[~s.mask], np.asarray(s.image)[~s.mask])

@@ -393,17 +393,20 @@ def ground_truth_report(cases: list[EvalCase]) -> dict:
     return t.summary()
 
 
-def autoencoder_report(pipe, cases: list[EvalCase], progress: bool = True) -> dict:
+def autoencoder_report(pipe, cases: list[EvalCase], progress: bool = True, vae=None) -> dict:
     """The metrics of the true scenes after a round trip through the model's autoencoder: encoded by its
     VAE, decoded by the asymmetric decoder (given the canvas and the mask, as an edit is) and by the plain
     VAE decoder, pasted into the canvas. The ceiling a perfect generator of latents can reach with these
-    decoders: what the eval's scores owe to the autoencoder rather than the transformer."""
+    decoders: what the eval's scores owe to the autoencoder rather than the transformer.
+    ``vae``: a candidate VAE in place of the model's, scored through its own decoder only (the model's
+    asymmetric decoder was trained on other latents)."""
     import torch
     from tqdm.auto import tqdm
 
     from .data import to_image, to_tensor
 
-    vae, asym = pipe.vae, getattr(pipe, "asym_vae", None)
+    asym = getattr(pipe, "asym_vae", None) if vae is None else None
+    vae = pipe.vae if vae is None else vae
     decoders = {"plain": None} | ({"asym": asym} if asym is not None else {})
     tot = {name: Totals() for name in decoders}
     f = pipe.vae_factor
@@ -454,6 +457,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--autoencoder", action="store_true",
                    help="score the true scenes after a round trip through the model's VAE and decoders "
                         "(the ceiling its autoencoder leaves the generator)")
+    p.add_argument("--vae", metavar="DIR",
+                   help="with --autoencoder: a VAE folder (AutoencoderKL.save_pretrained, e.g. <run>/model/vae) scored "
+                        "in place of the model's, through its own decoder: a candidate VAE judged before a generator "
+                        "is trained on its latents")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -468,6 +475,9 @@ def eval_main(argv: list[str] | None = None) -> int:
     if ns.decode_margin is not None and ns.decode_margin < 0:
         print(f"lazyedit eval: --decode-margin {ns.decode_margin}: must be 0 or more pixels", file=sys.stderr)
         return 2
+    if ns.vae and not ns.autoencoder:
+        print("lazyedit eval: --vae scores a VAE's round trip: it needs --autoencoder", file=sys.stderr)
+        return 2
     pipe = None
     if not ns.ground_truth:
         from lazyedit.engine import load_pipeline
@@ -480,7 +490,21 @@ def eval_main(argv: list[str] | None = None) -> int:
     if pipe is None:
         report = {"ground_truth": ground_truth_report(cases)}
     elif ns.autoencoder:
-        report = {"autoencoder": autoencoder_report(pipe, cases, progress=not ns.no_progress)}
+        vae = None
+        if ns.vae:
+            from diffusers import AutoencoderKL
+
+            try:
+                vae = AutoencoderKL.from_pretrained(ns.vae, torch_dtype=pipe.vae.dtype).to(pipe.device).eval()
+            except (OSError, ValueError) as exc:
+                print(f"lazyedit eval: --vae {ns.vae}: not a VAE folder ({exc})", file=sys.stderr)
+                return 2
+            factor = 2 ** (len(vae.config.block_out_channels) - 1)
+            if factor != pipe.vae_factor:  # the decode box is cut on the model's latent grid
+                print(f"lazyedit eval: --vae {ns.vae}: downsamples {factor}x, the model's VAE {pipe.vae_factor}x",
+                      file=sys.stderr)
+                return 2
+        report = {"autoencoder": autoencoder_report(pipe, cases, progress=not ns.no_progress, vae=vae)}
     else:
         strategies = tuple(s.strip() for s in ns.strategies.split(",") if s.strip())
         report = run_eval(pipe, cases, ns.steps, ns.guidance, strategies, seam=not ns.no_seam,
@@ -488,7 +512,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     if pipe is not None:
         report |= {"model": ns.model, "cases": ns.cases, "seed": ns.seed, "size": ns.size,
                    "kinds": [k for k in CASE_KINDS if k in kinds], "sketch_strength": ns.sketch_strength,
-                   "decode_margin": pipe.decode_margin}
+                   "decode_margin": pipe.decode_margin} | ({"vae": ns.vae} if ns.vae else {})
     text = json.dumps(report, indent=2)
     print(text)
     if ns.out:
