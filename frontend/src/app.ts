@@ -225,7 +225,16 @@ export class App {
     const retry = h("button", { testid: "retry", title: "Try again with a new seed (T)", onclick: () => void this.generate({ newSeed: true }) }, "Try again");
     const resultInfo = h("div", { class: "result-info", testid: "result-info" });
     const candidates = h("div", { class: "candidates", testid: "candidates" });
-    const resultBox = h("section", { class: "result", testid: "result" }, h("h3", {}, "Result"), resultInfo, candidates, h("div", { class: "row" }, accept, discard, retry), h("div", { class: "hint" }, "Hold B to compare before/after"), errorSlot("result"));
+    // held, not clicked: the original shows while a finger or the mouse button is down (a touch screen has no B key)
+    const compare = h("button", { class: "hold", testid: "compare", title: "Hold to see the image without this edit (or hold B)" }, "Compare");
+    compare.addEventListener("pointerdown", (e) => {
+      if (e.button !== 0) return;
+      compare.setPointerCapture(e.pointerId);
+      this.setComparing(true);
+    });
+    for (const end of ["pointerup", "pointercancel", "lostpointercapture"] as const) compare.addEventListener(end, () => this.setComparing(false));
+    compare.addEventListener("contextmenu", (e) => e.preventDefault()); // a long press would open the menu
+    const resultBox = h("section", { class: "result", testid: "result" }, h("h3", {}, "Result"), resultInfo, candidates, h("div", { class: "row" }, accept, discard, retry, compare), h("div", { class: "hint" }, "Hold Compare or B to see the image without the edit"), errorSlot("result"));
     const history = h("ol", { class: "history", testid: "history" });
     const undo = h("button", { testid: "undo", title: "Undo (Ctrl+Z)", onclick: () => this.undo() }, "Undo");
     const redo = h("button", { testid: "redo", title: "Redo (Ctrl+Shift+Z)", onclick: () => this.redo() }, "Redo");
@@ -700,7 +709,8 @@ export class App {
     this.result = c;
     this.lastResultBox = c.box;
     this.editor.result = { bitmap: c.bitmap, box: c.box };
-    this.ui.resultInfo.textContent = `seed ${c.seed} · ${c.steps} steps · box ${c.box.join(",")}`;
+    const [x0, y0, x1, y1] = c.box;
+    this.ui.resultInfo.textContent = `seed ${c.seed} · ${c.steps} steps · ${x1 - x0}×${y1 - y0} px at ${x0}, ${y0}`;
     this.renderCandidates();
     this.editor.requestRender();
     this.refresh();
@@ -1314,7 +1324,7 @@ const SHORTCUTS: [string, string][] = [
   ["Esc", "cancel the running edit"],
   ["A / D / T", "accept / discard / try again with a new seed (kept beside the others)"],
   ["1 … 9", "show that candidate of the result (Accept takes the one shown)"],
-  ["hold B", "compare before / after"],
+  ["hold B (or the Compare button)", "compare before / after"],
   ["Ctrl+Z / Ctrl+Shift+Z", "undo / redo (strokes and accepted edits)"],
   ["wheel, pinch, + / -", "zoom"],
   ["Space+drag, middle drag", "pan"],

@@ -66,6 +66,12 @@ def test_open_paint_generate_accept_undo_reload_export(page, server, sample_png,
     page.screenshot(path=str(shots_dir / "03-compare-before.png"))
     page.keyboard.up("b")
     assert hook(page, "comparing") is False
+    # or the Compare button, held down
+    page.get_by_test_id("compare").hover()
+    page.mouse.down()
+    assert hook(page, "comparing") is True
+    page.mouse.up()
+    assert hook(page, "comparing") is False
 
     # accept: stored as history entry 1, pasted into the image
     page.get_by_test_id("accept").click()

@@ -391,5 +391,29 @@ def test_on_a_phone_everything_fits_the_screen_and_a_finger_paints_the_mask(brow
         page.wait_for_timeout(500)
         generate.tap()
         wait_hook(page, "$.resultShown", timeout=120_000)
+
+        # no B key on a phone: holding Compare shows the original where the result is, letting go brings it back
+        x0, y0, x1, y1 = hook(page, "lastResultBox")
+        at = client_point(page, (x0 + x1) / 2, (y0 + y1) / 2)
+        original = hook(page, f"pixel({(x0 + x1) // 2}, {(y0 + y1) // 2})")
+
+        def shown():
+            return page.evaluate(
+                """([x, y]) => { const c = document.querySelector('[data-testid=canvas]'); const r = c.getBoundingClientRect();
+                     const k = c.width / r.width;
+                     return Array.from(c.getContext('2d').getImageData((x - r.left) * k, (y - r.top) * k, 1, 1).data); }""",
+                list(at))
+
+        assert shown() != original
+        compare = page.get_by_test_id("compare").bounding_box()
+        assert compare["x"] >= 0 and compare["x"] + compare["width"] <= width
+        touch("touchStart", (compare["x"] + compare["width"] / 2, compare["y"] + compare["height"] / 2))
+        wait_hook(page, "$.comparing === true")
+        page.wait_for_function("() => new Promise(requestAnimationFrame)")
+        assert shown() == original
+        touch("touchEnd")
+        wait_hook(page, "$.comparing === false")
+        page.wait_for_function("() => new Promise(requestAnimationFrame)")
+        assert shown() != original and hook(page, "resultShown")
     finally:
         ctx.close()
