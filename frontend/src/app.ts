@@ -3,6 +3,7 @@ import { CLOSE_TAKEN_OVER, Connection, socketUrl, type ConnState } from "./conne
 import { downloadBlob, h, isTextField } from "./dom";
 import { Editor, type Tool } from "./editor";
 import { UndoStack } from "./history";
+import { fitPixels } from "./geometry";
 import { canvasToPNG, ctx2d, decodeImage, makeCanvas, type LayerOp } from "./layers";
 import { countMasked, maskFromRGBA, maskToRGBA } from "./mask";
 import {
@@ -813,13 +814,27 @@ export class App {
       return false;
     }
     let png: Uint8Array = bytes;
-    if (!PNG_MAGIC.every((b, i) => bytes[i] === b)) {
-      const c = makeCanvas(bmp.width, bmp.height);
-      ctx2d(c).drawImage(bmp, 0, 0);
+    let note: string | null = null;
+    const fit = this.limits ? fitPixels(bmp.width, bmp.height, this.limits.max_pixels) : null;
+    if (fit || !PNG_MAGIC.every((b, i) => bytes[i] === b)) {
+      const [w, h] = fit ?? [bmp.width, bmp.height];
+      const c = makeCanvas(w, h);
+      const cx = ctx2d(c);
+      cx.imageSmoothingQuality = "high";
+      cx.drawImage(bmp, 0, 0, w, h);
       png = await canvasToPNG(c);
+      if (fit) {
+        const mp = (this.limits!.max_pixels / 1e6).toFixed(1);
+        note = `${file.name ?? "The image"} is ${bmp.width}×${bmp.height}, over the server's ${mp} megapixels: opened scaled to ${w}×${h}.`;
+        bmp.close();
+        bmp = await createImageBitmap(c);
+      }
     }
     const opened = await this.sendCanvas(png, bmp, file.name ?? "image");
-    if (opened) this.ui.promptHint.hidden = true;
+    if (opened) {
+      this.ui.promptHint.hidden = true;
+      if (note) this.showError("open", note, "image_scaled");
+    }
     return opened;
   }
 

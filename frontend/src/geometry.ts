@@ -122,3 +122,16 @@ export function zoomAt(v: ViewTransform, factor: number, sx: number, sy: number,
 export function screenToImage(v: ViewTransform, sx: number, sy: number): [number, number] {
   return [(sx - v.ox) / v.scale, (sy - v.oy) / v.scale];
 }
+
+/**
+ * The largest size with the image's aspect ratio and at most `maxPixels` pixels, or null when it already
+ * fits (a camera photo is scaled down to what the server accepts instead of being refused).
+ */
+export function fitPixels(w: number, h: number, maxPixels: number): [number, number] | null {
+  if (w * h <= maxPixels) return null;
+  const k = Math.sqrt(maxPixels / (w * h));
+  let fw = Math.max(1, Math.floor(w * k));
+  let fh = Math.max(1, Math.floor(h * k));
+  while (fw * fh > maxPixels) (fw >= fh ? fw-- : fh--); // floating-point rounding can leave it one row over
+  return [fw, fh];
+}

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { fitView, polygonBounds, rasterizePolygon, rectPolygon, screenToImage, strokeOutline, zoomAt, type Point } from "../src/geometry";
+import { fitPixels, fitView, polygonBounds, rasterizePolygon, rectPolygon, screenToImage, strokeOutline, zoomAt, type Point } from "../src/geometry";
 
 const count = (m: Uint8Array) => m.reduce((a, v) => a + (v > 127 ? 1 : 0), 0);
 
@@ -120,5 +120,27 @@ describe("view transform", () => {
     const after = screenToImage(z, 300, 200);
     expect(after[0]).toBeCloseTo(before[0]);
     expect(after[1]).toBeCloseTo(before[1]);
+  });
+});
+
+describe("fitting an image to a pixel budget", () => {
+  it("leaves an image that fits alone", () => {
+    expect(fitPixels(2048, 2048, 2048 * 2048)).toBeNull();
+    expect(fitPixels(640, 480, 2048 * 2048)).toBeNull();
+  });
+
+  it("scales a camera photo to the budget, keeping its aspect ratio", () => {
+    const [w, h] = fitPixels(4032, 3024, 2048 * 2048)!;
+    expect(w * h).toBeLessThanOrEqual(2048 * 2048);
+    expect(w * h).toBeGreaterThan(2048 * 2048 * 0.998);
+    expect(Math.abs(w / h - 4032 / 3024)).toBeLessThan(0.002);
+  });
+
+  it("never rounds over the budget, and keeps a very thin image at least a pixel across", () => {
+    for (const [w, h, max] of [[3001, 2999, 1_000_003], [7, 5, 34], [99_999, 1, 1000], [1, 50_000, 999]]) {
+      const [fw, fh] = fitPixels(w, h, max)!;
+      expect(fw * fh).toBeLessThanOrEqual(max);
+      expect(Math.min(fw, fh)).toBeGreaterThanOrEqual(1);
+    }
   });
 });

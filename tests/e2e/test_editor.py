@@ -1,8 +1,10 @@
 """End-to-end: the built editor against a real `lazyedit serve --model tiny`, in headless Chromium."""
 from __future__ import annotations
 
+import io
 import json
 import struct
+import urllib.request
 
 from PIL import Image
 
@@ -143,8 +145,29 @@ def test_sketch_guided_fill(page, server, sample_png, shots_dir):
     assert not page.problems, page.problems
 
 
-def test_oversized_image_shows_server_error(page, make_server, sample_png, shots_dir):
-    server = make_server("--max-pixels", "10000")
+def test_an_image_over_the_pixel_limit_opens_scaled_down_to_it(page, make_server, tmp_path):
+    server = make_server("--max-pixels", "40000")
+    open_app(page, server)
+    photo = tmp_path / "photo.png"
+    im = Image.new("RGB", (400, 300), (220, 40, 40))
+    im.paste((40, 60, 220), (200, 0, 400, 300))  # right half blue
+    im.save(photo)
+    page.get_by_test_id("file-input").set_input_files(str(photo))
+    wait_hook(page, "$.canvasSize !== null && $.historyLength === 1")
+    assert hook(page, "canvasSize") == {"width": 230, "height": 173}  # 39,790 pixels, the photo's 4:3 kept
+    note = page.get_by_test_id("error")
+    assert note.get_attribute("data-code") == "image_scaled"
+    assert "400×300" in note.inner_text() and "230×173" in note.inner_text()
+    assert hook(page, "pixel(20, 86)")[:3] == [220, 40, 40] and hook(page, "pixel(210, 86)")[:3] == [40, 60, 220]
+    # the server holds the scaled image as the session's original
+    session = hook(page, "sessionId")
+    with urllib.request.urlopen(f"{server.url}/api/sessions/{session}/history/0/image") as r:
+        assert Image.open(io.BytesIO(r.read())).size == (230, 173)
+    assert not page.problems, page.problems
+
+
+def test_an_image_over_the_byte_limit_shows_the_server_error(page, make_server, sample_png, shots_dir):
+    server = make_server("--max-image-bytes", "1000")
     open_app(page, server)
     page.get_by_test_id("file-input").set_input_files(str(sample_png))
     err = page.get_by_test_id("error")
