@@ -455,9 +455,18 @@ export class App {
   // =====================================================================================
 
   showError(slot: Slot, text: string, code = "client", action?: { label: string; run: () => void }): void {
+    this.showMessage("error", slot, text, code, action);
+  }
+
+  /** Something the editor did for the user that they should know of (not a failure): neutral, not an alert. */
+  showNotice(slot: Slot, text: string, code: string): void {
+    this.showMessage("notice", slot, text, code);
+  }
+
+  private showMessage(kind: "error" | "notice", slot: Slot, text: string, code: string, action?: { label: string; run: () => void }): void {
     const el = this.ui.errorSlots[slot];
     el.replaceChildren();
-    const msg = h("div", { class: "error", testid: "error", role: "alert", "data-code": code, "data-slot": slot },
+    const msg = h("div", { class: kind, testid: kind, role: kind === "error" ? "alert" : "status", "data-code": code, "data-slot": slot },
       h("span", {}, text),
       action ? h("button", { testid: "error-action", onclick: () => { msg.remove(); action.run(); } }, action.label) : null,
       h("button", { class: "close", title: "Dismiss", onclick: () => msg.remove() }, "×"));
@@ -833,7 +842,7 @@ export class App {
     const opened = await this.sendCanvas(png, bmp, file.name ?? "image");
     if (opened) {
       this.ui.promptHint.hidden = true;
-      if (note) this.showError("open", note, "image_scaled");
+      if (note) this.showNotice("open", note, "image_scaled");
     }
     return opened;
   }
@@ -1087,7 +1096,7 @@ export class App {
       this.showError("mask", `${file.name} is not an image.`, "bad_image");
       return;
     }
-    if (bmp.width !== w || bmp.height !== h) this.showError("mask", `Mask is ${bmp.width}×${bmp.height}, image is ${w}×${h}: scaled to fit.`, "mask_size");
+    if (bmp.width !== w || bmp.height !== h) this.showNotice("mask", `Mask is ${bmp.width}×${bmp.height}, image is ${w}×${h}: scaled to fit.`, "mask_scaled");
     const c = makeCanvas(w, h);
     const cx = ctx2d(c, true);
     cx.imageSmoothingEnabled = false;

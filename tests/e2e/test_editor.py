@@ -155,8 +155,9 @@ def test_an_image_over_the_pixel_limit_opens_scaled_down_to_it(page, make_server
     page.get_by_test_id("file-input").set_input_files(str(photo))
     wait_hook(page, "$.canvasSize !== null && $.historyLength === 1")
     assert hook(page, "canvasSize") == {"width": 230, "height": 173}  # 39,790 pixels, the photo's 4:3 kept
-    note = page.get_by_test_id("error")
-    assert note.get_attribute("data-code") == "image_scaled"
+    note = page.get_by_test_id("notice")
+    assert note.get_attribute("data-code") == "image_scaled" and note.get_attribute("role") == "status"
+    assert page.get_by_test_id("error").count() == 0
     assert "400×300" in note.inner_text() and "230×173" in note.inner_text()
     assert hook(page, "pixel(20, 86)")[:3] == [220, 40, 40] and hook(page, "pixel(210, 86)")[:3] == [40, 60, 220]
     # the server holds the scaled image as the session's original

@@ -192,6 +192,17 @@ def test_mask_export_import_roundtrip(page, server, sample_png, tmp_path):
     page.get_by_test_id("canvas").focus()
     page.keyboard.press("Control+z")
     assert hook(page, "maskCoverage()") == covered
+    # a mask of another size is stretched over the image, and a notice (not an error) says so
+    half = Image.new("L", (256, 192), 0)
+    half.paste(255, (0, 0, 50, 25))
+    half_path = tmp_path / "half.png"
+    half.save(half_path)
+    page.get_by_test_id("mask-import-input").set_input_files(str(half_path))
+    wait_hook(page, f"$.maskCoverage() !== {covered}")
+    assert 4500 < hook(page, "maskCoverage()") < 5500  # 100 x 50 image pixels
+    notice = page.get_by_test_id("notice")
+    assert notice.get_attribute("data-code") == "mask_scaled" and "256×192" in notice.inner_text()
+    assert page.get_by_test_id("error").count() == 0
 
 
 def test_wheel_zoom_pan_and_fit(page, server, sample_png):
