@@ -186,7 +186,7 @@ export class App {
       else this.editor.brushSize = v;
       this.refresh();
     });
-    const sketchColor = h("input", { type: "color", value: "#1e64ff", testid: "sketch-color", title: "Sketch colour" });
+    const sketchColor = h("input", { type: "color", value: "#1e64ff", testid: "sketch-color", title: "Sketch colour", "aria-label": "Sketch colour" });
     sketchColor.addEventListener("input", () => (this.editor.sketchColor = sketchColor.value));
     const sketchSize = h("input", { type: "range", min: 1, max: 256, value: 8, testid: "sketch-size", title: "Sketch pen size" });
     sketchSize.addEventListener("input", () => {
@@ -235,7 +235,7 @@ export class App {
     });
     for (const end of ["pointerup", "pointercancel", "lostpointercapture"] as const) compare.addEventListener(end, () => this.setComparing(false));
     compare.addEventListener("contextmenu", (e) => e.preventDefault()); // a long press would open the menu
-    const resultBox = h("section", { class: "result", testid: "result" }, h("h3", {}, "Result"), resultInfo, candidates, h("div", { class: "row" }, accept, discard, retry, compare), h("div", { class: "hint" }, "Hold Compare or B to see the image without the edit"), errorSlot("result"));
+    const resultBox = h("section", { class: "result", testid: "result" }, h("h2", {}, "Result"), resultInfo, candidates, h("div", { class: "row" }, accept, discard, retry, compare), h("div", { class: "hint" }, "Hold Compare or B to see the image without the edit"), errorSlot("result"));
     const history = h("ol", { class: "history", testid: "history" });
     const undo = h("button", { testid: "undo", title: "Undo (Ctrl+Z)", onclick: () => this.undo() }, "Undo");
     const redo = h("button", { testid: "redo", title: "Redo (Ctrl+Shift+Z)", onclick: () => this.redo() }, "Redo");
@@ -259,10 +259,10 @@ export class App {
       history: errorSlot("history"), mask: errorSlot("mask"), global: errorSlot("global"),
     };
     const help = h("div", { class: "help", testid: "help", hidden: true, onclick: (e: Event) => { if (e.target === help) this.toggleHelp(false); } },
-      h("div", { class: "help-card" }, h("h2", {}, "Keyboard shortcuts"), h("dl", {}, ...SHORTCUTS.flatMap(([k, d]) => [h("dt", {}, k), h("dd", {}, d)])), h("button", { onclick: () => this.toggleHelp(false) }, "Close (Esc)")));
+      h("div", { class: "help-card", role: "dialog", "aria-modal": "true", "aria-labelledby": "help-title" }, h("h2", { id: "help-title" }, "Keyboard shortcuts"), h("dl", {}, ...SHORTCUTS.flatMap(([k, d]) => [h("dt", {}, k), h("dd", {}, d)])), h("button", { onclick: () => this.toggleHelp(false) }, "Close (Esc)")));
 
     const btn = (label: string, testid: string, title: string, fn: () => void) => h("button", { testid, title, onclick: fn }, label);
-    const toolbar = h("header", { class: "toolbar" },
+    const toolbar = h("header", { class: "toolbar" }, h("h1", { class: "sr-only" }, "lazyedit image editor"),
       h("div", { class: "group" },
         h("button", { testid: "open", title: "Open image (O)", onclick: () => fileInput.click() }, "Open"), fileInput,
         btn("Example", "example", "Open an example scene of the world the demo model learned", () => void this.openExample()),
@@ -286,13 +286,13 @@ export class App {
         btn("?", "help-button", "Keyboard shortcuts (?)", () => this.toggleHelp())),
     );
     const panel = h("aside", { class: "panel" },
-      h("section", {}, h("h3", {}, "Prompt"), h("div", { class: "row" }, prompt, generate), promptHint,
+      h("section", {}, h("h2", {}, "Prompt"), h("div", { class: "row" }, prompt, generate), promptHint,
         h("div", { class: "params" },
           h("label", {}, seedRandom, "random seed"), seed,
           h("label", {}, "steps", steps), h("label", {}, "guidance", guidance)),
         h("div", { class: "row" }, progress, progressText, cancel), errorSlots.edit),
       resultBox,
-      h("section", { class: "history-section" }, h("h3", {}, "History"), history, errorSlots.history),
+      h("section", { class: "history-section" }, h("h2", {}, "History"), history, errorSlots.history),
       errorSlots.global);
     const root = h("div", { class: "app" }, toolbar, h("main", {}, stage, panel), status, help);
     this.mount.append(root);
@@ -424,6 +424,9 @@ export class App {
 
   private toggleHelp(show = this.ui.help.hidden): void {
     this.ui.help.hidden = !show;
+    // focus follows the dialog (a keyboard or screen-reader user lands in it), and goes back to the canvas
+    if (show) this.ui.help.querySelector("button")?.focus();
+    else this.editor.el.focus({ preventScroll: true });
   }
 
   private setComparing(on: boolean): void {
