@@ -166,3 +166,23 @@ def test_replica_serves_the_stored_session_not_its_stale_copy(tmp_path, tiny_pip
             assert ready["position"] == 1 and [e["seed"] for e in ready["history"]] == [None, 3]
             h, parts = ws.recv()
             assert h["type"] == "canvas" and np.array_equal(np.asarray(decode_png(parts["image"])), np.asarray(edited))
+
+
+def test_the_canvas_limit_follows_the_device_unless_set(tmp_path, tiny_pipeline):
+    """On a CPU the default canvas limit is 1024x1024 (a 4 MP canvas costs ten times the second an edit
+    should take); a GPU's is 2048x2048; a limit that is set wins."""
+    from lazyedit.service.settings import GPU_MAX_PIXELS, default_max_pixels
+
+    assert default_max_pixels("cpu") == 1024 * 1024
+    assert default_max_pixels("cuda") == default_max_pixels("cuda:1") == GPU_MAX_PIXELS == 2048 * 2048
+    big = png(noise_image(1100, 1000))  # 1.1 MP: over the CPU's default, under the GPU's
+    with service(tmp_path / "cpu", tiny_pipeline) as c:
+        with c.websocket_connect("/ws") as raw:
+            ws = WS(raw)
+            assert ws.hello()["limits"]["max_pixels"] == 1024 * 1024
+        r = c.post("/api/sessions", files={"image": ("big.png", big, "image/png")})
+        assert r.status_code == 413 and r.json()["detail"]["code"] == "image_too_large"
+        assert "1048576" in r.json()["detail"]["message"]
+    with service(tmp_path / "set", tiny_pipeline, max_pixels=GPU_MAX_PIXELS) as c:
+        r = c.post("/api/sessions", files={"image": ("big.png", big, "image/png")})
+        assert r.status_code == 201 and r.json()["width"] == 1100

@@ -340,7 +340,7 @@ class Connection:
         data = parts["image"].data
 
         try:
-            im, png = await asyncio.to_thread(decode_canvas_png, data, max_bytes=s.max_image_bytes, max_pixels=s.max_pixels)
+            im, png = await asyncio.to_thread(decode_canvas_png, data, max_bytes=s.max_image_bytes, max_pixels=self.hub.max_pixels)
         except EditInputError as exc:
             raise ClientError(exc.code, exc.message) from None
         async def commit() -> None:

@@ -21,7 +21,7 @@ from PIL import Image
 from . import protocol as P
 from ..images import encode_png
 from .scheduler import EditScheduler, Job, PrepareJob
-from .settings import ServiceSettings
+from .settings import ServiceSettings, default_max_pixels
 from .storage import SessionState, Storage, iso, new_session_id, valid_session_id
 
 if TYPE_CHECKING:
@@ -79,6 +79,7 @@ class Hub:
         self.scheduler = EditScheduler(pipe, max_queue=settings.max_queue, max_batch=settings.max_batch)
         self.sessions: dict[str, SessionRuntime] = {}
         self.loop: Optional[asyncio.AbstractEventLoop] = None
+        self.max_pixels = settings.max_pixels or default_max_pixels(self.device)
 
     # ---- model facts --------------------------------------------------------------------------
     @property
@@ -92,7 +93,7 @@ class Hub:
     def limits(self) -> P.Limits:
         lim = dict(getattr(self.pipe, "limits", {}) or {})
         s = self.settings
-        return P.Limits(max_pixels=s.max_pixels, max_image_bytes=s.max_image_bytes,
+        return P.Limits(max_pixels=self.max_pixels, max_image_bytes=s.max_image_bytes,
                         max_message_bytes=s.max_message_bytes, max_prompt_chars=s.max_prompt_chars,
                         min_steps=int(lim.get("min_steps", 1)), max_steps=int(lim.get("max_steps", 50)),
                         min_guidance=float(lim.get("min_guidance", 0.0)),

@@ -26,6 +26,17 @@ def is_loopback(host: str) -> bool:
         return False
 
 
+# A 10%-mask edit with a new mask on this project's 2-core CPU (demo model): about 1.2 s at 1024x768 against
+# 12 s at 2364x1773, where the context encoder alone takes 6 s (docs/service.md, "Canvas size").
+CPU_MAX_PIXELS = 1024 * 1024
+GPU_MAX_PIXELS = 2048 * 2048
+
+
+def default_max_pixels(device: str) -> int:
+    """The canvas limit when none is set: interactive edits on the device the model runs on."""
+    return CPU_MAX_PIXELS if device.startswith("cpu") else GPU_MAX_PIXELS
+
+
 class ServiceSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="LAZYEDIT_", extra="ignore")
 
@@ -42,7 +53,8 @@ class ServiceSettings(BaseSettings):
                                        description="proxy addresses/CIDRs whose X-Forwarded-For is believed "
                                                    "(per-client limits behind nginx; docs/scaling.md)")
 
-    max_pixels: int = Field(2048 * 2048, ge=1)
+    max_pixels: Optional[int] = Field(None, ge=1, description="largest canvas accepted, in pixels; default "
+                                      "1024x1024 on a CPU, 2048x2048 on a GPU (default_max_pixels)")
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_prompt_chars: int = Field(500, ge=1)

@@ -35,7 +35,7 @@ async def create_session(hub: HubDep, image: UploadFile = File(...)) -> SessionC
         raise http_error(413, "image_too_large", f"image over {s.max_image_bytes} bytes")
 
     try:
-        im, png = await asyncio.to_thread(decode_canvas_png, data, max_bytes=s.max_image_bytes, max_pixels=s.max_pixels)
+        im, png = await asyncio.to_thread(decode_canvas_png, data, max_bytes=s.max_image_bytes, max_pixels=hub.max_pixels)
     except EditInputError as exc:
         raise http_error(413 if exc.code == "image_too_large" else 400, exc.code, exc.message) from None
     sid = new_session_id()
