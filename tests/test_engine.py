@@ -594,3 +594,19 @@ def test_shipped_demo_model_is_trained_and_loads_in_fp32():
     res = pipe.edit(image, mask, prompt="a red circle", seed=0, steps=2)
     out, src = np.asarray(res.image), np.asarray(image)
     assert np.array_equal(out[~mask], src[~mask])
+
+
+def test_the_base_config_needs_its_text_encoder_except_on_a_stand_in_for_benchmarks():
+    """base takes T5-XXL from a folder; without one only a benchmark may run it, on random text features of
+    T5's width and length (docs/benchmarks.md, GPU)."""
+    from lazyedit.engine.loading import T5_TOKENS
+
+    with pytest.raises(ValueError, match="CLIP/T5 text encoder"):
+        load_pipeline("base")
+    pipe = load_pipeline("base", text_stand_in=True)
+    assert (pipe.text_encoder.config.width, pipe.text_encoder.config.max_length) == (4096, T5_TOKENS)
+    img = Image.fromarray((np.random.RandomState(0).rand(64, 64, 3) * 255).astype(np.uint8))
+    mask = np.zeros((64, 64), bool)
+    mask[16:40, 16:48] = True
+    out = np.asarray(pipe.edit(img, mask, "a red star", seed=0, steps=2).image)
+    assert (out[~mask] == np.asarray(img)[~mask]).all()

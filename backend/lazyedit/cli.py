@@ -38,6 +38,8 @@ def build_parser() -> argparse.ArgumentParser:
     b = sub.add_parser("bench", help="speed benchmark: lazy decoding against regenerating the image or a crop")
     b.add_argument("--config", choices=("tiny", "demo", "base"), default="demo")
     b.add_argument("--model", default=None, help="a model folder to time instead of the config's own weights")
+    b.add_argument("--text-encoder", default=None, metavar="DIR",
+                   help="a CLIP/T5 folder for the base config (default: stand-in features of T5's width and length)")
     b.add_argument("--size", type=int, default=1024)
     b.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     b.add_argument("--steps", type=int, default=None)

@@ -16,6 +16,9 @@ from .pipeline import LazyEditPipeline, flow_scheduler
 
 logger = logging.getLogger("lazyedit.engine")
 
+# Prompt tokens of a T5 text encoder as PixArt-alpha uses it: the length of a benchmark's stand-in.
+T5_TOKENS = 120
+
 # The demo model trained by `lazyedit train` and shipped with the package.
 DEMO_MODEL_DIR = Path(__file__).resolve().parent.parent / "weights" / "demo"
 
@@ -56,12 +59,15 @@ def load_pipeline(
     vae: str | None = None,
     asym_vae: str | None = None,
     text_encoder: str | None = None,
+    text_stand_in: bool = False,
 ) -> LazyEditPipeline:
     """model: "tiny" (random weights, for tests), "demo" (the shipped demo model, or random demo weights
     with a warning when none is shipped), "base" (random, benchmarks only) or a folder saved by
     save_pretrained. vae / asym_vae / text_encoder: optional local folders with real weights (an SD-1.x
     AutoencoderKL, an asymmetric-autoencoder-kl checkpoint, a CLIP or T5 text encoder) that replace the
-    pipeline's own."""
+    pipeline's own. text_stand_in (benchmarks only): a config whose text encoder must come from a folder
+    (base: T5-XXL) gets random text features of the same width and length instead, so its decoder can be
+    timed where no T5 weights are."""
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     text = None
@@ -83,11 +89,15 @@ def load_pipeline(
         if model != "tiny":
             logger.warning("no trained %s weights found (looked in %s): running with RANDOM weights", model, DEMO_MODEL_DIR)
         random_weights = model != "tiny"
-        pipe = build_pipeline(
-            model,
-            text_encoder=None if text is None else text.model,
-            tokenizer=None if text is None else text.tokenizer,
-        )
+        if text is None and text_stand_in and get_config(model).text_encoder is None:
+            stand_in = ByteTextEncoder(width=get_config(model).text_dim, depth=0, heads=1, max_length=T5_TOKENS)
+            pipe = build_pipeline(model, text_encoder=stand_in)
+        else:
+            pipe = build_pipeline(
+                model,
+                text_encoder=None if text is None else text.model,
+                tokenizer=None if text is None else text.tokenizer,
+            )
     else:
         raise FileNotFoundError(f"model {model!r} is neither tiny, demo, base nor a folder with a model_index.json")
     if text is not None and model not in ("tiny", "demo", "base"):
