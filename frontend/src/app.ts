@@ -6,6 +6,7 @@ import { UndoStack } from "./history";
 import { fitPixels } from "./geometry";
 import { canvasToPNG, ctx2d, decodeImage, makeCanvas, type LayerOp } from "./layers";
 import { countMasked, maskFromRGBA, maskToRGBA } from "./mask";
+import { RecentDialog } from "./recent";
 import {
   acceptMsg, binaryToMessage, cancelMsg, decodeFrame, decodeText, describeError, editFrame,
   gotoMsg, helloMsg, prepareFrame, redoMsg, undoMsg,
@@ -123,6 +124,8 @@ export class App {
     help: HTMLElement;
     errorSlots: Record<Slot, HTMLElement>;
   };
+
+  private recent!: RecentDialog;
 
   constructor(private mount: HTMLElement) {
     const params = new URLSearchParams(location.search);
@@ -267,6 +270,7 @@ export class App {
         h("button", { testid: "open", title: "Open image (O)", onclick: () => fileInput.click() }, "Open"), fileInput,
         btn("Example", "example", "Open an example scene of the world the demo model learned", () => void this.openExample()),
         btn("Download", "download", "Download the current image as PNG", () => void this.downloadImage()),
+        btn("Recent", "recent-button", "Images stored on the server: go back to one (H)", () => void this.recent.show()),
         errorSlots.open),
       h("div", { class: "group" }, tools.brush, tools.eraser, tools.rect, tools.lasso,
         h("label", { class: "inline" }, "Size", brushSize, brushSizeLabel)),
@@ -294,7 +298,13 @@ export class App {
       resultBox,
       h("section", { class: "history-section" }, h("h2", {}, "History"), history, errorSlots.history),
       errorSlots.global);
-    const root = h("div", { class: "app" }, toolbar, h("main", {}, stage, panel), status, help);
+    this.recent = new RecentDialog({
+      current: () => this.session,
+      headers: () => this.authHeaders(),
+      open: (session) => this.switchSession(session),
+      closed: () => this.editor.el.focus({ preventScroll: true }),
+    });
+    const root = h("div", { class: "app" }, toolbar, h("main", {}, stage, panel), status, help, this.recent.el);
     this.mount.append(root);
 
     this.ui = {
@@ -384,10 +394,12 @@ export class App {
         this.toggleHelp();
         return;
       case "Escape":
-        if (!this.ui.help.hidden) this.toggleHelp(false);
+        if (this.recent.isOpen) this.recent.close();
+        else if (!this.ui.help.hidden) this.toggleHelp(false);
         else if (this.editor.drawing) this.editor.abortDrawing();
         else this.cancelEdit();
         return;
+      case "h": case "H": void this.recent.show(); return;
       case "m": case "M": this.setTool("brush"); return;
       case "e": case "E": this.setTool("eraser"); return;
       case "r": case "R": this.setTool("rect"); return;
@@ -905,21 +917,35 @@ export class App {
       this.refresh();
       return false;
     }
+    this.enterSession(created.session, bmp);
+    return true;
+  }
+
+  /** Go back to a stored session (Recent images): its canvas and history arrive on the reopened socket. */
+  switchSession(session: string): void {
+    if (session === this.session) return;
+    this.ui.promptHint.hidden = true;
+    this.enterSession(session);
+  }
+
+  /** Leave the current session for another; with `bmp` the new session's image is shown at once. */
+  private enterSession(session: string, bmp?: ImageBitmap): void {
     this.cancelEdit();
     this.edit = null; // its outcome belongs to the old session, on the old socket
     this.ui.progressText.textContent = "";
     this.stack.clear();
     this.discardResultState();
-    this.editor.setImage(bmp);
-    this.ui.empty.hidden = true;
+    if (bmp) {
+      this.editor.setImage(bmp);
+      this.ui.empty.hidden = true;
+    }
     this.clearError("open");
-    this.session = created.session;
-    localStorage.setItem(SESSION_KEY, created.session);
+    this.session = session;
+    localStorage.setItem(SESSION_KEY, session);
     this.history = [];
     this.renderHistory();
     this.conn.reconnect(); // hello on the new socket resumes the new session: ready, then its canvas and history
     this.refresh();
-    return true;
   }
 
   private authHeaders(): Record<string, string> {
@@ -1352,6 +1378,7 @@ const SHORTCUTS: [string, string][] = [
   ["A / D / T", "accept / discard / try again with a new seed (kept beside the others)"],
   ["1 … 9", "show that candidate of the result (Accept takes the one shown)"],
   ["hold B (or the Compare button)", "compare before / after"],
+  ["H", "recent images stored on the server"],
   ["Ctrl+Z / Ctrl+Shift+Z", "undo / redo (strokes and accepted edits)"],
   ["wheel, pinch, + / -", "zoom"],
   ["Space+drag, middle drag", "pan"],

@@ -1,5 +1,5 @@
 """axe-core (the frontend's dev dependency) audits the real page in the states a user meets: the empty canvas,
-an edit's result with a notice beside it, and the shortcuts card. Every rule axe runs must pass."""
+an edit's result with a notice beside it, the shortcuts card and the recent images. Every rule axe runs must pass."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -42,3 +42,7 @@ def test_the_editor_passes_axe_in_every_state(page, make_server, tmp_path):
     page.keyboard.press("Escape")
     assert page.get_by_test_id("help").is_hidden()
     assert page.evaluate("document.activeElement.dataset.testid") == "canvas"
+
+    page.get_by_test_id("recent-button").click()
+    page.get_by_test_id("recent-item").first.wait_for()
+    assert _violations(page) == []

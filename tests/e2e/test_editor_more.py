@@ -428,3 +428,44 @@ def test_on_a_phone_everything_fits_the_screen_and_a_finger_paints_the_mask(brow
         assert shown() != original and hook(page, "resultShown")
     finally:
         ctx.close()
+
+
+def test_recent_images_go_back_to_an_earlier_session_and_delete_one(page, server, tmp_path):
+    """Two opened images are two stored sessions: Recent lists both, newest first, opens the earlier one with
+    its pixels and history, and deletes the other from the server."""
+    open_app(page, server)
+    first, second = tmp_path / "first.png", tmp_path / "second.png"
+    Image.new("RGB", (320, 240), (200, 50, 50)).save(first)
+    Image.new("RGB", (256, 256), (40, 160, 90)).save(second)
+    open_image(page, first)
+    first_id = hook(page, "sessionId")
+    page.get_by_test_id("file-input").set_input_files(str(second))
+    wait_hook(page, f"$.canvasSize && $.canvasSize.width === 256 && $.sessionId !== '{first_id}' && $.historyLength === 1")
+    second_id = hook(page, "sessionId")
+
+    page.get_by_test_id("recent-button").click()
+    items = page.get_by_test_id("recent-item")
+    items.first.wait_for()
+    assert [items.nth(i).get_attribute("data-session") for i in range(items.count())] == [second_id, first_id]
+    assert items.nth(0).get_by_test_id("recent-open").get_attribute("aria-current") == "true"
+    assert items.nth(0).get_by_test_id("recent-delete").count() == 0  # the open image cannot be deleted here
+    assert "320×240" in items.nth(1).inner_text()
+    page.wait_for_function("() => document.querySelectorAll('[data-testid=recent-item] img[src^=blob]').length === 2")
+
+    items.nth(1).get_by_test_id("recent-open").click()
+    assert page.get_by_test_id("recent").is_hidden()
+    wait_hook(page, f"$.sessionId === '{first_id}' && $.canvasSize && $.canvasSize.width === 320 && $.historyLength === 1")
+    assert hook(page, "pixel(10, 10)") == [200, 50, 50, 255]
+    page.reload()  # the page comes back to the session it went back to
+    wait_hook(page, "$.connection === 'open' && $.canvasSize !== null")
+    assert hook(page, "sessionId") == first_id
+
+    page.keyboard.press("h")
+    other = page.locator(f"[data-testid=recent-item][data-session='{second_id}']")
+    other.get_by_test_id("recent-delete").click()
+    other.wait_for(state="detached")
+    with urllib.request.urlopen(server.url + "/api/sessions") as r:
+        assert [s["session"] for s in json.load(r)] == [first_id]
+    page.keyboard.press("Escape")
+    assert page.get_by_test_id("recent").is_hidden()
+    assert not page.problems, page.problems
