@@ -261,8 +261,8 @@ export class App {
       open: errorSlot("open"), edit: errorSlot("edit"), result: resultBox.querySelector(".error-slot") as HTMLElement,
       history: errorSlot("history"), mask: errorSlot("mask"), global: errorSlot("global"),
     };
-    const help = h("div", { class: "help", testid: "help", hidden: true, onclick: (e: Event) => { if (e.target === help) this.toggleHelp(false); } },
-      h("div", { class: "help-card", role: "dialog", "aria-modal": "true", "aria-labelledby": "help-title" }, h("h2", { id: "help-title" }, "Keyboard shortcuts"), h("dl", {}, ...SHORTCUTS.flatMap(([k, d]) => [h("dt", {}, k), h("dd", {}, d)])), h("button", { onclick: () => this.toggleHelp(false) }, "Close (Esc)")));
+    const help = h("div", { class: "modal", testid: "help", hidden: true, onclick: (e: Event) => { if (e.target === help) this.toggleHelp(false); } },
+      h("div", { class: "modal-card help-card", role: "dialog", "aria-modal": "true", "aria-labelledby": "help-title" }, h("h2", { id: "help-title" }, "Keyboard shortcuts"), h("dl", {}, ...SHORTCUTS.flatMap(([k, d]) => [h("dt", {}, k), h("dd", {}, d)])), h("button", { onclick: () => this.toggleHelp(false) }, "Close (Esc)")));
 
     const btn = (label: string, testid: string, title: string, fn: () => void) => h("button", { testid, title, onclick: fn }, label);
     const toolbar = h("header", { class: "toolbar" }, h("h1", { class: "sr-only" }, "lazyedit image editor"),

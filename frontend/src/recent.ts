@@ -40,10 +40,10 @@ export class RecentDialog {
   constructor(private host: RecentHost) {
     this.list = h("ol", { class: "recent-list" });
     this.status = h("p", { class: "hint", role: "status" });
-    const card = h("div", { class: "help-card recent-card", role: "dialog", "aria-modal": "true", "aria-labelledby": "recent-title" },
+    const card = h("div", { class: "modal-card recent-card", role: "dialog", "aria-modal": "true", "aria-labelledby": "recent-title" },
       h("h2", { id: "recent-title" }, "Recent images"), this.status, this.list,
       h("button", { testid: "recent-close", onclick: () => this.close() }, "Close (Esc)"));
-    this.el = h("div", { class: "help", testid: "recent", hidden: true, onclick: (e: Event) => { if (e.target === this.el) this.close(); } }, card);
+    this.el = h("div", { class: "modal", testid: "recent", hidden: true, onclick: (e: Event) => { if (e.target === this.el) this.close(); } }, card);
   }
 
   get isOpen(): boolean {
