@@ -856,6 +856,7 @@ export class App {
     }
     const opened = await this.sendCanvas(png, bmp, file.name ?? "image");
     if (opened) {
+      this.editor.clearLayers(); // a mask painted on the other image means nothing on this one
       this.ui.promptHint.hidden = true;
       if (note) this.showNotice("open", note, "image_scaled");
     }
@@ -926,6 +927,7 @@ export class App {
     if (session === this.session) return;
     this.ui.promptHint.hidden = true;
     this.enterSession(session);
+    this.editor.clearLayers(); // a mask painted on the other image means nothing on this one
   }
 
   /** Leave the current session for another; with `bmp` the new session's image is shown at once. */

@@ -150,6 +150,15 @@ export class Editor {
     return sizeChanged;
   }
 
+  /** Blank mask and sketch for another session's image (not an undoable op: the undo stack went with the
+   * session that was left). */
+  clearLayers(): void {
+    if (!this.image) return;
+    this.mask = new Layer("mask", this.image.width, this.image.height);
+    this.sketch = new Layer("sketch", this.image.width, this.image.height);
+    this.requestRender();
+  }
+
   /** Paste an accepted result into the image. */
   pasteIntoImage(o: Overlay): void {
     if (!this.image) return;

@@ -71,14 +71,17 @@ function contentAfter(prev: boolean, op: LayerOp): boolean {
   return true; // invert and bitmap: assume content (cheap, conservative)
 }
 
+let nextVersion = 1;
+
 export class Layer {
   readonly canvas: HTMLCanvasElement;
   /** Ops that fell off the capped undo stack are flattened here; null = blank. */
   private base: HTMLCanvasElement | null = null;
   private baseHasContent = false;
   hasContent = false;
-  /** Bumped on every change of the pixels, so views can cache what they drew from it. */
-  version = 0;
+  /** New on every change of the pixels, so views can cache what they drew from it; unique across layers, so a
+   * layer that replaces another (a new image, another session) never matches a cache of the old one. */
+  version = nextVersion++;
 
   constructor(
     public readonly name: LayerName,
@@ -91,7 +94,7 @@ export class Layer {
   apply(op: LayerOp): void {
     applyOp(this.canvas, op);
     this.hasContent = contentAfter(this.hasContent, op);
-    this.version++;
+    this.version = nextVersion++;
   }
 
   flatten(op: LayerOp): void {
@@ -112,7 +115,7 @@ export class Layer {
       has = contentAfter(has, op);
     }
     this.hasContent = has;
-    this.version++;
+    this.version = nextVersion++;
   }
 
   private png: { version: number; bytes: Promise<Uint8Array> } | null = null;

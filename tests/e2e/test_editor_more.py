@@ -436,12 +436,17 @@ def test_recent_images_go_back_to_an_earlier_session_and_delete_one(page, server
     open_app(page, server)
     first, second = tmp_path / "first.png", tmp_path / "second.png"
     Image.new("RGB", (320, 240), (200, 50, 50)).save(first)
-    Image.new("RGB", (256, 256), (40, 160, 90)).save(second)
+    Image.new("RGB", (320, 240), (40, 160, 90)).save(second)
     open_image(page, first)
     first_id = hook(page, "sessionId")
+    drag(page, [(40, 40), (200, 120)])
+    assert hook(page, "maskCoverage()") > 0
     page.get_by_test_id("file-input").set_input_files(str(second))
-    wait_hook(page, f"$.canvasSize && $.canvasSize.width === 256 && $.sessionId !== '{first_id}' && $.historyLength === 1")
+    wait_hook(page, f"$.sessionId !== '{first_id}' && $.historyLength === 1")
     second_id = hook(page, "sessionId")
+    # the same size, but another image: the mask painted on the first is not carried over
+    assert hook(page, "pixel(10, 10)") == [40, 160, 90, 255] and hook(page, "maskCoverage()") == 0
+    drag(page, [(60, 60), (220, 140)])
 
     page.get_by_test_id("recent-button").click()
     items = page.get_by_test_id("recent-item")
@@ -449,13 +454,13 @@ def test_recent_images_go_back_to_an_earlier_session_and_delete_one(page, server
     assert [items.nth(i).get_attribute("data-session") for i in range(items.count())] == [second_id, first_id]
     assert items.nth(0).get_by_test_id("recent-open").get_attribute("aria-current") == "true"
     assert items.nth(0).get_by_test_id("recent-delete").count() == 0  # the open image cannot be deleted here
-    assert "320×240" in items.nth(1).inner_text()
+    assert "320×240" in items.nth(0).inner_text() and "320×240" in items.nth(1).inner_text()
     page.wait_for_function("() => document.querySelectorAll('[data-testid=recent-item] img[src^=blob]').length === 2")
 
     items.nth(1).get_by_test_id("recent-open").click()
     assert page.get_by_test_id("recent").is_hidden()
-    wait_hook(page, f"$.sessionId === '{first_id}' && $.canvasSize && $.canvasSize.width === 320 && $.historyLength === 1")
-    assert hook(page, "pixel(10, 10)") == [200, 50, 50, 255]
+    wait_hook(page, f"$.sessionId === '{first_id}' && $.historyLength === 1 && $.pixel(10, 10)[0] === 200")
+    assert hook(page, "pixel(10, 10)") == [200, 50, 50, 255] and hook(page, "maskCoverage()") == 0
     page.reload()  # the page comes back to the session it went back to
     wait_hook(page, "$.connection === 'open' && $.canvasSize !== null")
     assert hook(page, "sessionId") == first_id
