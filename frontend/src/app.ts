@@ -255,7 +255,8 @@ export class App {
     const promptHint = h("p", { class: "hint", testid: "prompt-hint", hidden: true });
     const empty = h("div", { class: "empty", testid: "empty" }, h("p", {}, "Open an image (O), drop one here, or paste it."),
       h("div", { class: "row" }, h("button", { class: "primary", onclick: () => fileInput.click() }, "Open image"),
-        h("button", { testid: "empty-example", title: "A scene of the world the demo model learned", onclick: () => void this.openExample() }, "Try an example")));
+        h("button", { testid: "empty-example", title: "A scene of the world the demo model learned", onclick: () => void this.openExample() }, "Try an example"),
+        h("button", { testid: "empty-recent", title: "Images stored on the server (H)", onclick: () => void this.recent.show() }, "Recent images")));
     const stage = h("div", { class: "stage", testid: "stage" }, empty);
     const errorSlots: Record<Slot, HTMLElement> = {
       open: errorSlot("open"), edit: errorSlot("edit"), result: resultBox.querySelector(".error-slot") as HTMLElement,

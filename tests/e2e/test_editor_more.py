@@ -473,4 +473,14 @@ def test_recent_images_go_back_to_an_earlier_session_and_delete_one(page, server
         assert [s["session"] for s in json.load(r)] == [first_id]
     page.keyboard.press("Escape")
     assert page.get_by_test_id("recent").is_hidden()
+
+    # a browser that never opened an image here finds them from the empty canvas
+    fresh = page.context.browser.new_page()
+    try:
+        open_app(fresh, server)
+        fresh.get_by_test_id("empty-recent").click()
+        fresh.get_by_test_id("recent-open").first.click()
+        wait_hook(fresh, f"$.sessionId === '{first_id}' && $.canvasSize !== null && $.pixel(10, 10)[0] === 200")
+    finally:
+        fresh.close()
     assert not page.problems, page.problems
