@@ -238,6 +238,16 @@ export class App {
     });
     for (const end of ["pointerup", "pointercancel", "lostpointercapture"] as const) compare.addEventListener(end, () => this.setComparing(false));
     compare.addEventListener("contextmenu", (e) => e.preventDefault()); // a long press would open the menu
+    // from the keyboard: held Space or Enter on the focused button, as the pointer holds it
+    const compareKey = (down: boolean) => (e: KeyboardEvent) => {
+      if (e.key !== " " && e.key !== "Enter") return;
+      e.preventDefault();
+      e.stopPropagation(); // not the canvas's Space-to-pan
+      if (!e.repeat) this.setComparing(down);
+    };
+    compare.addEventListener("keydown", compareKey(true));
+    compare.addEventListener("keyup", compareKey(false));
+    compare.addEventListener("blur", () => this.setComparing(false));
     const resultBox = h("section", { class: "result", testid: "result" }, h("h2", {}, "Result"), resultInfo, candidates, h("div", { class: "row" }, accept, discard, retry, compare), h("div", { class: "hint" }, "Hold Compare or B to see the image without the edit"), errorSlot("result"));
     const history = h("ol", { class: "history", testid: "history" });
     const undo = h("button", { testid: "undo", title: "Undo (Ctrl+Z)", onclick: () => this.undo() }, "Undo");

@@ -74,6 +74,11 @@ def test_open_paint_generate_accept_undo_reload_export(page, server, sample_png,
     assert hook(page, "comparing") is True
     page.mouse.up()
     assert hook(page, "comparing") is False
+    page.get_by_test_id("compare").focus()  # and from the keyboard, Space held on it
+    page.keyboard.down(" ")
+    assert hook(page, "comparing") is True
+    page.keyboard.up(" ")
+    assert hook(page, "comparing") is False
 
     # accept: stored as history entry 1, pasted into the image
     page.get_by_test_id("accept").click()
