@@ -605,6 +605,7 @@ def test_the_base_config_needs_its_text_encoder_except_on_a_stand_in_for_benchma
         load_pipeline("base")
     pipe = load_pipeline("base", text_stand_in=True)
     assert (pipe.text_encoder.config.width, pipe.text_encoder.config.max_length) == (4096, T5_TOKENS)
+    assert pipe.text_stand_in and not load_pipeline("tiny", text_stand_in=True).text_stand_in
     img = Image.fromarray((np.random.RandomState(0).rand(64, 64, 3) * 255).astype(np.uint8))
     mask = np.zeros((64, 64), bool)
     mask[16:40, 16:48] = True

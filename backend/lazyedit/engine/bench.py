@@ -22,7 +22,6 @@ from PIL import Image
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
 from .holes import plan_holes
-from .configs import get_config
 from .loading import load_pipeline
 
 MASK_FRACTIONS = (0.01, 0.05, 0.10, 0.25, 0.50, 1.00)
@@ -110,8 +109,7 @@ def run_bench(config: str = "demo", size: int = 1024, device: str = "cpu", steps
         "device": device, "torch": torch.__version__, "threads": torch.get_num_threads(),
         "machine": platform.processor() or platform.machine(), "tokens_full": n_all, "steps": steps,
         "guidance_distilled": pipe.guidance_distilled,  # one forward row per edit and step instead of two
-        "text_encoder": text_encoder or ("stand-in" if get_config(config).text_encoder is None and model is None
-                                         else "own"),
+        "text_encoder": "stand-in" if pipe.text_stand_in else text_encoder or "own",
         "date": time.strftime("%Y-%m-%d"),
     }
     if device == "cuda":

@@ -71,6 +71,7 @@ def load_pipeline(
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     text = None
+    stand_in = False
     if text_encoder:
         from .models import HFTextEncoder
 
@@ -89,15 +90,11 @@ def load_pipeline(
         if model != "tiny":
             logger.warning("no trained %s weights found (looked in %s): running with RANDOM weights", model, DEMO_MODEL_DIR)
         random_weights = model != "tiny"
-        if text is None and text_stand_in and get_config(model).text_encoder is None:
-            stand_in = ByteTextEncoder(width=get_config(model).text_dim, depth=0, heads=1, max_length=T5_TOKENS)
-            pipe = build_pipeline(model, text_encoder=stand_in)
-        else:
-            pipe = build_pipeline(
-                model,
-                text_encoder=None if text is None else text.model,
-                tokenizer=None if text is None else text.tokenizer,
-            )
+        text_model, tokenizer = (None, None) if text is None else (text.model, text.tokenizer)
+        stand_in = text is None and text_stand_in and get_config(model).text_encoder is None
+        if stand_in:
+            text_model = ByteTextEncoder(width=get_config(model).text_dim, depth=0, heads=1, max_length=T5_TOKENS)
+        pipe = build_pipeline(model, text_encoder=text_model, tokenizer=tokenizer)
     else:
         raise FileNotFoundError(f"model {model!r} is neither tiny, demo, base nor a folder with a model_index.json")
     if text is not None and model not in ("tiny", "demo", "base"):
@@ -107,6 +104,7 @@ def load_pipeline(
     if asym_vae:
         pipe.register_modules(asym_vae=load_asym_vae(asym_vae))
     pipe.random_weights = random_weights
+    pipe.text_stand_in = stand_in
     if random_weights:  # say so wherever the model's name is shown (health, the editor's status bar)
         pipe.register_to_config(model_name=f"{model} (random weights)")
     pipe = pipe.to(device)

@@ -166,6 +166,7 @@ class LazyEditPipeline(DiffusionPipeline):
         self.text_cache = ByteLRU(64 << 20)
         self.known_pixels_cache = ByteLRU(256 << 20)  # the asymmetric decoder's features of the unmasked pixels
         self.random_weights = False  # set by load_pipeline when no trained weights were found
+        self.text_stand_in = False  # set by load_pipeline: random T5-shaped text features (benchmarks only)
         self._pinned_device: torch.device | None = None
 
     # ----------------------------------------------------------------- properties
