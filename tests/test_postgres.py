@@ -163,6 +163,12 @@ def test_stored_results_on_postgres(tmp_path, pg_url):
         st.close()
 
 
+def test_an_older_database_gains_owners_on_postgres(tmp_path, pg_url):
+    from test_storage_owners import check_owner_upgrade
+
+    check_owner_upgrade(pg_url, tmp_path / "images")
+
+
 def test_replicas_start_together_on_an_empty_database(tmp_path, pg_url):
     """Two replicas creating the schema at the same moment: one creates it, the other waits."""
     from lazyedit.service.storage import Storage

@@ -94,10 +94,12 @@ class WS:
         raise AssertionError(f"no {types} in {max_msgs} messages: {[h['type'] for h in seen][-10:]}")
 
     # protocol steps -------------------------------------------------------------------------------
-    def hello(self, session: Optional[str] = None, rid: str = "h") -> dict:
+    def hello(self, session: Optional[str] = None, rid: str = "h", owner: Optional[str] = None) -> dict:
         msg: dict[str, Any] = {"type": "hello", "id": rid, "protocol": 1}
         if session:
             msg["session"] = session
+        if owner:
+            msg["owner"] = owner
         self.send(msg)
         header, _ = self.recv()
         assert header["type"] == "ready", header

@@ -55,6 +55,46 @@ def test_rest_sessions_lifecycle(tmp_path, tiny_pipeline):
         assert list((data / "images").rglob("*.png")) == []
 
 
+def test_sessions_are_listed_and_deleted_by_their_owner_only(tmp_path, tiny_pipeline):
+    """A browser's owner key (header over REST, hello over the WebSocket) makes the sessions it creates its own:
+    only it lists and deletes them. Knowing a session's id is still enough to open it."""
+    alice, bob = {"X-Lazyedit-Owner": "a" * 22}, {"X-Lazyedit-Owner": "B-" * 11}
+    with service(tmp_path / "d", tiny_pipeline) as c:
+        image = {"image": ("a.png", png(noise_image(32, 32)), "image/png")}
+        by_rest = c.post("/api/sessions", files=image, headers=alice).json()["session"]
+        anonymous = c.post("/api/sessions", files=image).json()["session"]
+        with c.websocket_connect("/ws") as raw:
+            ws = WS(raw)
+            by_ws = ws.hello(owner="a" * 22)["session"]
+            ws.canvas(noise_image(32, 32, seed=2))
+        with c.websocket_connect("/ws") as raw:  # a socket that only opens another's session does not own it
+            ws = WS(raw)
+            ws.hello(session=by_rest, owner="B-" * 11)
+            assert ws.recv()[0]["type"] == "canvas"
+
+        def listed(headers=None):
+            return {s["session"] for s in c.get("/api/sessions", headers=headers or {}).json()}
+
+        assert listed(alice) == {by_rest, by_ws} and listed(bob) == set() and listed() == {anonymous}
+        assert c.get(f"/api/sessions/{by_rest}", headers=bob).status_code == 200  # the id opens it
+        r = c.delete(f"/api/sessions/{by_rest}", headers=bob)
+        assert r.status_code == 404 and r.json()["detail"]["code"] == "unknown_session"
+        assert c.delete(f"/api/sessions/{anonymous}", headers=alice).status_code == 404
+        assert listed(alice) == {by_rest, by_ws} and listed() == {anonymous}
+        assert c.delete(f"/api/sessions/{by_rest}", headers=alice).status_code == 204
+        assert listed(alice) == {by_ws} and c.get(f"/api/sessions/{by_rest}").status_code == 404
+
+        r = c.get("/api/sessions", headers={"X-Lazyedit-Owner": "not a key"})
+        assert r.status_code == 400 and r.json()["detail"]["code"] == "bad_owner"
+        assert "X-Lazyedit-Owner" in r.json()["detail"]["message"]
+        with c.websocket_connect("/ws") as raw:  # a malformed key in hello is named, and the socket stays
+            ws = WS(raw)
+            ws.send({"type": "hello", "id": "h1", "protocol": 1, "owner": "x"})
+            err = ws.recv()[0]
+            assert err["type"] == "error" and err["code"] == "bad_message" and "owner" in err["message"]
+            assert ws.hello(owner="c" * 22)["session"]
+
+
 def test_openapi_describes_the_api(tmp_path, tiny_pipeline):
     with service(tmp_path / "d", tiny_pipeline) as c:
         spec = c.get("/openapi.json").json()

@@ -9,7 +9,7 @@ import { countMasked, maskFromRGBA, maskToRGBA } from "./mask";
 import { RecentDialog } from "./recent";
 import {
   acceptMsg, binaryToMessage, cancelMsg, decodeFrame, decodeText, describeError, editFrame,
-  gotoMsg, helloMsg, prepareFrame, redoMsg, undoMsg,
+  gotoMsg, helloMsg, OWNER_HEADER, ownerKeyFrom, prepareFrame, redoMsg, undoMsg,
   type AckMsg, type Box, type CanvasFrame, type EditParams, type ErrorMsg, type HistoryEntry, type Limits,
   type ProgressFrame, type ReadyMsg, type ResultFrame, type ServerMessage,
 } from "./protocol";
@@ -21,6 +21,7 @@ type Slot = "open" | "edit" | "result" | "history" | "mask" | "global";
 type ErrorTarget = Slot | "prepare";
 
 const SESSION_KEY = "lazyedit.session";
+const OWNER_KEY = "lazyedit.owner";
 const UNDO_CAP = 100;
 const LIVE_DELAY_MS = 600;
 /** Pause after a mask change before the server is asked to encode the mask's context (a head start on the edit). */
@@ -52,6 +53,8 @@ export class App {
   private editor!: Editor;
   private stack: UndoStack<UndoEntry>;
   private token: string | null;
+  /** This browser's owner key: the sessions it creates are listed (Recent) and deleted with it only. */
+  private owner: string;
   session: string | null;
   ready: ReadyMsg | null = null;
   limits: Limits | null = null;
@@ -131,6 +134,11 @@ export class App {
     const params = new URLSearchParams(location.search);
     this.token = params.get("token");
     this.session = localStorage.getItem(SESSION_KEY);
+    this.owner = localStorage.getItem(OWNER_KEY) ?? "";
+    if (!/^[A-Za-z0-9_-]{22,64}$/.test(this.owner)) {
+      this.owner = ownerKeyFrom(crypto.getRandomValues(new Uint8Array(16)));
+      localStorage.setItem(OWNER_KEY, this.owner);
+    }
     this.stack = new UndoStack<UndoEntry>(UNDO_CAP, (old) => {
       if (old.kind === "layer") this.editor.layer(old.op.layer)?.flatten(old.op);
     });
@@ -266,7 +274,7 @@ export class App {
     const empty = h("div", { class: "empty", testid: "empty" }, h("p", {}, "Open an image (O), drop one here, or paste it."),
       h("div", { class: "row" }, h("button", { class: "primary", onclick: () => fileInput.click() }, "Open image"),
         h("button", { testid: "empty-example", title: "A scene of the world the demo model learned", onclick: () => void this.openExample() }, "Try an example"),
-        h("button", { testid: "empty-recent", title: "Images stored on the server (H)", onclick: () => void this.recent.show() }, "Recent images")));
+        h("button", { testid: "empty-recent", title: "Images opened in this browser, stored on the server (H)", onclick: () => void this.recent.show() }, "Recent images")));
     const stage = h("div", { class: "stage", testid: "stage" }, empty);
     const errorSlots: Record<Slot, HTMLElement> = {
       open: errorSlot("open"), edit: errorSlot("edit"), result: resultBox.querySelector(".error-slot") as HTMLElement,
@@ -281,7 +289,7 @@ export class App {
         h("button", { testid: "open", title: "Open image (O)", onclick: () => fileInput.click() }, "Open"), fileInput,
         btn("Example", "example", "Open an example scene of the world the demo model learned", () => void this.openExample()),
         btn("Download", "download", "Download the current image as PNG", () => void this.downloadImage()),
-        btn("Recent", "recent-button", "Images stored on the server: go back to one (H)", () => void this.recent.show()),
+        btn("Recent", "recent-button", "Images opened in this browser, stored on the server: go back to one (H)", () => void this.recent.show()),
         errorSlots.open),
       h("div", { class: "group" }, tools.brush, tools.eraser, tools.rect, tools.lasso,
         h("label", { class: "inline" }, "Size", brushSize, brushSizeLabel)),
@@ -509,7 +517,7 @@ export class App {
 
   private sendHello(): void {
     this.helloId = this.nextId("h", "global");
-    this.conn.send(helloMsg(this.helloId, this.session));
+    this.conn.send(helloMsg(this.helloId, this.session, this.owner));
   }
 
   private onConnState(s: ConnState, info: { attempt: number; retryInMs?: number; code?: number; reason?: string }): void {
@@ -962,7 +970,9 @@ export class App {
   }
 
   private authHeaders(): Record<string, string> {
-    return this.token ? { Authorization: `Bearer ${this.token}` } : {};
+    const headers: Record<string, string> = { [OWNER_HEADER]: this.owner };
+    if (this.token) headers.Authorization = `Bearer ${this.token}`;
+    return headers;
   }
 
   private readParams(newSeed: boolean): EditParams {

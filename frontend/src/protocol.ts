@@ -245,10 +245,25 @@ export interface EditParams {
   sketch_strength?: number;
 }
 
-export function helloMsg(id: string, session?: string | null): string {
-  const m: { type: string; id: string; protocol: number; session?: string } = { type: "hello", id, protocol: PROTOCOL_VERSION };
+export function helloMsg(id: string, session?: string | null, owner?: string | null): string {
+  const m: { type: string; id: string; protocol: number; session?: string; owner?: string } = {
+    type: "hello", id, protocol: PROTOCOL_VERSION,
+  };
   if (session) m.session = session;
+  if (owner) m.owner = owner;
   return encodeText(m);
+}
+
+/** The REST header that carries the browser's owner key (the `owner` of hello). */
+export const OWNER_HEADER = "X-Lazyedit-Owner";
+
+/** An owner key from 16 random bytes: base64url without padding, 22 characters (the server's rule). The
+ *  sessions this browser creates are listed and deleted with it only (docs/service.md, "Whose sessions"). */
+export function ownerKeyFrom(bytes: Uint8Array): string {
+  if (bytes.length !== 16) throw new Error(`an owner key needs 16 random bytes, got ${bytes.length}`);
+  let bin = "";
+  for (const b of bytes) bin += String.fromCharCode(b);
+  return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 
 export function canvasFrame(id: string, png: Uint8Array): Uint8Array {

@@ -23,6 +23,7 @@ export function timeAgo(iso: string, now: number = Date.now()): string {
 
 /** Newest sessions listed (each loads its image for a thumbnail). */
 const SHOWN = 24;
+const NONE_YET = "No stored images from this browser yet: open one.";
 
 export interface RecentHost {
   current(): string | null;
@@ -64,7 +65,7 @@ export class RecentDialog {
       this.status.textContent = "Could not reach the server for the stored images.";
       return;
     }
-    this.status.textContent = !items.length ? "No stored images yet: open one."
+    this.status.textContent = !items.length ? NONE_YET
       : items.length > SHOWN ? `The ${SHOWN} most recent of ${items.length}.` : "";
     const now = Date.now();
     for (const s of items.slice(0, SHOWN)) this.list.append(this.item(s, now));
@@ -119,7 +120,7 @@ export class RecentDialog {
       const res = await fetch(`/api/sessions/${encodeURIComponent(session)}`, { method: "DELETE", headers: this.host.headers() });
       if (!res.ok && res.status !== 404) throw new Error(res.statusText);
       li.remove();
-      if (!this.list.children.length) this.status.textContent = "No stored images yet: open one.";
+      if (!this.list.children.length) this.status.textContent = NONE_YET;
     } catch {
       this.status.textContent = "Could not delete it; try again once reconnected.";
     }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import {
-  binaryToMessage, canvasFrame, decodeFrame, editFrame, encodeFrame, FrameError, helloMsg, prepareFrame,
+  binaryToMessage, canvasFrame, decodeFrame, editFrame, encodeFrame, FrameError, helloMsg, ownerKeyFrom, prepareFrame,
   cancelMsg, acceptMsg, gotoMsg, undoMsg, redoMsg,
 } from "../src/protocol";
 
@@ -123,6 +123,7 @@ describe("text messages", () => {
   it("hello with and without session", () => {
     expect(JSON.parse(helloMsg("h1"))).toEqual({ type: "hello", id: "h1", protocol: 1 });
     expect(JSON.parse(helloMsg("h2", "abc"))).toEqual({ type: "hello", id: "h2", protocol: 1, session: "abc" });
+    expect(JSON.parse(helloMsg("h3", null, "k".repeat(22)))).toEqual({ type: "hello", id: "h3", protocol: 1, owner: "k".repeat(22) });
   });
   it("cancel, accept, undo, redo, goto", () => {
     expect(JSON.parse(cancelMsg("x1", "e1"))).toEqual({ type: "cancel", id: "x1", target: "e1" });
@@ -130,5 +131,17 @@ describe("text messages", () => {
     expect(JSON.parse(undoMsg("u1"))).toEqual({ type: "undo", id: "u1" });
     expect(JSON.parse(redoMsg("r1"))).toEqual({ type: "redo", id: "r1" });
     expect(JSON.parse(gotoMsg("g1", 3))).toEqual({ type: "goto", id: "g1", index: 3 });
+  });
+});
+
+describe("owner key", () => {
+  it("is 22 URL-safe characters, the same for the same bytes and different for others", () => {
+    const all = new Uint8Array(16).fill(255); // base64 of 0xff.. is all '/', the character URLs cannot carry
+    expect(ownerKeyFrom(all)).toBe("_".repeat(21) + "w");
+    const some = Uint8Array.from({ length: 16 }, (_, i) => i * 17);
+    expect(ownerKeyFrom(some)).toMatch(/^[A-Za-z0-9_-]{22}$/);
+    expect(ownerKeyFrom(some)).toBe(ownerKeyFrom(some.slice()));
+    expect(ownerKeyFrom(some)).not.toBe(ownerKeyFrom(all));
+    expect(() => ownerKeyFrom(new Uint8Array(8))).toThrow(/16 random bytes/);
   });
 });

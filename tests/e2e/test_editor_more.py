@@ -3,10 +3,12 @@ from __future__ import annotations
 
 import base64
 import json
+import re
 import struct
 import urllib.request
 
 from PIL import Image
+from playwright.sync_api import expect
 
 from e2e_helpers import client_point, drag, generate_and_wait, hook, open_app, open_image, wait_hook
 
@@ -469,18 +471,22 @@ def test_recent_images_go_back_to_an_earlier_session_and_delete_one(page, server
     other = page.locator(f"[data-testid=recent-item][data-session='{second_id}']")
     other.get_by_test_id("recent-delete").click()
     other.wait_for(state="detached")
-    with urllib.request.urlopen(server.url + "/api/sessions") as r:
+    owner = page.evaluate("localStorage.getItem('lazyedit.owner')")
+    request = urllib.request.Request(server.url + "/api/sessions", headers={"X-Lazyedit-Owner": owner})
+    with urllib.request.urlopen(request) as r:
         assert [s["session"] for s in json.load(r)] == [first_id]
     page.keyboard.press("Escape")
     assert page.get_by_test_id("recent").is_hidden()
 
-    # a browser that never opened an image here finds them from the empty canvas
+    # another browser has its own owner key: the images opened here are not listed there
     fresh = page.context.browser.new_page()
     try:
         open_app(fresh, server)
         fresh.get_by_test_id("empty-recent").click()
-        fresh.get_by_test_id("recent-open").first.click()
-        wait_hook(fresh, f"$.sessionId === '{first_id}' && $.canvasSize !== null && $.pixel(10, 10)[0] === 200")
+        expect(fresh.get_by_test_id("recent")).to_contain_text("No stored images from this browser yet")
+        assert fresh.get_by_test_id("recent-item").count() == 0
+        other_owner = fresh.evaluate("localStorage.getItem('lazyedit.owner')")
+        assert re.fullmatch(r"[A-Za-z0-9_-]{22}", other_owner) and other_owner != owner
     finally:
         fresh.close()
     assert not page.problems, page.problems

@@ -24,6 +24,7 @@ from .hub import Hub, Outgoing, SessionRuntime, history_models
 from ..engine import EditInputError
 from ..images import decode_canvas_png, decode_mask, decode_sketch, encode_jpeg, encode_png
 from .scheduler import Job, QueueFull
+from .security import owner_digest
 from .storage import StorageError
 
 log = logging.getLogger("lazyedit.service.ws")
@@ -62,6 +63,7 @@ class Connection:
         self.ws = ws
         self.hub = hub
         self.client = client
+        self.owner = ""  # the owner digest hello named: the owner of a session this socket's first canvas creates
         self.session: Optional[SessionRuntime] = None
         self._out: deque[Outgoing] = deque()
         self._out_bytes = 0
@@ -284,6 +286,7 @@ class Connection:
     # ---- handlers --------------------------------------------------------------------------------
     async def _hello(self, msg: P.Hello) -> None:
         hub = self.hub
+        self.owner = owner_digest(msg.owner)  # the schema has checked the key's form
         if msg.session is not None:
             rt = await hub.runtime(msg.session)
             if rt is None:
@@ -347,7 +350,7 @@ class Connection:
             async with rt.lock:
                 try:
                     rt.state = await asyncio.to_thread(self.hub.storage.set_canvas, rt.id, png, im.width, im.height,
-                                                       self.client, s.max_stored_sessions)
+                                                       self.client, s.max_stored_sessions, self.owner)
                 except StorageError as exc:
                     raise ClientError(exc.code, exc.message) from None
                 rt.image = im

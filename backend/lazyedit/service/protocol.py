@@ -10,6 +10,8 @@ from typing import Annotated, Any, Literal, Optional, Union
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
+from .security import OWNER_KEY_RE
+
 PROTOCOL_VERSION = 1
 
 ERROR_CODES = (
@@ -48,6 +50,8 @@ class Hello(_Client):
     type: Literal["hello"]
     protocol: Literal[1]
     session: Optional[str] = Field(default=None, max_length=64)
+    #: the browser's owner key: a session this socket creates (its first canvas) is listed for that key only
+    owner: Optional[str] = Field(default=None, pattern=OWNER_KEY_RE.pattern)
 
 
 class CanvasIn(_Client):

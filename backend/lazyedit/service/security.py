@@ -1,7 +1,9 @@
-"""Token and Origin/Host checks."""
+"""Token, owner key and Origin/Host checks."""
 
 from __future__ import annotations
 
+import hashlib
+import re
 import secrets
 from typing import Optional
 from urllib.parse import urlsplit
@@ -13,6 +15,21 @@ def token_ok(settings: ServiceSettings, presented: Optional[str]) -> bool:
     if not settings.token:
         return True
     return presented is not None and secrets.compare_digest(presented.encode(), settings.token.encode())
+
+
+#: an owner key: a random secret a browser makes once and keeps (22 URL-safe characters is 128 bits)
+OWNER_KEY_RE = re.compile(r"^[A-Za-z0-9_-]{22,64}$")
+OWNER_KEY_RULE = "22 to 64 characters from A-Z, a-z, 0-9, '_' and '-'"
+
+
+def owner_digest(key: Optional[str]) -> str:
+    """What the database keeps of an owner key (None: no owner, ""): its SHA-256, so that a copy of the
+    database does not hand out the keys that list and delete sessions. Raises ValueError for a malformed key."""
+    if key is None:
+        return ""
+    if not OWNER_KEY_RE.fullmatch(key):
+        raise ValueError(f"owner key must be {OWNER_KEY_RULE}")
+    return hashlib.sha256(key.encode()).hexdigest()
 
 
 def bearer(authorization: Optional[str]) -> Optional[str]:

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Iterator, Optional
 
 from sqlalchemy import (BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine,
-                        delete, event, func, select, text)
+                        delete, event, func, inspect, select, text)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
@@ -65,6 +65,9 @@ class SessionRow(Base):
     __tablename__ = "le_sessions"
     id: Mapped[str] = mapped_column(String(32), primary_key=True)
     client: Mapped[str] = mapped_column(String(128), default="")
+    # who may list and delete it: the SHA-256 of the owner key of the browser that made it ("" = no owner:
+    # made by a tool without a key, or before owners existed); knowing the id is enough to open it
+    owner: Mapped[str] = mapped_column(String(64), default="", server_default="", index=True)
     width: Mapped[int] = mapped_column(Integer)
     height: Mapped[int] = mapped_column(Integer)
     version: Mapped[int] = mapped_column(Integer, default=1)
@@ -263,6 +266,7 @@ class Storage:
             if self.is_postgres:  # replicas starting together: one creates the tables, the others wait
                 conn.execute(text("SELECT pg_advisory_xact_lock(:a, 0)"), {"a": _PG_LOCK_SCHEMA})
             Base.metadata.create_all(conn)
+            self._upgrade_schema(conn)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
         self.blobs = BlobStore(image_dir)
         # one writer at a time inside this process (keeps blob GC and inserts from racing)
@@ -270,6 +274,15 @@ class Storage:
 
     def close(self) -> None:
         self.engine.dispose()
+
+    @staticmethod
+    def _upgrade_schema(conn) -> None:
+        """Add what later versions added to tables an older version created (create_all adds no columns).
+        One column so far, so no migration framework."""
+        if "owner" not in {c["name"] for c in inspect(conn).get_columns(SessionRow.__tablename__)}:
+            conn.execute(text(f"ALTER TABLE {SessionRow.__tablename__} ADD COLUMN owner VARCHAR(64) NOT NULL DEFAULT ''"))
+            conn.execute(text(f"CREATE INDEX IF NOT EXISTS ix_{SessionRow.__tablename__}_owner "
+                              f"ON {SessionRow.__tablename__} (owner)"))
 
     # ---- cross-replica locks (PostgreSQL; no-ops elsewhere) ------------------------------------
     @staticmethod
@@ -313,14 +326,23 @@ class Storage:
         with self._session() as db:
             return self._state(db, sid)
 
-    def list(self) -> list[SessionListItem]:
+    def list(self, owner: str = "") -> list[SessionListItem]:
+        """The sessions of ``owner`` (an owner digest; "" lists those without one), newest first."""
         with self._session() as db:
-            counts = dict(
-                db.execute(select(EntryRow.session_id, func.count(EntryRow.id)).group_by(EntryRow.session_id)).all()
-            )
-            rows = db.scalars(select(SessionRow).order_by(SessionRow.updated.desc())).all()
+            mine = select(SessionRow.id).where(SessionRow.owner == owner)
+            counts = dict(db.execute(select(EntryRow.session_id, func.count(EntryRow.id))
+                                     .where(EntryRow.session_id.in_(mine)).group_by(EntryRow.session_id)).all())
+            rows = db.scalars(select(SessionRow).where(SessionRow.owner == owner)
+                              .order_by(SessionRow.updated.desc())).all()
             return [SessionListItem(r.id, r.width, r.height, r.created, r.updated, max(0, counts.get(r.id, 1) - 1))
                     for r in rows]
+
+    def owner(self, sid: str) -> Optional[str]:
+        """The session's owner digest ("" for none), or None when there is no such session."""
+        if not valid_session_id(sid):
+            return None
+        with self._session() as db:
+            return db.scalar(select(SessionRow.owner).where(SessionRow.id == sid))
 
     def count(self) -> int:
         with self._session() as db:
@@ -338,8 +360,9 @@ class Storage:
 
     # ---- writes --------------------------------------------------------------------------------
     def set_canvas(self, sid: str, png: bytes, width: int, height: int, client: str = "",
-                   max_sessions: Optional[int] = None) -> SessionState:
-        """Create the session or restart its history from this canvas."""
+                   max_sessions: Optional[int] = None, owner: str = "") -> SessionState:
+        """Create the session (owned by ``owner``, a digest) or restart its history from this canvas (its owner
+        stays)."""
         with self._lock:
             now = time.time()
             with self._session() as db, db.begin():
@@ -351,7 +374,7 @@ class Storage:
                         db.execute(text("SELECT pg_advisory_xact_lock(:a, 0)"), {"a": _PG_LOCK_NEW_SESSION})
                     if max_sessions is not None and (db.scalar(select(func.count(SessionRow.id))) or 0) >= max_sessions:
                         raise StorageError("too_many_sessions", f"the server keeps at most {max_sessions} sessions")
-                    row = SessionRow(id=sid, client=client[:128], width=width, height=height, version=1, position=0,
+                    row = SessionRow(id=sid, client=client[:128], owner=owner, width=width, height=height, version=1, position=0,
                                      created=now, updated=now)
                     db.add(row)
                 else:

@@ -4,7 +4,7 @@ import asyncio
 
 from fastapi import APIRouter, Depends, File, Path, Response, UploadFile, status
 
-from ..deps import HubDep, http_error, require_token
+from ..deps import HubDep, OwnerDep, http_error, require_token
 from ..hub import history_models
 from ...engine import EditInputError
 from ...images import decode_canvas_png
@@ -12,7 +12,8 @@ from ..protocol import HTTPErrorOut, SessionCreated, SessionDetail, SessionSumma
 from ..storage import SESSION_ID_RE, StorageError, iso, new_session_id
 
 router = APIRouter(prefix="/api/sessions", tags=["sessions"], dependencies=[Depends(require_token)],
-                   responses={401: {"model": HTTPErrorOut, "description": "missing or bad token"}})
+                   responses={400: {"model": HTTPErrorOut, "description": "bad input: the image, or a malformed owner key"},
+                              401: {"model": HTTPErrorOut, "description": "missing or bad token"}})
 
 SessionId = Path(description="session id (22 URL-safe characters)", max_length=64)
 NOT_FOUND = {404: {"model": HTTPErrorOut, "description": "unknown session"}}
@@ -28,7 +29,7 @@ def _check_id(sid: str) -> str:
 @router.post("", response_model=SessionCreated, status_code=status.HTTP_201_CREATED,
              summary="Create a session from an uploaded image (multipart field 'image')",
              responses={400: {"model": HTTPErrorOut}, 413: {"model": HTTPErrorOut}, 429: {"model": HTTPErrorOut}})
-async def create_session(hub: HubDep, image: UploadFile = File(...)) -> SessionCreated:
+async def create_session(hub: HubDep, owner: OwnerDep, image: UploadFile = File(...)) -> SessionCreated:
     s = hub.settings
     data = await image.read(s.max_image_bytes + 1)
     if len(data) > s.max_image_bytes:
@@ -41,7 +42,7 @@ async def create_session(hub: HubDep, image: UploadFile = File(...)) -> SessionC
     sid = new_session_id()
     try:
         state = await asyncio.to_thread(hub.storage.set_canvas, sid, png, im.width, im.height, "rest",
-                                        s.max_stored_sessions)
+                                        s.max_stored_sessions, owner)
     except StorageError as exc:
         raise http_error(429, exc.code, exc.message) from None
     rt = await hub.runtime(sid)
@@ -51,9 +52,10 @@ async def create_session(hub: HubDep, image: UploadFile = File(...)) -> SessionC
     return SessionCreated(session=sid, width=state.width, height=state.height, version=state.version)
 
 
-@router.get("", response_model=list[SessionSummary], summary="Stored sessions, most recently updated first")
-async def list_sessions(hub: HubDep) -> list[SessionSummary]:
-    items = await asyncio.to_thread(hub.storage.list)
+@router.get("", response_model=list[SessionSummary],
+            summary="The sessions of the owner key sent (without one: those made without one), newest first")
+async def list_sessions(hub: HubDep, owner: OwnerDep) -> list[SessionSummary]:
+    items = await asyncio.to_thread(hub.storage.list, owner)
     return [SessionSummary(session=i.id, width=i.width, height=i.height, created=iso(i.created),
                            updated=iso(i.updated), edits=i.edits) for i in items]
 
@@ -68,9 +70,10 @@ async def get_session(hub: HubDep, sid: str = SessionId) -> SessionDetail:
 
 
 @router.delete("/{sid}", status_code=status.HTTP_204_NO_CONTENT, responses=NOT_FOUND,
-               summary="Delete a session, its history and its images")
-async def delete_session(hub: HubDep, sid: str = SessionId) -> Response:
-    if not await hub.delete_session(_check_id(sid)):
+               summary="Delete a session of the owner key sent, its history and its images")
+async def delete_session(hub: HubDep, owner: OwnerDep, sid: str = SessionId) -> Response:
+    # another owner's session reads as unknown: a delete neither removes it nor tells that it exists
+    if await asyncio.to_thread(hub.storage.owner, _check_id(sid)) != owner or not await hub.delete_session(sid):
         raise http_error(404, "unknown_session", "no such session")
     return Response(status_code=status.HTTP_204_NO_CONTENT)
 
