@@ -757,6 +757,39 @@ def test_adversarial_term_trains_a_discriminator_beside_the_decoder(trained, tmp
     assert not [k for k in exported if "discriminator" in k]
 
 
+def test_edge_term_scores_a_blurred_outline_not_a_flat_shift(trained, tmp_path):
+    from lazyedit.training.data import StageDataset
+    from lazyedit.training.trainer import StageTrainer, edge_error
+
+    out, _, _ = trained
+    with pytest.raises(ValueError, match="--edge-weight"):
+        train_stage(_args(tmp_path / "lazy", "lazy", 2, edge_weight=1.0))
+    # a one-pixel dark outline on a flat fill, and the same outline blurred to a grey rim three pixels wide
+    truth = torch.full((1, 3, 32, 32), 0.5)
+    truth[..., 8:24, 8] = -1.0
+    blurred = truth.clone()
+    blurred[..., 8:24, 7:10] = 0.5 - 1.5 / 3
+    # the blur costs as much edge error as L1; a flat shift of 0.2 costs L1 0.2 and no edge error: the term
+    # adds weight where edges are wrong, not where colours are
+    assert float(edge_error(blurred, truth)) > float((blurred - truth).abs().mean()) > 0
+    assert float(edge_error(truth, truth)) == 0 and float(edge_error(truth + 0.2, truth)) < 1e-6
+
+    run = tmp_path / "run"
+    shutil.copytree(out / "model", run / "model", ignore=shutil.ignore_patterns("asym-decoder.json"))
+    batch = torch.utils.data.default_collate([StageDataset("asym-decoder", 64)[i] for i in range(2)])
+    losses = {}
+    for weight in (0.0, 2.0):
+        trainer = StageTrainer(_args(run, "asym-decoder", 2, batch_size=2, edge_weight=weight))
+        trainer._setup()
+        torch.manual_seed(0)
+        losses[weight] = trainer.net_inner(batch)
+    (plain, plain_logs), (with_edge, logs) = losses[0.0], losses[2.0]
+    assert "edge" not in plain_logs and float(logs["edge"]) > 0
+    assert float((with_edge - plain).detach()) == pytest.approx(2.0 * float(logs["edge"]), rel=1e-4, abs=1e-5)
+    result = train_stage(_args(tmp_path / "vae", "vae", 3, batch_size=2, edge_weight=1.0))
+    assert result["done"] and all(np.isfinite(result["losses"]))
+
+
 @pytest.mark.parametrize("name, field", [("demo-light", "up_block_out_channels"), ("demo-shallow", "layers_per_up_block")])
 def test_the_lighter_demo_decoders_differ_from_the_demo_in_one_field_and_can_be_cut_from_it(name, field):
     from dataclasses import asdict

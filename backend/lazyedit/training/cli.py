@@ -108,6 +108,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--adversarial-start", type=int, default=100, metavar="STEP",
                    help="asym-decoder with --adversarial: the step the decoder's adversarial term starts at (the "
                         "discriminator trains alone before it)")
+    p.add_argument("--edge-weight", type=float, default=0.0, metavar="WEIGHT",
+                   help="vae / asym-decoder: the weight of an L1 term on the image's pixel differences (edges), so "
+                        "thin outlines and shadow edges weigh more than their share of pixels; 0 = none")
     p.add_argument("--init-from", metavar="DIR",
                    help="fine-tune a pipeline folder (e.g. backend/lazyedit/weights/demo): it fills in the components "
                         "<output>/model lacks, and the stage's trained components start from its weights (the lazy stage "
@@ -157,6 +160,7 @@ def _args_for(ns: argparse.Namespace, stage: str) -> TrainArgs:
         decoder_teacher=ns.decoder_teacher,
         adversarial=ns.adversarial,
         adversarial_start=ns.adversarial_start,
+        edge_weight=ns.edge_weight,
         sample_steps=ns.sample_steps,
         sample_guidance=ns.sample_guidance,
         progress=not ns.no_progress,

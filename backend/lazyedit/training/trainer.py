@@ -89,6 +89,8 @@ class TrainArgs:
     # learns alone until then)
     adversarial: float = 0.0
     adversarial_start: int = 100
+    # vae/asym-decoder: weight of an L1 term on the image's spatial differences (edge_error)
+    edge_weight: float = 0.0
     sample_steps: int = 12
     sample_guidance: float = 2.0
     progress: bool = True
@@ -131,6 +133,8 @@ def _defaults(args: TrainArgs) -> TrainArgs:
         raise ValueError("--decoder-teacher is a positive weight for the asym-decoder stage and needs --init-from (the teacher)")
     if args.adversarial and (args.stage != "asym-decoder" or args.adversarial < 0):
         raise ValueError("--adversarial is a positive weight for the asym-decoder stage")
+    if args.edge_weight and (args.stage not in ("vae", "asym-decoder") or args.edge_weight < 0):
+        raise ValueError("--edge-weight is a positive weight for the vae and asym-decoder stages")
     if args.focus_fraction > 0 and not args.focus_shapes:
         raise ValueError("--focus-fraction needs --focus-shapes (the shapes those scenes are drawn from)")
     args.focus_shapes = shape_names(args.focus_shapes) if args.focus_shapes else ()
@@ -279,6 +283,15 @@ def chroma_error(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return ((rec - rec.mean(1, keepdim=True)) - (x - x.mean(1, keepdim=True))).abs()
 
 
+def edge_error(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """Mean L1 of the horizontal and vertical pixel differences. An outline or a shadow's edge is a few pixels
+    of a whole image, so plain L1 barely notices it blurred to a grey rim; their differences are where this
+    term lives (a weight-free stand-in for a perceptual loss, which needs pretrained weights)."""
+    dx = (rec[..., :, 1:] - rec[..., :, :-1]) - (x[..., :, 1:] - x[..., :, :-1])
+    dy = (rec[..., 1:, :] - rec[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])
+    return (dx.abs().mean() + dy.abs().mean()) / 2
+
+
 def flow_noising(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x_t = (1 - t) x0 + t noise; velocity target noise - x0. t broadcasts from (B,)."""
     tt = t.view(-1, *([1] * (x0.dim() - 1)))
@@ -360,8 +373,9 @@ def guided_sketch_adapter(tuner, sketch: torch.Tensor, strength: torch.Tensor | 
     return adapter
 
 
-def decoder_loss(rec: torch.Tensor, x: torch.Tensor, m: torch.Tensor) -> tuple[torch.Tensor, dict]:
-    """The asymmetric decoder's loss against the truth ``x``, for hole ``m``."""
+def decoder_loss(rec: torch.Tensor, x: torch.Tensor, m: torch.Tensor, edge_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
+    """The asymmetric decoder's loss against the truth ``x``, for hole ``m`` (plus ``edge_weight`` times
+    ``edge_error``)."""
     err = (rec - x).abs()
     chroma = chroma_error(rec, x)
     # the hole is what the decoder must invent from latents alone; its colours are what users judge
@@ -373,7 +387,12 @@ def decoder_loss(rec: torch.Tensor, x: torch.Tensor, m: torch.Tensor) -> tuple[t
     seam = (err * rim).sum() / (rim.sum() * 3 + 1)
     l1 = err.mean()
     loss = l1 + F.mse_loss(rec, x) + 2 * chroma.mean() + hole + 2 * seam
-    return loss, {"l1": l1.detach(), "chroma": chroma.mean().detach(), "hole": hole.detach(), "seam": seam.detach()}
+    logs = {"l1": l1.detach(), "chroma": chroma.mean().detach(), "hole": hole.detach(), "seam": seam.detach()}
+    if edge_weight:
+        edge = edge_error(rec, x)
+        loss = loss + edge_weight * edge
+        logs["edge"] = edge.detach()
+    return loss, logs
 
 
 def token_unit(autoencoder, transformer) -> int:
@@ -402,8 +421,10 @@ class StageNet(torch.nn.Module):
 
     def __init__(self, stage: str, models: dict, frozen: dict, text_dropout: float, generator: torch.Generator,
                  position_grid: int = 0, generated_latents: float = 0.0, sampling: dict | None = None,
-                 generated_sketches: float = 0.0, decoder_teacher: float = 0.0, adversarial: float = 0.0):
+                 generated_sketches: float = 0.0, decoder_teacher: float = 0.0, adversarial: float = 0.0,
+                 edge_weight: float = 0.0):
         super().__init__()
+        self.edge_weight = edge_weight
         self.decoder_teacher = decoder_teacher
         self.adversarial = adversarial
         self.adversary_on = False  # the trainer turns the decoder's adversarial term on at --adversarial-start
@@ -447,7 +468,12 @@ class StageNet(torch.nn.Module):
             chroma = chroma_error(rec, x).mean()
             kl = post.kl().mean() / x[0].numel()
             loss = l1 + mse + 2 * chroma + 1e-3 * kl
-            return loss, {"l1": l1.detach(), "mse": mse.detach(), "chroma": chroma.detach(), "kl": kl.detach()}
+            logs = {"l1": l1.detach(), "mse": mse.detach(), "chroma": chroma.detach(), "kl": kl.detach()}
+            if self.edge_weight:
+                edge = edge_error(rec, x)
+                loss = loss + self.edge_weight * edge
+                logs["edge"] = edge.detach()
+            return loss, logs
         if self.stage == "asym-decoder":
             asym = self.models["asym_vae"]
             if "edit_image" in batch and float(torch.rand(1, generator=self.generator)) < self.generated_latents:
@@ -457,7 +483,7 @@ class StageNet(torch.nn.Module):
                 z = asym.encode(x).latent_dist.mode()
             # keywords: AsymmetricAutoencoderKL.forward would pass image/mask positionally and drop the mask
             rec = asym.decode(z, image=x, mask=m).sample
-            return self._with_adversary(self._with_teacher(decoder_loss(rec, x, m), rec, z, x, m), rec, x, m)
+            return self._with_adversary(self._with_teacher(decoder_loss(rec, x, m, self.edge_weight), rec, z, x, m), rec, x, m)
         if self.stage == "distill":
             return self._distill_loss(batch)
         return self._flow_loss(batch)
@@ -476,7 +502,8 @@ class StageNet(torch.nn.Module):
                              generator=self.generator, adapter=self._generated_sketch_adapter(batch),
                              **self.sampling) / scale
         rec = asym.decode(z, image=x, mask=m).sample
-        loss, logs = self._with_adversary(self._with_teacher(decoder_loss(rec, target, m), rec, z, x, m), rec, target, m)
+        loss, logs = self._with_adversary(self._with_teacher(decoder_loss(rec, target, m, self.edge_weight), rec, z, x, m),
+                                          rec, target, m)
         return loss, {**logs, "generated": torch.ones(())}
 
     def _with_teacher(self, loss_logs: tuple[torch.Tensor, dict], rec: torch.Tensor, z: torch.Tensor,
@@ -724,7 +751,8 @@ class StageTrainer:
             self.frozen["vae"].to(memory_format=torch.channels_last)
         sampling = {"steps": cfg.default_steps, "guidance": cfg.default_guidance, "shift": cfg.sampling_shift}
         self.net_inner = StageNet(stage, self.models, self.frozen, a.text_dropout, self.generator, a.position_grid,
-                                  a.generated_latents, sampling, a.generated_sketches, a.decoder_teacher, a.adversarial)
+                                  a.generated_latents, sampling, a.generated_sketches, a.decoder_teacher, a.adversarial,
+                                  a.edge_weight)
         params = [p for p in self.net_inner.parameters() if p.requires_grad]
         self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.99), weight_decay=a.weight_decay)
