@@ -773,6 +773,11 @@ def test_edge_term_scores_a_blurred_outline_not_a_flat_shift(trained, tmp_path):
     # adds weight where edges are wrong, not where colours are
     assert float(edge_error(blurred, truth)) > float((blurred - truth).abs().mean()) > 0
     assert float(edge_error(truth, truth)) == 0 and float(edge_error(truth + 0.2, truth)) < 1e-6
+    # with a hole, only the pixel pairs inside it count, as a mean over the hole (not diluted by the image)
+    hole = torch.zeros(1, 1, 32, 32)
+    hole[..., 4:28, 4:14] = 1
+    assert float(edge_error(blurred, truth, hole)) > 2 * float(edge_error(blurred, truth))
+    assert float(edge_error(blurred, truth, 1 - hole)) == 0
 
     run = tmp_path / "run"
     shutil.copytree(out / "model", run / "model", ignore=shutil.ignore_patterns("asym-decoder.json"))

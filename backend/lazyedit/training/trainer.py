@@ -283,13 +283,17 @@ def chroma_error(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return ((rec - rec.mean(1, keepdim=True)) - (x - x.mean(1, keepdim=True))).abs()
 
 
-def edge_error(rec: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
-    """Mean L1 of the horizontal and vertical pixel differences. An outline or a shadow's edge is a few pixels
-    of a whole image, so plain L1 barely notices it blurred to a grey rim; their differences are where this
-    term lives (a weight-free stand-in for a perceptual loss, which needs pretrained weights)."""
-    dx = (rec[..., :, 1:] - rec[..., :, :-1]) - (x[..., :, 1:] - x[..., :, :-1])
-    dy = (rec[..., 1:, :] - rec[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])
-    return (dx.abs().mean() + dy.abs().mean()) / 2
+def edge_error(rec: torch.Tensor, x: torch.Tensor, m: torch.Tensor | None = None) -> torch.Tensor:
+    """Mean L1 of the horizontal and vertical pixel differences, over the image or, with a hole ``m``, over
+    the pixel pairs inside it. An outline or a shadow's edge is a few pixels of a whole image, so plain L1
+    barely notices it blurred to a grey rim; their differences are where this term lives (a weight-free
+    stand-in for a perceptual loss, which needs pretrained weights). A flat colour shift costs nothing here."""
+    dx = ((rec[..., :, 1:] - rec[..., :, :-1]) - (x[..., :, 1:] - x[..., :, :-1])).abs()
+    dy = ((rec[..., 1:, :] - rec[..., :-1, :]) - (x[..., 1:, :] - x[..., :-1, :])).abs()
+    if m is None:
+        return (dx.mean() + dy.mean()) / 2
+    mx, my = m[..., :, 1:] * m[..., :, :-1], m[..., 1:, :] * m[..., :-1, :]
+    return ((dx * mx).sum() / (mx.sum() * 3 + 1) + (dy * my).sum() / (my.sum() * 3 + 1)) / 2
 
 
 def flow_noising(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -374,8 +378,8 @@ def guided_sketch_adapter(tuner, sketch: torch.Tensor, strength: torch.Tensor | 
 
 
 def decoder_loss(rec: torch.Tensor, x: torch.Tensor, m: torch.Tensor, edge_weight: float = 0.0) -> tuple[torch.Tensor, dict]:
-    """The asymmetric decoder's loss against the truth ``x``, for hole ``m`` (plus ``edge_weight`` times
-    ``edge_error``)."""
+    """The asymmetric decoder's loss against the truth ``x``, for hole ``m`` (plus ``edge_weight`` times the
+    hole's ``edge_error``: the known pixels are copied, the hole's edges are what the decoder draws)."""
     err = (rec - x).abs()
     chroma = chroma_error(rec, x)
     # the hole is what the decoder must invent from latents alone; its colours are what users judge
@@ -389,7 +393,7 @@ def decoder_loss(rec: torch.Tensor, x: torch.Tensor, m: torch.Tensor, edge_weigh
     loss = l1 + F.mse_loss(rec, x) + 2 * chroma.mean() + hole + 2 * seam
     logs = {"l1": l1.detach(), "chroma": chroma.mean().detach(), "hole": hole.detach(), "seam": seam.detach()}
     if edge_weight:
-        edge = edge_error(rec, x)
+        edge = edge_error(rec, x, m)
         loss = loss + edge_weight * edge
         logs["edge"] = edge.detach()
     return loss, logs
