@@ -177,6 +177,36 @@ def test_eval_main_runs_only_the_asked_kinds_and_names_a_wrong_one(capsys):
     assert "--kinds 'sketch,erase'" in capsys.readouterr().err
 
 
+def test_box_cases_are_the_insert_cases_in_a_loose_box_and_a_filled_box_reads_as_a_square(capsys):
+    from lazyedit.training.eval import Totals, score_case
+
+    plain, with_box = eval_cases(9, 5, 128), eval_cases(9, 5, 128, box=True)
+    kept = [c for c in with_box if c.kind != "box"]  # the default cases are untouched
+    assert [(c.index, c.kind) for c in kept] == [(c.index, c.kind) for c in plain]
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(kept, plain))
+    inserts, boxes = [c for c in kept if c.kind == "insert"], [c for c in with_box if c.kind == "box"]
+    assert [c.index for c in boxes] == [c.index for c in inserts] and len(boxes) == 3
+    for box, insert in zip(boxes, inserts):
+        assert box.sample is insert.sample
+        assert np.all(box.mask[insert.sample.mask])  # the object lies inside its box
+        ys, xs = np.nonzero(box.mask)  # a rectangle
+        assert box.mask.sum() == (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+    # the truth scores as in insert cases; painting the whole box in the asked colour is a square filling it
+    case = boxes[0]
+    truth, painted = Totals(), Totals()
+    score_case(truth, case, np.asarray(case.sample.image))
+    fill = np.asarray(case.sample.removed).copy()
+    fill[case.mask] = COLOURS[case.sample.colour]
+    score_case(painted, case, fill)
+    t, p = truth.summary(), painted.summary()
+    assert t["box_colour_acc"] == 1 and t["box_shape_acc"] == 1 and t["box_fill"] < 0.6 and "colour_acc" not in t
+    assert p["box_colour_acc"] == 1 and p["box_fill"] > 0.95 and p["box_object_iou"] < t["box_object_iou"]
+    assert p["box_shape_acc"] == (case.sample.shape == "square")
+    assert eval_main(["--ground-truth", "--cases", "9", "--size", "96", "--kinds", "box"]) == 0
+    report = json.loads(capsys.readouterr().out)["ground_truth"]
+    assert report["n_box_colour_acc"] == 3 and "n_colour_acc" not in report and report["box_shape_acc"] == 1.0
+
+
 def test_sketch_strength_reaches_the_edits(tmp_path):
     # strength 0 turns the sketch off (the edits equal the same edits without a sketch); strength 2 changes them
     import torch

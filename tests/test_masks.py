@@ -76,6 +76,25 @@ def test_cases_are_deterministic():
     assert np.array_equal(np.asarray(a.target), np.asarray(b.target))
 
 
+def test_loose_masks_box_the_named_object_and_change_nothing_else():
+    loose_seen = 0
+    for i in range(40):
+        tight, loose = make_case(5, i, size=128), make_case(5, i, size=128, p_loose=1.0)
+        assert (tight.kind, tight.caption) == (loose.kind, loose.caption)
+        if tight.kind != "object":  # removals, strokes and boxes keep their masks
+            assert np.array_equal(tight.mask, loose.mask)
+            continue
+        assert MIN_AREA <= area(loose.mask) <= MAX_AREA
+        assert np.all(loose.mask[loose.sample.mask])  # the named object lies inside
+        if not np.array_equal(tight.mask, loose.mask):  # (a box over the area cap keeps the grown mask)
+            loose_seen += 1
+            ys, xs = np.nonzero(loose.mask)
+            assert loose.mask.sum() == (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)
+            changed = np.any(np.asarray(loose.image) != np.asarray(loose.target), axis=-1)
+            assert not np.any(changed & ~loose.mask)
+    assert loose_seen >= 10
+
+
 def test_full_or_lama():
     rng = np.random.default_rng(3)
     full = [full_or_lama_mask(rng, 64).all() for _ in range(200)]

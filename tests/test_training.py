@@ -428,7 +428,8 @@ def test_parser_knows_the_stages():
     assert p.parse_args(["asym-decoder", "--generated-sketches", "0.25"]).generated_sketches == 0.25
 
 
-@pytest.mark.parametrize("flag", ["--text-dropout", "--large-objects", "--generated-latents", "--generated-sketches"])
+@pytest.mark.parametrize("flag", ["--text-dropout", "--large-objects", "--generated-latents", "--generated-sketches",
+                                  "--loose-masks"])
 @pytest.mark.parametrize("value, why", [("1.5", "not a fraction from 0 to 1"), ("-0.1", "not a fraction"),
                                         ("half", "'half' is not a number")])
 def test_fraction_flags_name_a_bad_value(flag, value, why, capsys):
@@ -755,6 +756,16 @@ def test_adversarial_term_trains_a_discriminator_beside_the_decoder(trained, tmp
     assert moved
     exported = load_file(str(run / "model" / "asym_vae" / "diffusion_pytorch_model.safetensors"))
     assert not [k for k in exported if "discriminator" in k]
+
+
+def test_loose_masks_reach_the_edit_stages_only(tmp_path):
+    from lazyedit.training.data import StageDataset
+
+    with pytest.raises(ValueError, match="--loose-masks"):
+        train_stage(_args(tmp_path / "vae", "vae", 2, loose_masks=0.5))
+    tight, loose = StageDataset("lazy", 96), StageDataset("lazy", 96, loose_masks=1.0)
+    differ = [i for i in range(24) if not torch.equal(tight[i]["mask"], loose[i]["mask"])]
+    assert differ and all(loose[i]["caption"] for i in differ)  # only named objects get the box
 
 
 def test_edge_term_scores_a_blurred_outline_not_a_flat_shift(trained, tmp_path):

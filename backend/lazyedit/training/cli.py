@@ -119,6 +119,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="lazy/sketch on the world: comma-separated shapes (e.g. star,ring,cross) that --focus-fraction "
                         "of the scenes are drawn from, to oversample the shapes a model misses")
     p.add_argument("--focus-fraction", type=fraction, default=0.0, help="the fraction of scenes drawn from --focus-shapes")
+    p.add_argument("--loose-masks", type=fraction, default=0.0,
+                   help="lazy/sketch/distill on the world: the fraction of named-object edits masked by a loose box "
+                        "around the object instead of its grown shape, so the caption must give the shape (a box "
+                        "is what people drag); 0 = none")
     p.add_argument("--sample-steps", type=int, default=12)
     p.add_argument("--sample-guidance", type=float, default=2.0)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -167,6 +171,7 @@ def _args_for(ns: argparse.Namespace, stage: str) -> TrainArgs:
         init_from=ns.init_from,
         focus_shapes=ns.focus_shapes,
         focus_fraction=ns.focus_fraction,
+        loose_masks=ns.loose_masks,
     )
 
 

@@ -3,7 +3,11 @@
 Cases (index i of world ``--seed``, never the training seed 0):
 - ``insert``  canvas = the scene without the object, mask = the object's grown mask, prompt = its caption;
 - ``remove``  canvas = the scene, same mask, empty prompt, ground truth = the scene without the object;
-- ``sketch``  like insert, plus the object's outline as a sketch (when the model has a sketch tuner).
+- ``sketch``  like insert, plus the object's outline as a sketch (when the model has a sketch tuner);
+- ``box``     (only when asked for: ``--kinds ...,box``) the insert cases again, the mask a loose box around
+  the object (``loose_box_mask``) instead of its grown shape: what a person drags, so the shape must come
+  from the prompt. Scored under ``box_`` names, with ``box_fill``, the share of the box read as an object
+  (a model that paints the whole box with the colour scores near 1 and classifies as a square).
 
 Metrics (all from pixels, pure numpy functions below, checked on hand-made cases in tests/test_eval.py):
 - colour accuracy: the dominant colour class (hue for chromatic pixels, white/black by value) of what was
@@ -38,13 +42,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .masks import object_mask
+from .masks import loose_box_mask, object_mask
 from .world import COLOURS, SHAPES, Sample, SceneObject, make_sample, shape_mask
 
 CHROMATIC = {"red": 0.0, "orange": 30.0, "yellow": 53.0, "green": 129.0, "blue": 224.0, "purple": 277.0}
 DIFF_THRESHOLD = 36.0  # RGB distance from the true background for a pixel to count as "object"
 PSNR_CAP = 100.0
 CASE_KINDS = ("insert", "remove", "sketch")  # eval cases cycle through these
+EXTRA_KINDS = ("box",)  # run only when named: they add cases and leave the cycle above as it was
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -261,12 +266,14 @@ def score_insert(out: np.ndarray, background: np.ndarray, hole: np.ndarray, samp
 @dataclass
 class EvalCase:
     index: int
-    kind: str  # insert | remove | sketch
+    kind: str  # insert | remove | sketch | box
     sample: Sample
     mask: np.ndarray
 
 
-def eval_cases(n: int, seed: int = 1234, size: int = 256, sketch: bool = True) -> list[EvalCase]:
+def eval_cases(n: int, seed: int = 1234, size: int = 256, sketch: bool = True, box: bool = False) -> list[EvalCase]:
+    """The held-out cases; with ``box`` each insert case is followed by its ``box`` twin (same scene and prompt,
+    a loose box for a mask)."""
     kinds = CASE_KINDS if sketch else CASE_KINDS[:2]
     cases = []
     for i in range(n):
@@ -274,6 +281,8 @@ def eval_cases(n: int, seed: int = 1234, size: int = 256, sketch: bool = True) -
         rng = np.random.default_rng([seed, i, 0xE7A1])
         mask = object_mask(s.mask, rng)
         cases.append(EvalCase(i, kinds[i % len(kinds)], s, mask))
+        if box and cases[-1].kind == "insert":
+            cases.append(EvalCase(i, "box", s, loose_box_mask(s.mask)))
     return cases
 
 
@@ -376,13 +385,15 @@ def score_case(t: Totals, case: EvalCase, out: np.ndarray) -> None:
         t.add("removal_object_frac", object_fraction(out, truth_bg, case.mask))
         return
     sc = score_insert(out, truth_bg, case.mask, s)
-    prefix = "sketch_" if case.kind == "sketch" else ""
+    prefix = {"sketch": "sketch_", "box": "box_"}.get(case.kind, "")
     t.add(prefix + "colour_acc", sc["colour_ok"])
     t.add(prefix + "shape_acc", sc["shape_ok"])
     t.add(f"{prefix}shape_acc_{s.shape}", sc["shape_ok"])  # per prompted shape: which shapes the model cannot draw
     t.add(prefix + "style_acc", sc["style_ok"])
     t.add(f"{prefix}style_acc_{s.style}", sc["style_ok"])  # per scene style: which styles the decoder loses
-    t.add("sketch_iou" if case.kind == "sketch" else "object_iou", sc["sketch_iou"])
+    t.add({"sketch": "sketch_iou", "box": "box_object_iou"}.get(case.kind, "object_iou"), sc["sketch_iou"])
+    if case.kind == "box":
+        t.add("box_fill", sc["object_px"] / max(1, np.count_nonzero(case.mask)))
 
 
 def ground_truth_report(cases: list[EvalCase]) -> dict:
@@ -445,7 +456,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--guidance", type=float, help="guidance (default: the model's)")
     p.add_argument("--sketch-strength", type=float, default=1.0, help="strength of the sketch in sketch cases (0..2)")
     p.add_argument("--kinds", default="insert,remove,sketch",
-                   help="comma-separated case kinds to run (the others are skipped; the case list stays the same)")
+                   help="comma-separated case kinds to run (the others are skipped; the case list stays the same); "
+                        "box (not run by default) adds, for each insert case, the same insert into a loose box")
     p.add_argument("--strategies", default="lazy,regenerate_crop", help="comma-separated: lazy, regenerate_crop, regenerate_image")
     p.add_argument("--decode-margin", type=int, metavar="PX",
                    help="pixels of canvas around the mask the asymmetric decoder sees (default: the pipeline's)")
@@ -469,8 +481,8 @@ def eval_main(argv: list[str] | None = None) -> int:
     """Entry point of `lazyedit eval`."""
     ns = build_parser().parse_args(argv)
     kinds = {k.strip() for k in ns.kinds.split(",") if k.strip()}
-    if not kinds or not kinds <= set(CASE_KINDS):
-        print(f"lazyedit eval: --kinds {ns.kinds!r}: choose from {', '.join(CASE_KINDS)}", file=sys.stderr)
+    if not kinds or not kinds <= set(CASE_KINDS + EXTRA_KINDS):
+        print(f"lazyedit eval: --kinds {ns.kinds!r}: choose from {', '.join(CASE_KINDS + EXTRA_KINDS)}", file=sys.stderr)
         return 2
     if ns.decode_margin is not None and ns.decode_margin < 0:
         print(f"lazyedit eval: --decode-margin {ns.decode_margin}: must be 0 or more pixels", file=sys.stderr)
@@ -486,7 +498,7 @@ def eval_main(argv: list[str] | None = None) -> int:
         if ns.decode_margin is not None:
             pipe.decode_margin = ns.decode_margin
     sketch = pipe is None or pipe.sketch_tuner is not None
-    cases = [c for c in eval_cases(ns.cases, ns.seed, ns.size, sketch=sketch) if c.kind in kinds]
+    cases = [c for c in eval_cases(ns.cases, ns.seed, ns.size, sketch=sketch, box="box" in kinds) if c.kind in kinds]
     if pipe is None:
         report = {"ground_truth": ground_truth_report(cases)}
     elif ns.autoencoder:
@@ -511,7 +523,7 @@ def eval_main(argv: list[str] | None = None) -> int:
                           progress=not ns.no_progress, grid=ns.grid, sketch_strength=ns.sketch_strength)
     if pipe is not None:
         report |= {"model": ns.model, "cases": ns.cases, "seed": ns.seed, "size": ns.size,
-                   "kinds": [k for k in CASE_KINDS if k in kinds], "sketch_strength": ns.sketch_strength,
+                   "kinds": [k for k in CASE_KINDS + EXTRA_KINDS if k in kinds], "sketch_strength": ns.sketch_strength,
                    "decode_margin": pipe.decode_margin} | ({"vae": ns.vae} if ns.vae else {})
     text = json.dumps(report, indent=2)
     print(text)

@@ -30,6 +30,7 @@ from .world import (
     Scene,
     _size_wh,
     make_sample,
+    mask_box,
     object_footprint,
     render_scene,
     render_sketch,
@@ -155,6 +156,18 @@ def object_mask(footprint: np.ndarray, rng: np.random.Generator, grow_px: tuple[
     return m
 
 
+def loose_box_mask(footprint: np.ndarray, margin: float = 0.25) -> np.ndarray:
+    """The box of the footprint grown on every side by ``margin`` of its larger side (at least 2 px), clipped
+    to the canvas: the rectangle a person drags around where an object should go, which leaves the object's
+    shape to the prompt rather than giving it away as a grown object mask does."""
+    h, w = footprint.shape
+    x0, y0, x1, y1 = mask_box(footprint)
+    pad = max(2, int(round(margin * max(x1 - x0, y1 - y0))))
+    m = np.zeros((h, w), bool)
+    m[max(0, y0 - pad):min(h, y1 + pad), max(0, x0 - pad):min(w, x1 + pad)] = True
+    return m
+
+
 def random_mask(rng: np.random.Generator, size, kind: str | None = None, min_area: float = MIN_AREA,
                 max_area: float = MAX_AREA, kinds: Sequence[str] = ("strokes", "box"),
                 p: Sequence[float] | None = None) -> np.ndarray:
@@ -209,11 +222,13 @@ def case_from_mask(scene: Scene, mask: np.ndarray, size, rng: np.random.Generato
 
 def make_case(seed: int = 0, index: int = 0, size=256, p_kinds: Sequence[float] = (0.6, 0.25, 0.15),
               p_removal: float = 0.2, min_area: float = MIN_AREA, max_area: float = MAX_AREA,
-              **scene_kwargs) -> TrainingCase:
+              p_loose: float = 0.0, **scene_kwargs) -> TrainingCase:
     """The ``index``-th training case of world ``seed`` (deterministic).
 
     p_kinds: probabilities of (object, strokes, box) masks. Object masks are removal cases (empty
-    caption, target = scene without the object) with probability ``p_removal``.
+    caption, target = scene without the object) with probability ``p_removal``; the others (the object
+    named) have, with probability ``p_loose``, a loose box around the object for a mask instead of its grown
+    shape (``loose_box_mask``, margin 0.1 to 0.5), so the shape must come from the caption.
     """
     w, h = _size_wh(size)
     sample = make_sample(seed, index, (w, h), **scene_kwargs)
@@ -221,10 +236,15 @@ def make_case(seed: int = 0, index: int = 0, size=256, p_kinds: Sequence[float] 
     kind = MASK_KINDS[int(rng.choice(3, p=np.asarray(p_kinds, float) / np.sum(p_kinds)))]
     if kind == "object":
         mask = object_mask(sample.mask, rng, min_area=min_area, max_area=max_area)
+        removal = rng.random() < p_removal
+        if not removal and p_loose > 0 and rng.random() < p_loose:  # drawn only then: other runs keep their data
+            loose = loose_box_mask(sample.mask, float(rng.uniform(0.1, 0.5)))
+            if min_area <= area(loose) <= max_area:
+                mask = loose
         # a grown mask may swallow a neighbour entirely: apply the rule to the others too
         others = [i for i in range(len(sample.scene.objects)) if i != sample.target
                   and _inside(object_footprint(sample.scene, i, (w, h)), mask)]
-        if rng.random() < p_removal:
+        if removal:
             drop = [sample.target] + others
             target = render_scene(sample.scene, (w, h), exclude=drop)
             case = TrainingCase(sample.image, mask, "", target, "removal", None, sample)
@@ -247,6 +267,6 @@ def full_or_lama_mask(rng: np.random.Generator, size, p_full: float = 0.5) -> np
 
 
 __all__ = [
-    "MIN_AREA", "MAX_AREA", "MASK_KINDS", "TrainingCase", "area", "grow", "box_mask", "stroke_mask",
+    "MIN_AREA", "MAX_AREA", "MASK_KINDS", "TrainingCase", "area", "grow", "box_mask", "loose_box_mask", "stroke_mask",
     "fill_holes", "fit_area", "object_mask", "random_mask", "case_from_mask", "make_case", "full_or_lama_mask", "sample_rng",
 ]
