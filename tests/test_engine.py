@@ -255,6 +255,24 @@ def test_guidance_distilled_transformer_runs_one_row_per_step(pipe):
         pipe.transformer(**inputs, guidance=torch.tensor([4.0]))
 
 
+def test_an_undistilled_copy_predicts_what_the_distilled_one_does_at_its_scale(pipe):
+    """undistilled(w) folds the guidance embedding at scale w into the timestep embedder's bias: the copy takes
+    no scale and answers as the distilled transformer at w, for any timestep, text and tokens."""
+    distilled = pipe.transformer.guidance_student()
+    torch.manual_seed(3)
+    for p in distilled.guidance_embedder.parameters():  # a trained embedder: the scale changes the prediction
+        torch.nn.init.normal_(p, std=0.05)
+    inputs = _decoder_inputs(pipe)
+    for scale in (1.0, 4.0):
+        plain = distilled.undistilled(scale)
+        assert not plain.config.guidance_embeds and not hasattr(plain, "guidance_embedder")
+        want = distilled(**inputs, guidance=torch.full((inputs["noisy_tokens"].shape[0],), scale))
+        torch.testing.assert_close(plain(**inputs), want, rtol=1e-5, atol=1e-5)
+    assert not torch.allclose(distilled.undistilled(1.0)(**inputs), distilled.undistilled(4.0)(**inputs))
+    with pytest.raises(ValueError, match="not guidance-distilled"):
+        pipe.transformer.undistilled()
+
+
 def test_tuners_start_as_identity(pipe):
     tuner = SCTuner(16, 4)
     x = torch.randn(2, 5, 16)

@@ -405,9 +405,11 @@ def test_distill_stage_learns_the_guided_velocity_in_one_row(trained, tmp_path):
     # a distilled transformer cannot be a teacher
     with pytest.raises(ValueError, match="already guidance-distilled"):
         train_stage(_args(tmp_path / "twice", "distill", 2, init_from=str(run / "model")))
-    # nor the start of a lazy stage, which would train its scale 1 alone; the parts after it still fine-tune
-    with pytest.raises(ValueError, match="guidance-distilled, and the lazy stage trains an undistilled one"):
-        train_stage(_args(tmp_path / "lazy-on-distilled", "lazy", 2, init_from=str(run / "model")))
+    # a lazy stage started from it trains its prediction at scale 1, undistilled (guided by two rows again)
+    lazy_run = tmp_path / "lazy-on-distilled"
+    assert train_stage(_args(lazy_run, "lazy", 2, init_from=str(run / "model")))["done"]
+    retrained = LazyDiffusionTransformer.from_pretrained(str(lazy_run / "model" / "transformer"))
+    assert not retrained.config.guidance_embeds
     assert train_stage(_args(tmp_path / "sketch-on-distilled", "sketch", 2, init_from=str(run / "model")))["done"]
 
 

@@ -114,7 +114,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--init-from", metavar="DIR",
                    help="fine-tune a pipeline folder (e.g. backend/lazyedit/weights/demo): it fills in the components "
                         "<output>/model lacks, and the stage's trained components start from its weights (the lazy stage "
-                        "needs an undistilled transformer: not the demo's)")
+                        "starts a guidance-distilled transformer, as the demo's, from its prediction at guidance 1)")
     p.add_argument("--focus-shapes", type=_shapes, default=(),
                    help="lazy/sketch on the world: comma-separated shapes (e.g. star,ring,cross) that --focus-fraction "
                         "of the scenes are drawn from, to oversample the shapes a model misses")

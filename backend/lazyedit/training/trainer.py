@@ -784,14 +784,14 @@ class StageTrainer:
             path = source / name
             if not (path / "config.json").exists():
                 raise FileNotFoundError(f"--init-from {source}: it has no {name} to start the {self.args.stage} stage from")
-            if type(model).load_config(str(path)).get("guidance_embeds") and not model.config.get("guidance_embeds"):
-                # its velocity at a guidance scale w was learned from a teacher's; the lazy stage's loss would
-                # train scale 1 alone and leave the others drifting
-                raise ValueError(f"--init-from {source}: its transformer is guidance-distilled, and the "
-                                 f"{self.args.stage} stage trains an undistilled one. Start from the transformer the "
-                                 "distillation began with (a run's distill/teacher), or fine-tune this folder's other "
-                                 "parts (asym-decoder, sketch)")
-            wide = type(model).from_pretrained(str(path)).state_dict()
+            source_model = type(model).from_pretrained(str(path))
+            if source_model.config.get("guidance_embeds") and not model.config.get("guidance_embeds"):
+                # its velocity at a guidance scale w was learned from a teacher's; the lazy stage's loss trains an
+                # undistilled transformer, so start from the distilled one's scale-1 prediction (the conditional
+                # velocity, the unconditional with the null prompt), guided again by two rows
+                source_model = source_model.undistilled(1.0)
+                logger.info("%s: guidance-distilled; starts as its prediction at guidance 1, undistilled", path)
+            wide = source_model.state_dict()
             own = model.state_dict()
             if own.keys() == wide.keys() and all(own[k].shape == wide[k].shape for k in own):
                 model.load_state_dict(wide)

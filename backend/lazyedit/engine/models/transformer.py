@@ -126,6 +126,23 @@ class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
         assert not keys.unexpected_keys and all(k.startswith("guidance_embedder.") for k in keys.missing_keys)
         return student.to(self.device, self.dtype)
 
+    def undistilled(self, scale: float = 1.0) -> "LazyDiffusionTransformer":
+        """The inverse of ``guidance_student``: a copy without the guidance input that predicts exactly what
+        this distilled one does at guidance ``scale`` (1: the conditional velocity, or with the null prompt
+        the unconditional one), so classifier-free guidance can run on it again and the lazy stage can train
+        it. The guidance embedding is a constant added to the timestep embedding, which ends in a linear
+        layer: it folds into that layer's bias."""
+        if not self.config.guidance_embeds:
+            raise ValueError("this transformer is not guidance-distilled")
+        plain = type(self).from_config(self.config, guidance_embeds=False)
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("guidance_embedder.")}
+        with torch.no_grad():
+            g = torch.full((1,), float(scale), device=self.device)
+            offset = self.guidance_embedder(g * GUIDANCE_EMBED_SCALE)[0]
+            state["t_embedder.mlp.2.bias"] = state["t_embedder.mlp.2.bias"] + offset.to(state["t_embedder.mlp.2.bias"].dtype)
+        plain.load_state_dict(state, strict=True)
+        return plain.to(self.device, self.dtype)
+
     @property
     def num_skips(self) -> int:
         return len(self.in_blocks)
