@@ -900,7 +900,9 @@ export class App {
     const suggestion = res.headers.get("X-Lazyedit-Prompt");
     const opened = await this.openFile(new File([await res.blob()], `example-${seed}.png`, { type: "image/png" }));
     if (opened && suggestion) {
-      this.ui.promptHint.textContent = `Mask an empty spot and try “${suggestion}”, or mask an object and leave the prompt empty to remove it.`;
+      // the demo model takes an object's shape from the mask more than from the prompt (a box comes back box-shaped:
+      // `lazyedit eval --kinds box`, the model card), so the hint asks for the shape to be painted
+      this.ui.promptHint.textContent = `Paint the shape you want where it should go and try “${suggestion}”, or paint over an object and leave the prompt empty to remove it.`;
       this.ui.promptHint.hidden = false;
     }
   }
