@@ -1,5 +1,5 @@
 // The editor application: UI, protocol state machine, undo/redo, live mode.
-import { CLOSE_TAKEN_OVER, Connection, socketUrl, type ConnState } from "./connection";
+import { CLOSE_TAKEN_OVER, Connection, sessionLink, socketUrl, takeLinkedSession, type ConnState } from "./connection";
 import { downloadBlob, h, isTextField } from "./dom";
 import { Editor, type Tool } from "./editor";
 import { UndoStack } from "./history";
@@ -134,6 +134,12 @@ export class App {
     const params = new URLSearchParams(location.search);
     this.token = params.get("token");
     this.session = localStorage.getItem(SESSION_KEY);
+    const linked = takeLinkedSession(location.search);
+    if (linked.session) {  // a link to an image (Link): open it here, and keep it on reload
+      this.session = linked.session;
+      localStorage.setItem(SESSION_KEY, linked.session);
+      history.replaceState(history.state, "", `${location.pathname}${linked.rest}${location.hash}`);
+    }
     this.owner = localStorage.getItem(OWNER_KEY) ?? "";
     if (!/^[A-Za-z0-9_-]{22,64}$/.test(this.owner)) {
       this.owner = ownerKeyFrom(crypto.getRandomValues(new Uint8Array(16)));
@@ -289,6 +295,7 @@ export class App {
         h("button", { testid: "open", title: "Open image (O)", onclick: () => fileInput.click() }, "Open"), fileInput,
         btn("Example", "example", "Open an example scene of the world the demo model learned", () => void this.openExample()),
         btn("Download", "download", "Download the current image as PNG", () => void this.downloadImage()),
+        btn("Link", "share", "Copy a link that opens this image and its history (for another device or person)", () => void this.copyLink()),
         btn("Recent", "recent-button", "Images opened in this browser, stored on the server: go back to one (H)", () => void this.recent.show()),
         errorSlots.open),
       h("div", { class: "group" }, tools.brush, tools.eraser, tools.rect, tools.lasso,
@@ -1177,6 +1184,17 @@ export class App {
     cx.fillRect(0, 0, m.width, m.height);
     const png = await canvasToPNG(c);
     downloadBlob(new Blob([png as Uint8Array<ArrayBuffer>], { type: "image/png" }), "mask.png");
+  }
+
+  private async copyLink(): Promise<void> {
+    if (!this.session || !this.editor.image) {
+      this.showError("open", "Open an image first: a link opens a stored image.", "no_canvas");
+      return;
+    }
+    const link = sessionLink(location, this.session);
+    const copied = await navigator.clipboard?.writeText(link).then(() => true, () => false);
+    // whoever opens it edits this image (not a copy); it stays in this browser's Recent only
+    this.showNotice("open", copied ? `Link copied: ${link}` : `Copy this link: ${link}`, copied ? "link_copied" : "link");
   }
 
   private async downloadImage(): Promise<void> {

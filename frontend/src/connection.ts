@@ -13,6 +13,22 @@ export function socketUrl(loc: { protocol: string; host: string }, token: string
   return `${loc.protocol === "https:" ? "wss:" : "ws:"}//${loc.host}/ws${query ? `?${query}` : ""}`;
 }
 
+/** A link that opens `session` in the editor at this page's address. The page's own query (a token among it)
+ *  is left out: a link passed on is not a way to hand out the server's token. Pure. */
+export function sessionLink(loc: { origin: string; pathname: string }, session: string): string {
+  return `${loc.origin}${loc.pathname}?session=${encodeURIComponent(session)}`;
+}
+
+/** The page's query without `session` (what the address bar keeps once a link's session is taken), and that
+ *  session if it has the form of one (22 URL-safe characters). Pure. */
+export function takeLinkedSession(search: string): { session: string | null; rest: string } {
+  const params = new URLSearchParams(search);
+  const given = params.get("session");
+  params.delete("session");
+  const rest = params.toString();
+  return { session: given && /^[A-Za-z0-9_-]{22}$/.test(given) ? given : null, rest: rest ? `?${rest}` : "" };
+}
+
 /** Delay before reconnect attempt `attempt` (0-based), in ms. Pure. */
 export function backoffDelay(attempt: number, base = 500, max = 10000, random: () => number = Math.random): number {
   const exp = Math.min(max, base * 2 ** Math.min(attempt, 16));

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import { UndoStack } from "../src/history";
-import { backoffDelay, socketUrl } from "../src/connection";
+import { backoffDelay, sessionLink, socketUrl, takeLinkedSession } from "../src/connection";
 
 describe("UndoStack", () => {
   it("undoes and redoes in order", () => {
@@ -89,5 +89,20 @@ describe("socket URL", () => {
     expect(socketUrl(loc, null, null)).toBe("ws://127.0.0.1:7860/ws");
     expect(socketUrl(loc, null, "AbC-_9")).toBe("ws://127.0.0.1:7860/ws?session=AbC-_9");
     expect(socketUrl({ protocol: "https:", host: "edit.example" }, "t&k", "s1")).toBe("wss://edit.example/ws?session=s1&token=t%26k");
+  });
+});
+
+describe("session links", () => {
+  const id = "AbCdEfGhIjKlMnOpQrSt-_";
+  it("open a session at the page's address, without the page's token", () => {
+    expect(sessionLink({ origin: "https://edit.example", pathname: "/" }, id)).toBe(`https://edit.example/?session=${id}`);
+    expect(sessionLink({ origin: "http://127.0.0.1:7860", pathname: "/app/" }, id)).toBe(`http://127.0.0.1:7860/app/?session=${id}`);
+  });
+  it("are taken from the query once, which keeps the rest", () => {
+    expect(takeLinkedSession(`?session=${id}`)).toEqual({ session: id, rest: "" });
+    expect(takeLinkedSession(`?token=t&session=${id}`)).toEqual({ session: id, rest: "?token=t" });
+    expect(takeLinkedSession("?token=t")).toEqual({ session: null, rest: "?token=t" });
+    expect(takeLinkedSession("?session=../../etc")).toEqual({ session: null, rest: "" });
+    expect(takeLinkedSession("")).toEqual({ session: null, rest: "" });
   });
 });

@@ -490,3 +490,37 @@ def test_recent_images_go_back_to_an_earlier_session_and_delete_one(page, server
     finally:
         fresh.close()
     assert not page.problems, page.problems
+
+
+def test_a_link_opens_the_image_in_another_browser_which_takes_it_over(page, server, tmp_path):
+    """Link copies an address that opens this session (its pixels and history) in another browser; the address
+    bar drops the session once taken, a reload stays on it, and the first page is told it moved."""
+    open_app(page, server)
+    page.get_by_test_id("share").click()  # nothing open yet: a named error, no link
+    assert page.get_by_test_id("error").get_attribute("data-code") == "no_canvas"
+    src = tmp_path / "shared.png"
+    Image.new("RGB", (200, 150), (30, 120, 210)).save(src)
+    open_image(page, src)
+    sid = hook(page, "sessionId")
+    page.get_by_test_id("share").click()
+    notice = page.get_by_test_id("notice")
+    expect(notice).to_contain_text("?session=")
+    link = re.search(r"https?://\S+", notice.inner_text()).group(0)
+    assert link == f"{server.url}/?session={sid}" and "token" not in link
+
+    other = page.context.browser.new_page()  # another browser: its own storage and owner key
+    try:
+        other.goto(link)
+        wait_hook(other, f"$.sessionId === '{sid}' && $.canvasSize !== null && $.pixel(5, 5)[2] === 210")
+        assert hook(other, "canvasSize") == {"width": 200, "height": 150} and "session=" not in other.url
+        other.reload()
+        wait_hook(other, "$.connection === 'open' && $.canvasSize !== null")
+        assert hook(other, "sessionId") == sid
+        # one browser edits a session at a time: the first is told, and can take it back
+        expect(page.get_by_test_id("error")).to_have_attribute("data-code", "taken_over")
+        # the image is not the other browser's: its Recent does not list it
+        other.get_by_test_id("recent-button").click()
+        expect(other.get_by_test_id("recent")).to_contain_text("No stored images from this browser yet")
+    finally:
+        other.close()
+    assert not page.problems, page.problems
