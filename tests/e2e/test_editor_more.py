@@ -42,7 +42,9 @@ def test_new_image_starts_new_session(page, server, sample_png, tmp_path):
     wait_hook(page, "$.canvasSize && $.canvasSize.width === 320 && $.historyLength === 1")
     second = hook(page, "sessionId")
     assert second != first
-    with urllib.request.urlopen(server.url + "/api/sessions") as r:
+    owner = page.evaluate("localStorage.getItem('lazyedit.owner')")  # both are this browser's sessions
+    with urllib.request.urlopen(urllib.request.Request(server.url + "/api/sessions",
+                                                       headers={"X-Lazyedit-Owner": owner})) as r:
         ids = {s["session"] for s in json.load(r)}
     assert {first, second} <= ids
     page.reload()
