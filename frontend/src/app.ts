@@ -9,7 +9,7 @@ import { countMasked, maskFromRGBA, maskToRGBA } from "./mask";
 import { RecentDialog } from "./recent";
 import {
   acceptMsg, binaryToMessage, cancelMsg, decodeFrame, decodeText, describeError, editFrame,
-  gotoMsg, helloMsg, OWNER_HEADER, ownerKeyFrom, prepareFrame, redoMsg, undoMsg,
+  gotoMsg, helloMsg, OWNER_HEADER, ownerKeyOr, prepareFrame, redoMsg, undoMsg,
   type AckMsg, type Box, type CanvasFrame, type EditParams, type ErrorMsg, type HistoryEntry, type Limits,
   type ProgressFrame, type ReadyMsg, type ResultFrame, type ServerMessage,
 } from "./protocol";
@@ -140,11 +140,8 @@ export class App {
       localStorage.setItem(SESSION_KEY, linked.session);
       history.replaceState(history.state, "", `${location.pathname}${linked.rest}${location.hash}`);
     }
-    this.owner = localStorage.getItem(OWNER_KEY) ?? "";
-    if (!/^[A-Za-z0-9_-]{22,64}$/.test(this.owner)) {
-      this.owner = ownerKeyFrom(crypto.getRandomValues(new Uint8Array(16)));
-      localStorage.setItem(OWNER_KEY, this.owner);
-    }
+    this.owner = ownerKeyOr(localStorage.getItem(OWNER_KEY), () => crypto.getRandomValues(new Uint8Array(16)));
+    localStorage.setItem(OWNER_KEY, this.owner);
     this.stack = new UndoStack<UndoEntry>(UNDO_CAP, (old) => {
       if (old.kind === "layer") this.editor.layer(old.op.layer)?.flatten(old.op);
     });

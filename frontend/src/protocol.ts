@@ -266,6 +266,11 @@ export function ownerKeyFrom(bytes: Uint8Array): string {
   return btoa(bin).replace(/\+/g, "-").replace(/\//g, "_").replace(/=+$/, "");
 }
 
+/** The owner key kept in storage if it has the server's form (22 to 64 URL-safe characters), else a new one. */
+export function ownerKeyOr(stored: string | null, randomBytes: () => Uint8Array): string {
+  return stored && /^[A-Za-z0-9_-]{22,64}$/.test(stored) ? stored : ownerKeyFrom(randomBytes());
+}
+
 export function canvasFrame(id: string, png: Uint8Array): Uint8Array {
   return encodeFrame({ type: "canvas", id }, [{ name: "image", mime: "image/png", data: png }]);
 }

@@ -1,6 +1,6 @@
 import { describe, expect, it } from "vitest";
 import {
-  binaryToMessage, canvasFrame, decodeFrame, editFrame, encodeFrame, FrameError, helloMsg, ownerKeyFrom, prepareFrame,
+  binaryToMessage, canvasFrame, decodeFrame, editFrame, encodeFrame, FrameError, helloMsg, ownerKeyFrom, ownerKeyOr, prepareFrame,
   cancelMsg, acceptMsg, gotoMsg, undoMsg, redoMsg,
 } from "../src/protocol";
 
@@ -143,5 +143,10 @@ describe("owner key", () => {
     expect(ownerKeyFrom(some)).toBe(ownerKeyFrom(some.slice()));
     expect(ownerKeyFrom(some)).not.toBe(ownerKeyFrom(all));
     expect(() => ownerKeyFrom(new Uint8Array(8))).toThrow(/16 random bytes/);
+  });
+  it("is kept when stored in the server's form, made anew otherwise", () => {
+    const fresh = () => new Uint8Array(16).fill(255);
+    expect(ownerKeyOr("k".repeat(22), fresh)).toBe("k".repeat(22));
+    for (const bad of [null, "", "short", "no spaces allowed here!"]) expect(ownerKeyOr(bad, fresh)).toBe("_".repeat(21) + "w");
   });
 });

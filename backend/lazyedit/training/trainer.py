@@ -300,6 +300,15 @@ def edge_error(rec: torch.Tensor, x: torch.Tensor, m: torch.Tensor | None = None
     return ((dx * mx).sum() / (mx.sum() * 3 + 1) + (dy * my).sum() / (my.sum() * 3 + 1)) / 2
 
 
+def with_edge_term(loss: torch.Tensor, logs: dict, rec: torch.Tensor, x: torch.Tensor, weight: float,
+                   m: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+    """``loss`` plus ``weight`` times ``edge_error`` (logged as "edge"); unchanged when the weight is 0."""
+    if not weight:
+        return loss, logs
+    edge = edge_error(rec, x, m)
+    return loss + weight * edge, {**logs, "edge": edge.detach()}
+
+
 def flow_noising(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """x_t = (1 - t) x0 + t noise; velocity target noise - x0. t broadcasts from (B,)."""
     tt = t.view(-1, *([1] * (x0.dim() - 1)))
@@ -396,11 +405,7 @@ def decoder_loss(rec: torch.Tensor, x: torch.Tensor, m: torch.Tensor, edge_weigh
     l1 = err.mean()
     loss = l1 + F.mse_loss(rec, x) + 2 * chroma.mean() + hole + 2 * seam
     logs = {"l1": l1.detach(), "chroma": chroma.mean().detach(), "hole": hole.detach(), "seam": seam.detach()}
-    if edge_weight:
-        edge = edge_error(rec, x, m)
-        loss = loss + edge_weight * edge
-        logs["edge"] = edge.detach()
-    return loss, logs
+    return with_edge_term(loss, logs, rec, x, edge_weight, m)
 
 
 def token_unit(autoencoder, transformer) -> int:
@@ -477,11 +482,7 @@ class StageNet(torch.nn.Module):
             kl = post.kl().mean() / x[0].numel()
             loss = l1 + mse + 2 * chroma + 1e-3 * kl
             logs = {"l1": l1.detach(), "mse": mse.detach(), "chroma": chroma.detach(), "kl": kl.detach()}
-            if self.edge_weight:
-                edge = edge_error(rec, x)
-                loss = loss + self.edge_weight * edge
-                logs["edge"] = edge.detach()
-            return loss, logs
+            return with_edge_term(loss, logs, rec, x, self.edge_weight)
         if self.stage == "asym-decoder":
             asym = self.models["asym_vae"]
             if "edit_image" in batch and float(torch.rand(1, generator=self.generator)) < self.generated_latents:
