@@ -371,6 +371,62 @@ def test_decode_box_covers_the_mask_and_margin_in_whole_latents(seed):
     assert bx1 - f < min(xs.max() + 1 + margin, 96) and by1 - f < min(ys.max() + 1 + margin, 80)
 
 
+@pytest.mark.parametrize("seed", range(8))
+def test_context_window_holds_the_mask_and_its_context_within_the_canvas(seed):
+    from lazyedit.engine.holes import context_window
+
+    rng = np.random.default_rng(seed)
+    side, unit = 256, 16
+    w, h = int(rng.integers(100, 900)), int(rng.integers(100, 900))
+    mw, mh = int(rng.integers(1, min(w, 400))), int(rng.integers(1, min(h, 400)))
+    mx, my = int(rng.integers(0, w - mw + 1)), int(rng.integers(0, h - mh + 1))
+    x0, y0, x1, y1 = context_window((mx, my, mx + mw, my + mh), (w, h), side, unit)
+    assert 0 <= x0 < x1 <= w and 0 <= y0 < y1 <= h
+    for lo, hi, m0, m1, length in ((x0, x1, mx, mx + mw, w), (y0, y1, my, my + mh, h)):
+        if length <= side:
+            assert (lo, hi) == (0, length)  # an axis that fits is read whole
+            continue
+        # the window is `side` long unless the mask and its context need more; it keeps that context
+        assert hi - lo == min(max(side, -(-(m1 - m0 + side // 4) // unit) * unit), length)
+        assert lo <= max(m0 - side // 8, 0) and hi >= min(m1 + side // 8, length)
+
+
+def test_context_windows_are_shared_by_nearby_masks():
+    from lazyedit.engine.holes import context_window
+
+    size = (2000, 1500)
+    first = context_window((900, 700, 960, 760), size, 1024, 16)
+    assert first == context_window((910, 690, 980, 770), size, 1024, 16)  # a touched-up mask: the same window
+    assert first[0] % 256 == 0 and first[1] % 256 == 0
+    assert context_window((1700, 700, 1760, 760), size, 1024, 16) != first
+
+
+def test_a_context_window_edits_a_large_canvas_as_its_own_canvas(pipe):
+    """An edit read through a window is the edit of the window cut out as a canvas, pasted back in place;
+    nothing outside the mask changes, and the window's encodings are cached for the next mask near it."""
+    img = canvas(200, 150, seed=7)
+    mask = box_mask(200, 150, box=(150, 40, 170, 60))
+    pipe.clear_caches()
+    pipe.context_window = 64
+    try:
+        assert pipe.prepare(img, canvas_key="w") == {}  # the window follows the mask: nothing to encode yet
+        res = pipe.edit(img, mask, "a red star", seed=5, canvas_key="w")
+        near = pipe.edit(img, box_mask(200, 150, box=(152, 42, 168, 58)), "a red star", seed=5, canvas_key="w")
+    finally:
+        pipe.context_window = None
+    assert res.total_tokens == 16 and near.timings["latent_cache_hit"]  # a 64x64 window of 16 px tokens
+    before, after = np.asarray(img), np.asarray(res.image)
+    assert (before[~mask] == after[~mask]).all() and (before[mask] != after[mask]).any()
+    assert res.box == (150, 40, 170, 60)
+    from lazyedit.engine.holes import context_window
+
+    x0, y0, x1, y1 = context_window((150, 40, 170, 60), (200, 150), 64, pipe.unit)
+    cut = pipe.edit(img.crop((x0, y0, x1, y1)), mask[y0:y1, x0:x1], "a red star", seed=5)
+    assert np.array_equal(np.asarray(cut.image), after[y0:y1, x0:x1])
+    whole = pipe.edit(img, mask, "a red star", seed=5)  # without the window every token is read
+    assert whole.total_tokens == 130 and not np.array_equal(np.asarray(whole.image), after)
+
+
 def test_full_mask_equals_regenerating_the_image(pipe):
     img = canvas(64, 48)
     mask = np.ones((48, 64), bool)
@@ -548,6 +604,11 @@ def test_cli_edit_and_errors(tmp_path):
                         capture_output=True, text=True)
     assert ok.returncode == 0, ok.stderr
     assert Image.open(out).size == (512, 512)
+    windowed = subprocess.run([sys.executable, "-m", "lazyedit.cli", "edit", "--model", "tiny", "--seed", "1",
+                               "--context-window", "256", "-o", str(tmp_path / "w.png")], capture_output=True, text=True)
+    assert windowed.returncode == 0, windowed.stderr
+    whole_tokens, window_tokens = (int(r.stdout.split(" tokens")[0].rsplit("/", 1)[1]) for r in (ok, windowed))
+    assert window_tokens * 4 == whole_tokens  # a 256 px window of the 512 px sample
     (tmp_path / "small.png").write_bytes(b"")
     Image.new("L", (10, 10), 255).save(tmp_path / "small.png")
     bad = subprocess.run([sys.executable, "-m", "lazyedit.cli", "edit", "--model", "tiny", "--mask", str(tmp_path / "small.png"),
@@ -577,6 +638,18 @@ def test_bench_reports_speed_table(tmp_path):
     assert medians["tiny"]["guidance_distilled"] is False and medians[str(tmp_path / "distilled")]["guidance_distilled"] is True
     assert all(m["total_ms"] >= m["denoise_ms"] > 0 and m["prepared_total_ms"] > 0 for m in medians.values())
     assert "side by side" in format_table(report)
+
+
+def test_window_bench_times_a_large_canvas_read_whole_and_through_a_window():
+    from lazyedit.engine.bench import format_window_table, run_window_bench
+
+    report = run_window_bench("tiny", size=256, side=128, quick=True, progress=lambda m: None)
+    assert [r["mask_fraction"] for r in report["new_mask"]] == [0.01, 0.03, 0.10]
+    for r in report["new_mask"]:
+        assert r["whole_tokens_read"] == 256 and r["window_tokens_read"] == 64  # 16 px tokens: 16x16 against 8x8
+        assert r["window_vae_encode_ms"] == r["whole_vae_encode_ms"] == 0  # a new mask on an encoded canvas
+        assert r["whole_context_ms"] > 0 and r["speedup"] == r["whole_total_ms"] / r["window_total_ms"]
+    assert report["new_canvas_3pct"]["window_ms"] > 0 and "context window" in format_window_table(report)
 
 
 def test_position_offset_places_a_crop_inside_a_larger_canvas():

@@ -208,21 +208,34 @@ def test_replica_serves_the_stored_session_not_its_stale_copy(tmp_path, tiny_pip
             assert h["type"] == "canvas" and np.array_equal(np.asarray(decode_png(parts["image"])), np.asarray(edited))
 
 
-def test_the_canvas_limit_follows_the_device_unless_set(tmp_path, tiny_pipeline):
-    """On a CPU the default canvas limit is 1024x1024 (a 4 MP canvas costs ten times the second an edit
-    should take); a GPU's is 2048x2048; a limit that is set wins."""
-    from lazyedit.service.settings import GPU_MAX_PIXELS, default_max_pixels
+def test_the_context_window_follows_the_device_unless_set(tmp_path, tiny_pipeline):
+    """On a CPU an edit reads a 1024 px window of a larger canvas (the context encoder's cost grows with the
+    square of what it reads); a GPU reads the whole canvas; a window that is set wins, 0 meaning the whole.
+    Canvases up to 2048x2048 are taken either way."""
+    from lazyedit.service.settings import default_context_window
 
-    assert default_max_pixels("cpu") == 1024 * 1024
-    assert default_max_pixels("cuda") == default_max_pixels("cuda:1") == GPU_MAX_PIXELS == 2048 * 2048
-    big = png(noise_image(1100, 1000))  # 1.1 MP: over the CPU's default, under the GPU's
-    with service(tmp_path / "cpu", tiny_pipeline) as c:
-        with c.websocket_connect("/ws") as raw:
+    assert default_context_window("cpu") == 1024
+    assert default_context_window("cuda") == default_context_window("cuda:1") == 0
+    try:
+        with service(tmp_path / "cpu", tiny_pipeline) as c:
+            assert tiny_pipeline.context_window == 1024
+            with c.websocket_connect("/ws") as raw:
+                assert WS(raw).hello()["limits"]["max_pixels"] == 2048 * 2048
+            big = png(noise_image(2049, 2048))
+            r = c.post("/api/sessions", files={"image": ("big.png", big, "image/png")})
+            assert r.status_code == 413 and r.json()["detail"]["code"] == "image_too_large"
+            assert "4194304" in r.json()["detail"]["message"]
+        with service(tmp_path / "whole", tiny_pipeline, context_window=0):
+            assert tiny_pipeline.context_window is None
+        with service(tmp_path / "set", tiny_pipeline, context_window=64) as c, c.websocket_connect("/ws") as raw:
+            assert tiny_pipeline.context_window == 64
             ws = WS(raw)
-            assert ws.hello()["limits"]["max_pixels"] == 1024 * 1024
-        r = c.post("/api/sessions", files={"image": ("big.png", big, "image/png")})
-        assert r.status_code == 413 and r.json()["detail"]["code"] == "image_too_large"
-        assert "1048576" in r.json()["detail"]["message"]
-    with service(tmp_path / "set", tiny_pipeline, max_pixels=GPU_MAX_PIXELS) as c:
-        r = c.post("/api/sessions", files={"image": ("big.png", big, "image/png")})
-        assert r.status_code == 201 and r.json()["width"] == 1100
+            ws.hello()
+            im, mask = noise_image(300, 200), box_mask(300, 200, (250, 150, 280, 180))
+            ws.canvas(im)
+            _, result, region = ws.edit_result(mask, "w1", steps=2, seed=3)  # read through a 64 px window
+            assert result["box"] == [250, 150, 280, 180]
+            edited, orig = np.asarray(paste(im, region.convert("RGB"), result["box"])), np.asarray(im)
+            assert np.array_equal(edited[~mask], orig[~mask]) and not np.array_equal(edited[mask], orig[mask])
+    finally:
+        tiny_pipeline.context_window = None

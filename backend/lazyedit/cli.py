@@ -32,6 +32,8 @@ def build_parser() -> argparse.ArgumentParser:
     e.add_argument("--seed", type=int, default=None)
     e.add_argument("--scheduler", choices=("euler", "ddim"), default="euler")
     e.add_argument("--strategy", choices=("lazy", "regenerate_image", "regenerate_crop"), default="lazy")
+    e.add_argument("--context-window", type=int, default=None, metavar="PX",
+                   help="read at most PX x PX pixels of the image around the mask (default: the whole image)")
     _model_args(e)
     e.add_argument("-o", "--output", default="edited.png")
 
@@ -48,6 +50,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--plot", default=None, help="write a PNG plot of time against mask size")
     b.add_argument("--against", metavar="MODEL", default=None,
                    help="also time this model's 10%%-mask edit beside the benchmarked one, taking turns (JSON 'against')")
+    b.add_argument("--context-window", type=int, default=None, metavar="PX",
+                   help="instead: a --size canvas read whole against read through a window of PX pixels (the "
+                        "service's --context-window), new masks and a new canvas, taking turns")
 
     for name in DELEGATED:
         sub.add_parser(name, help=f"see `lazyedit {name} --help`", add_help=False)
@@ -78,6 +83,7 @@ def run_edit(args) -> int:
         if pipe.random_weights:
             print(f"warning: model {args.model!r} has no trained weights yet: the edit uses RANDOM weights", file=sys.stderr)
         pipe.use_scheduler(args.scheduler)
+        pipe.context_window = args.context_window
         result = pipe.edit(
             image, mask, args.prompt, sketch=sketch, sketch_strength=args.sketch_strength, steps=args.steps,
             guidance=args.guidance, seed=args.seed, strategy=args.strategy,

@@ -227,6 +227,74 @@ def run_against(model: str, other: str, size: int = 512, device: str = "cpu", st
             "prepared_total_ratio": out[model]["prepared_total_ms"] / out[other]["prepared_total_ms"]}
 
 
+WINDOW_MASK_FRACTIONS = (0.01, 0.03, 0.10)
+
+
+def run_window_bench(config: str = "demo", size: int = 2048, side: int = 1024, device: str = "cpu",
+                     steps: int | None = None, quick: bool = False, model: str | None = None, progress=print) -> dict:
+    """A large canvas read whole (as in the paper) against read through a context window of `side` pixels,
+    the two taking turns rep by rep: a new mask on an encoded canvas (the person's next stroke) at a few mask
+    sizes, and the first edit of a new canvas. Medians of the pipeline's stage timings, and the ratios."""
+    pipe = load_pipeline(model or config, device=device, text_stand_in=True)
+    pipe.set_progress_bar_config(disable=True)
+    image = sample_canvas(size)
+    reps = 1 if quick else 3
+    modes = {"whole": None, "window": side}
+    stages = ("vae_encode_ms", "context_ms", "denoise_ms", "decode_ms", "total_ms", "tokens_read")
+
+    def edit(mask, mode, key):
+        pipe.context_window = modes[mode]
+        try:
+            result = pipe.edit(image, mask, "a red star", steps=steps, seed=0, canvas_key=key)
+            return {**result.timings, "tokens_read": result.total_tokens}
+        finally:
+            pipe.context_window = None
+
+    rows = []
+    for fraction in WINDOW_MASK_FRACTIONS:
+        mask = square_mask(size, fraction)
+        times = {mode: {k: [] for k in stages} for mode in modes}
+        for rep in range(reps + 1):  # the first encodes each mode's canvas (or window) and is not counted
+            progress(f"bench: {fraction:.0%} mask, round {rep} of {reps}")
+            for mode in modes:
+                pipe.clear_mask_caches()
+                t = edit(mask, mode, "window-bench")
+                if rep:
+                    for k in stages:
+                        times[mode][k].append(t.get(k, 0.0))
+        row = {"mask_fraction": fraction,
+               **{f"{mode}_{k}": statistics.median(v) for mode in modes for k, v in times[mode].items()}}
+        row["speedup"] = row["whole_total_ms"] / row["window_total_ms"]
+        rows.append(row)
+
+    progress("bench: the first edit of a new canvas, each way")
+    mask = square_mask(size, 0.03)
+    new_canvas = {}
+    for mode in modes:
+        pipe.clear_caches()
+        new_canvas[f"{mode}_ms"] = edit(mask, mode, f"new-{mode}")["total_ms"]
+    new_canvas["speedup"] = new_canvas["whole_ms"] / new_canvas["window_ms"]
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return {"config": config, "model": pipe.model_name, "size": size, "context_window": side, "device": device,
+            "steps": steps or pipe.default_steps, "reps": reps, "threads": torch.get_num_threads(),
+            "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"), "new_mask": rows,
+            "new_canvas_3pct": new_canvas, "peak_memory_mb": {"process_rss": round(peak, 1)}}
+
+
+def format_window_table(report: dict) -> str:
+    lines = [f"lazyedit bench: {report['size']}x{report['size']} canvas read whole against a {report['context_window']} px "
+             f"context window ({report['model']}, {report['device']}, {report['steps']} steps; median ms of {report['reps']})",
+             "", "new mask      whole: context  denoise  decode  total | window: context  denoise  decode  total | speedup"]
+    for r in report["new_mask"]:
+        lines.append(f"  {r['mask_fraction']:>4.0%}        " + " | ".join(
+            f"{r[f'{m}_context_ms']:>14.0f} {r[f'{m}_denoise_ms']:>8.0f} {r[f'{m}_decode_ms']:>7.0f} {r[f'{m}_total_ms']:>6.0f}"
+            for m in ("whole", "window")) + f" | {r['speedup']:.2f}x")
+    n = report["new_canvas_3pct"]
+    lines += ["", f"first edit of a new canvas, 3% mask: whole {n['whole_ms']:.0f} ms, window {n['window_ms']:.0f} ms "
+                  f"({n['speedup']:.2f}x)", f"peak memory (MB): {report['peak_memory_mb']}"]
+    return "\n".join(lines)
+
+
 def format_table(report: dict) -> str:
     lines = [f"lazyedit bench: config={report['config']} size={report['size']} device={report['device']} "
              f"tokens={report['tokens_full']} steps={report['steps']}" + ("  (RANDOM weights)" if report["random_weights"] else ""),
@@ -289,6 +357,14 @@ def bench_main(args) -> int:
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
 
+    if args.context_window:
+        report = run_window_bench(args.config, args.size, args.context_window, args.device, args.steps, args.quick,
+                                  args.model, progress)
+        print(format_window_table(report))
+        if args.json:
+            Path(args.json).write_text(json.dumps(report, indent=2))
+            print(f"wrote {args.json}")
+        return 0
     report = run_bench(args.config, args.size, args.device, args.steps, args.quick, args.model, progress,
                        text_encoder=args.text_encoder)
     if args.against:

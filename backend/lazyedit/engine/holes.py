@@ -62,3 +62,28 @@ def decode_box(box: Box, margin: int, align: int, size: tuple[int, int]) -> Box:
         min(-(-(x1 + margin) // align) * align, w),
         min(-(-(y1 + margin) // align) * align, h),
     )
+
+
+def context_window(box: Box, size: tuple[int, int], side: int, unit: int) -> Box:
+    """The part of a large canvas an edit over the mask box `box` reads (`size` is the canvas's W, H): at most
+    `side` pixels along each axis, or the mask's extent plus an eighth of `side` of context on each side where
+    the mask is larger. A canvas no larger than `side` along an axis is read whole along it. Windows sit on a
+    grid of a quarter of `side` where the mask fits one, so the next mask in the same area reuses the
+    encoded window."""
+    (x0, x1), (y0, y1) = (_window_span(box[0], box[2], size[0], side, unit), _window_span(box[1], box[3], size[1], side, unit))
+    return x0, y0, x1, y1
+
+
+def _window_span(m0: int, m1: int, length: int, side: int, unit: int) -> tuple[int, int]:
+    if length <= side:
+        return 0, length
+    context = side // 8
+    span = min(max(side, -(-(m1 - m0 + 2 * context) // unit) * unit), length)
+    clamp = lambda origin: min(max(origin, 0), length - span)  # noqa: E731
+    centred = clamp((m0 + m1 - span) // 2)  # keeps the context: span covers the mask and twice the context
+    step = max(side // 4 // unit * unit, unit)
+    snapped = clamp(round(centred / step) * step)
+    # the snapped window must keep the mask's context inside it, unless the canvas edge is nearer
+    if snapped <= max(m0 - context, 0) and snapped + span >= min(m1 + context, length):
+        return snapped, snapped + span
+    return centred, centred + span

@@ -34,7 +34,7 @@ from PIL import Image
 
 from .asymmetric import decode_with_known_pixels, known_pixel_features
 from .cache import ByteLRU
-from .holes import Box, HolePlan, decode_box, mask_box, plan_holes
+from .holes import Box, HolePlan, context_window, decode_box, mask_box, plan_holes
 from .models import ContextEncoder, CSCTuner, HFTextEncoder, LazyDiffusionTransformer
 from .models.transformer import DISTILLED_GUIDANCE_RANGE
 from .models.layers import patchify, unpatchify
@@ -161,6 +161,10 @@ class LazyEditPipeline(DiffusionPipeline):
         )
         self.register_to_config(model_name=model_name, default_steps=default_steps, default_guidance=default_guidance)
         self.decode_margin = 16  # pixels of known canvas around the mask that the asymmetric decoder sees
+        # Largest side (pixels) of the canvas a lazy edit reads; None reads the whole canvas, as in the paper.
+        # The context encoder attends over every token it reads, so on a large canvas a window around the mask
+        # keeps an edit's cost bounded (holes.context_window).
+        self.context_window: int | None = None
         self.latent_cache = ByteLRU(512 << 20)
         self.context_cache = ByteLRU(256 << 20)
         self.text_cache = ByteLRU(64 << 20)
@@ -283,6 +287,8 @@ class LazyEditPipeline(DiffusionPipeline):
         the pixels around it. An editor calls it while the person is still writing the prompt, so that the
         edit itself runs only the diffusion transformer and the decoder's upsampling path. Returns the stage
         timings (0 where a cache already held the result)."""
+        if mask is None and isinstance(image, Image.Image) and self._windowed(image.size):
+            return {}  # the window follows the mask: nothing to encode before one is painted
         whole = np.ones(image.size[::-1], dtype=bool) if mask is None and isinstance(image, Image.Image) else mask
         job = self._validate(EditRequest(image=image, mask=whole, canvas_key=canvas_key))
         with self._device_pinned():
@@ -346,9 +352,14 @@ class LazyEditPipeline(DiffusionPipeline):
         key = r.canvas_key or hashlib.sha1(rgb.tobytes() + bytes(str(rgb.shape), "ascii")).hexdigest()
         job = _Job(request=r, rgb=rgb, mask=mask, sketch=sketch, seed=seed, steps=steps, guidance=guidance, canvas_key=key)
         if r.strategy == "regenerate_crop":
-            self._crop_job(job)
+            self._crop_job(job, self.crop_box(job.mask), "crop")
+        elif r.strategy == "lazy" and self._windowed((w, h)):
+            self._crop_job(job, context_window(mask_box(job.mask), (w, h), self.context_window, self.unit), "window")
         job.box = mask_box(job.mask)
         return job
+
+    def _windowed(self, size: tuple[int, int]) -> bool:
+        return bool(self.context_window) and max(size) > self.context_window
 
     def crop_box(self, mask: np.ndarray) -> Box:
         """RegenerateCrop's crop: a square around the mask, twice the mask's larger side, inside the image."""
@@ -360,14 +371,15 @@ class LazyEditPipeline(DiffusionPipeline):
         cy0 = min(max(cy - side // 2, 0), max(h - side, 0))
         return cx0, cy0, min(cx0 + side, w), min(cy0 + side, h)
 
-    def _crop_job(self, job: _Job) -> None:
-        cx0, cy0, cx1, cy1 = self.crop_box(job.mask)
+    def _crop_job(self, job: _Job, box: Box, kind: str) -> None:
+        """Edit only `box` of the canvas, as a canvas of its own (RegenerateCrop's crop, a context window)."""
+        cx0, cy0, cx1, cy1 = box
         job.offset = (cx0, cy0)
         job.rgb = job.rgb[cy0:cy1, cx0:cx1]
         job.mask = job.mask[cy0:cy1, cx0:cx1]
         if job.sketch is not None:
             job.sketch = job.sketch[cy0:cy1, cx0:cx1]
-        job.canvas_key = f"{job.canvas_key}:crop{cx0},{cy0},{cx1},{cy1}"
+        job.canvas_key = f"{job.canvas_key}:{kind}{cx0},{cy0},{cx1},{cy1}"
 
     # ----------------------------------------------------------------- stages
     def _pad(self, array: np.ndarray, fill_edge: bool = True) -> np.ndarray:

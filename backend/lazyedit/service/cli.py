@@ -25,7 +25,10 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
                    help="extra Origin allowed on /ws, e.g. http://localhost:5173 (repeatable)")
     p.add_argument("--trusted-proxy", dest="trusted_proxies", action="append", default=None, metavar="ADDR",
                    help="proxy address or CIDR whose X-Forwarded-For gives the client address (repeatable)")
-    p.add_argument("--max-pixels", type=int, default=None, help="largest canvas (default 1048576 = 1024x1024 on a CPU, 4194304 on a GPU)")
+    p.add_argument("--max-pixels", type=int, default=None, help="largest canvas (default 4194304 = 2048x2048)")
+    p.add_argument("--context-window", type=int, default=None, metavar="PX",
+                   help="an edit reads at most PX x PX pixels of the canvas around its mask (0 = the whole canvas; "
+                        "default 1024 on a CPU, 0 on a GPU)")
     p.add_argument("--max-image-bytes", type=int, default=None)
     p.add_argument("--max-message-bytes", type=int, default=None)
     p.add_argument("--max-prompt-chars", type=int, default=None)

@@ -21,7 +21,7 @@ from PIL import Image
 from . import protocol as P
 from ..images import encode_png
 from .scheduler import EditScheduler, Job, PrepareJob
-from .settings import ServiceSettings, default_max_pixels
+from .settings import ServiceSettings, default_context_window
 from .storage import SessionState, Storage, iso, new_session_id, valid_session_id
 
 if TYPE_CHECKING:
@@ -79,7 +79,11 @@ class Hub:
         self.scheduler = EditScheduler(pipe, max_queue=settings.max_queue, max_batch=settings.max_batch)
         self.sessions: dict[str, SessionRuntime] = {}
         self.loop: Optional[asyncio.AbstractEventLoop] = None
-        self.max_pixels = settings.max_pixels or default_max_pixels(self.device)
+        self.max_pixels = settings.max_pixels
+        window = default_context_window(self.device) if settings.context_window is None else settings.context_window
+        self.context_window = window or None
+        if hasattr(pipe, "context_window"):
+            pipe.context_window = self.context_window
 
     # ---- model facts --------------------------------------------------------------------------
     @property

@@ -26,15 +26,15 @@ def is_loopback(host: str) -> bool:
         return False
 
 
-# A 10%-mask edit with a new mask on this project's 2-core CPU (demo model): about 1.2 s at 1024x768 against
-# 12 s at 2364x1773, where the context encoder alone takes 6 s (docs/service.md, "Canvas size").
-CPU_MAX_PIXELS = 1024 * 1024
-GPU_MAX_PIXELS = 2048 * 2048
+# The context encoder attends over every token it reads. On this project's 2-core CPU (demo model) a new 1% mask
+# on a 2048x2048 canvas costs 7.1 s read whole, 6.5 s of it the context encoder, and 1.1 s through a 1024 px
+# window (docs/service.md, "Canvas size"); a GPU reads such a canvas whole in a fraction of a second.
+CPU_CONTEXT_WINDOW = 1024
 
 
-def default_max_pixels(device: str) -> int:
-    """The canvas limit when none is set: interactive edits on the device the model runs on."""
-    return CPU_MAX_PIXELS if device.startswith("cpu") else GPU_MAX_PIXELS
+def default_context_window(device: str) -> int:
+    """The context window when none is set: 0 (the whole canvas, as in the paper) but on a CPU."""
+    return CPU_CONTEXT_WINDOW if device.startswith("cpu") else 0
 
 
 class ServiceSettings(BaseSettings):
@@ -53,8 +53,10 @@ class ServiceSettings(BaseSettings):
                                        description="proxy addresses/CIDRs whose X-Forwarded-For is believed "
                                                    "(per-client limits behind nginx; docs/scaling.md)")
 
-    max_pixels: Optional[int] = Field(None, ge=1, description="largest canvas accepted, in pixels; default "
-                                      "1024x1024 on a CPU, 2048x2048 on a GPU (default_max_pixels)")
+    max_pixels: int = Field(2048 * 2048, ge=1, description="largest canvas accepted, in pixels")
+    context_window: Optional[int] = Field(None, ge=0, description="largest side, in pixels, of the part of a canvas "
+                                          "an edit reads around its mask; 0 = the whole canvas; default 1024 on a "
+                                          "CPU, 0 on a GPU (default_context_window)")
     max_image_bytes: int = Field(20 * 1024 * 1024, ge=1)
     max_message_bytes: int = Field(32 * 1024 * 1024, ge=1024)
     max_prompt_chars: int = Field(500, ge=1)
