@@ -172,6 +172,30 @@ def test_an_image_over_the_pixel_limit_opens_scaled_down_to_it(page, make_server
     assert not page.problems, page.problems
 
 
+def test_a_3_mp_photo_opens_unscaled_and_edits_near_its_far_corner(page, server, tmp_path):
+    """On a CPU the server takes canvases up to 2048x2048 and reads a 1024 px window around the mask of a larger
+    one (docs/service.md, "Canvas size"): the photo opens at its own size, and an edit near its far corner comes
+    back there with every pixel away from the mask unchanged."""
+    w, h = 2000, 1500
+    ramp = Image.linear_gradient("L")
+    photo = tmp_path / "photo.png"
+    Image.merge("RGB", [ramp.resize((w, h)), ramp.rotate(90).resize((w, h)), Image.new("L", (w, h), 120)]).save(photo)
+    open_app(page, server)
+    open_image(page, photo)
+    assert hook(page, "canvasSize") == {"width": w, "height": h}
+    far = [(100, 100), (1990, 10), (1000, 750), (10, 1490)]
+    before = [hook(page, f"pixel({x}, {y})") for x, y in far]
+    page.get_by_test_id("tool-brush").click()
+    drag(page, [(1700, 1200), (1800, 1300)])
+    generate_and_wait(page, "a red star")
+    x0, y0, x1, y1 = hook(page, "lastResultBox")
+    assert 1600 < x0 <= 1700 and 1800 <= x1 < 1900 and 1100 < y0 <= 1200 and 1300 <= y1 < 1400
+    page.get_by_test_id("accept").click()
+    wait_hook(page, "$.historyLength === 2 && $.position === 1 && !$.resultShown")
+    assert [hook(page, f"pixel({x}, {y})") for x, y in far] == before
+    assert not page.problems, page.problems
+
+
 def test_an_image_over_the_byte_limit_shows_the_server_error(page, make_server, sample_png, shots_dir):
     server = make_server("--max-image-bytes", "1000")
     open_app(page, server)
