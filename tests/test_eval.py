@@ -207,6 +207,34 @@ def test_box_cases_are_the_insert_cases_in_a_loose_box_and_a_filled_box_reads_as
     assert report["n_box_colour_acc"] == 3 and "n_colour_acc" not in report and report["box_shape_acc"] == 1.0
 
 
+def test_box_cases_measure_how_far_a_shape_or_colour_word_moves_the_edit():
+    import torch
+
+    from lazyedit.engine import load_pipeline
+    from lazyedit.training.eval import next_word, word_change
+
+    assert next_word(("a", "b", "c"), "b") == "c" and next_word(("a", "b", "c"), "c") == "a"
+    hole = np.zeros((4, 4), bool)
+    hole[1:3, 1:3] = True
+    a, b = np.zeros((4, 4, 3), np.uint8), np.zeros((4, 4, 3), np.uint8)
+    b[~hole] = 255  # outside the hole does not count
+    assert word_change(a, b, hole) == 0
+    b[1, 1] = (255, 0, 0)  # one of the hole's 12 channel values moves by 255
+    assert word_change(a, b, hole) == 255 / 12
+
+    pipe = load_pipeline("tiny")
+    cases = [c for c in eval_cases(6, 5, 64, box=True) if c.kind == "box"]
+    untrained = run_eval(pipe, cases, steps=2, strategies=("lazy",), progress=False)["lazy"]
+    # the untrained transformer's output layer is zero: every prompt gives the same edit
+    assert untrained["box_shape_word_change"] == untrained["box_colour_word_change"] == 0
+    torch.manual_seed(0)
+    for p in pipe.transformer.parameters():
+        torch.nn.init.normal_(p, std=0.2)
+    listening = run_eval(pipe, cases, steps=2, strategies=("lazy",), progress=False)["lazy"]
+    assert listening["box_shape_word_change"] > 0 and listening["box_colour_word_change"] > 0
+    assert listening["n_box_shape_word_change"] == len(cases)
+
+
 def test_sketch_strength_reaches_the_edits(tmp_path):
     # strength 0 turns the sketch off (the edits equal the same edits without a sketch); strength 2 changes them
     import torch

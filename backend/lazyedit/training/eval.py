@@ -7,7 +7,10 @@ Cases (index i of world ``--seed``, never the training seed 0):
 - ``box``     (only when asked for: ``--kinds ...,box``) the insert cases again, the mask a loose box around
   the object (``loose_box_mask``) instead of its grown shape: what a person drags, so the shape must come
   from the prompt. Scored under ``box_`` names, with ``box_fill``, the share of the box read as an object
-  (a model that paints the whole box with the colour scores near 1 and classifies as a square).
+  (a model that paints the whole box with the colour scores near 1 and classifies as a square), and
+  ``box_shape_word_change`` / ``box_colour_word_change``: how far the hole's pixels move (mean absolute
+  difference, 0-255) when the same edit is asked with the next shape word, or the next colour word,
+  instead: how much the model listens to each word.
 
 Metrics (all from pixels, pure numpy functions below, checked on hand-made cases in tests/test_eval.py):
 - colour accuracy: the dominant colour class (hue for chromatic pixels, white/black by value) of what was
@@ -43,7 +46,7 @@ import numpy as np
 from PIL import Image, ImageFilter
 
 from .masks import loose_box_mask, object_mask
-from .world import COLOURS, SHAPES, Sample, SceneObject, make_sample, shape_mask
+from .world import COLOURS, SHAPES, Sample, SceneObject, caption_for, make_sample, shape_mask
 
 CHROMATIC = {"red": 0.0, "orange": 30.0, "yellow": 53.0, "green": 129.0, "blue": 224.0, "purple": 277.0}
 DIFF_THRESHOLD = 36.0  # RGB distance from the true background for a pixel to count as "object"
@@ -354,6 +357,13 @@ def run_eval(pipe, cases: list[EvalCase], steps: int | None = None, guidance: fl
             worst_preserved = max(worst_preserved, pe)
             t.add("preserved_error_max", pe)
             score_case(t, case, out)
+            if case.kind == "box":
+                def reworded(colour: str, shape: str) -> np.ndarray:
+                    return np.asarray(pipe.edit(canvas, case.mask, prompt=caption_for(colour, shape), steps=steps,
+                                                guidance=guidance, seed=case.index, strategy=strategy).image)
+                for word, other in (("shape", reworded(s.colour, next_word(SHAPES, s.shape))),
+                                    ("colour", reworded(next_word(tuple(COLOURS), s.colour), s.shape))):
+                    t.add(f"box_{word}_word_change", word_change(out, other, case.mask))
             if case.kind == "remove" and seam and strategy == "lazy":
                 t.add("seam_error_asym" if asym is not None else "seam_error_plain", seam_error(out, truth_bg, case.mask))
                 if asym is not None:
@@ -373,6 +383,16 @@ def run_eval(pipe, cases: list[EvalCase], steps: int | None = None, guidance: fl
         Path(grid).parent.mkdir(parents=True, exist_ok=True)
         contact_sheet(tiles, cols=2 * (len(strategies) + 2)).save(grid)
     return report
+
+
+def next_word(words: tuple[str, ...], word: str) -> str:
+    return words[(words.index(word) + 1) % len(words)]
+
+
+def word_change(out: np.ndarray, other: np.ndarray, hole: np.ndarray) -> float:
+    """Mean absolute difference (0-255) inside the hole between two answers that differ by one prompt word: how
+    much the model listens to that word (box cases: the same seed with the next shape, or the next colour)."""
+    return float(np.abs(out.astype(np.int16) - other.astype(np.int16))[hole].mean())
 
 
 def score_case(t: Totals, case: EvalCase, out: np.ndarray) -> None:
