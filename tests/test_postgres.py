@@ -163,10 +163,10 @@ def test_stored_results_on_postgres(tmp_path, pg_url):
         st.close()
 
 
-def test_an_older_database_gains_owners_on_postgres(tmp_path, pg_url):
-    from test_storage_owners import check_owner_upgrade
+def test_an_older_database_gains_owners_and_entry_sizes_on_postgres(tmp_path, pg_url):
+    from test_storage_owners import check_upgrade
 
-    check_owner_upgrade(pg_url, tmp_path / "images")
+    check_upgrade(pg_url, tmp_path / "images")
 
 
 def test_replicas_start_together_on_an_empty_database(tmp_path, pg_url):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from test_service_helpers import WS, box_mask, mask_png, noise_image, paste, prepared_count, service
 
@@ -55,6 +56,56 @@ def test_edit_round_trip_keeps_pixels_outside_mask(client):
         ws.send({"type": "goto", "id": "g", "index": 0})
         h, _ = ws.recv()
         assert h["type"] == "canvas" and h["position"] == 0
+
+
+def test_expand_grows_the_canvas_as_a_history_entry_that_undo_takes_back(client):
+    from test_service_helpers import decode_png
+
+    with client.websocket_connect("/ws") as raw:
+        ws = WS(raw)
+        ws.hello()
+        im = noise_image(40, 30)
+        orig = np.asarray(im)
+        ws.canvas(im)
+        ws.send({"type": "expand", "id": "x1", "left": 8, "right": 16, "bottom": 10})
+        h, parts = ws.recv()
+        assert h["type"] == "canvas" and h["id"] == "x1" and (h["width"], h["height"], h["position"]) == (64, 40, 1)
+        assert h["history"][1]["prompt"] == "expanded to 64x40"
+        big = np.asarray(decode_png(parts["image"]).convert("RGB"))
+        assert np.array_equal(big[:30, 8:48], orig)  # the image, untouched, at its offset
+        assert np.array_equal(big[:30, 48:], np.repeat(orig[:, -1:], 16, axis=1))  # the border repeats the edge
+        assert np.array_equal(big[:30, :8], np.repeat(orig[:, :1], 8, axis=1))
+        assert np.array_equal(big[30:], np.repeat(big[29:30], 10, axis=0))
+        # a mask of the old size no longer fits; the new border is edited like any mask
+        ws.edit(box_mask(40, 30, (0, 0, 10, 10)), "old")
+        h, _ = ws.recv_until("error")
+        assert h[-1]["code"] == "mask_size" and h[-1]["id"] == "old"
+        border = box_mask(64, 40, (48, 0, 64, 40))
+        _, result, region = ws.edit_result(border, "e1", steps=2, seed=1)
+        edited = np.asarray(paste(Image.fromarray(big), region.convert("RGB"), result["box"]))
+        assert np.array_equal(edited[~border], big[~border]) and not np.array_equal(edited[border], big[border])
+        ws.send({"type": "accept", "id": "a1", "target": "e1"})
+        ack, _ = ws.recv()
+        assert ack["type"] == "ack" and (ack["width"], ack["height"], ack["position"]) == (64, 40, 2)
+        # undo twice: back through the accepted edit to the original size
+        for position, size in ((1, (64, 40)), (0, (40, 30))):
+            ws.send({"type": "undo", "id": f"u{position}"})
+            h, parts = ws.recv()
+            assert h["type"] == "canvas" and h["position"] == position and (h["width"], h["height"]) == size
+        assert np.array_equal(np.asarray(decode_png(parts["image"]).convert("RGB")), orig)
+        ws.edit(box_mask(40, 30, (0, 0, 10, 10)), "small", steps=1)  # the old size fits again
+        h, _ = ws.recv_until("result")
+        assert h[-1]["id"] == "small"
+        # bad expands are named, and the socket goes on
+        for rid, fields, code in (("x2", {}, "bad_message"), ("x3", {"right": -1}, "bad_message"),
+                                  ("x4", {"right": "5"}, "bad_message"), ("x5", {"top": 5000}, "bad_message"),
+                                  ("x6", {"right": 4096, "bottom": 4096}, "image_too_large")):
+            ws.send({"type": "expand", "id": rid, **fields})
+            h, _ = ws.recv()
+            assert (h["type"], h["id"], h["code"]) == ("error", rid, code), h
+        ws.send({"type": "redo", "id": "r"})
+        h, _ = ws.recv()
+        assert h["type"] == "canvas" and (h["width"], h["height"]) == (64, 40)
 
 
 def test_canvas_and_mask_are_encoded_before_the_edit_asks(client):

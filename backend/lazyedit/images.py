@@ -126,3 +126,10 @@ def encode_jpeg(im: Image.Image, *, quality: int = 70) -> bytes:
 def png_size(data: bytes) -> tuple[int, int]:
     with Image.open(io.BytesIO(data)) as im:
         return im.size
+
+
+def expand_canvas(image: Image.Image, left: int, top: int, right: int, bottom: int) -> Image.Image:
+    """The image grown by these many pixels on each side, the new border repeating the nearest edge pixel (a
+    neutral start for an edit that paints it: no hard frame the model would have to hide)."""
+    rgb = np.asarray(image.convert("RGB"))
+    return Image.fromarray(np.pad(rgb, ((top, bottom), (left, right), (0, 0)), mode="edge"))

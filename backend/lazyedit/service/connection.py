@@ -22,7 +22,7 @@ from . import protocol as P
 from .framing import FrameError, Part, decode_frame, encode_frame
 from .hub import Hub, Outgoing, SessionRuntime, history_models
 from ..engine import EditInputError
-from ..images import decode_canvas_png, decode_mask, decode_sketch, encode_jpeg, encode_png
+from ..images import decode_canvas_png, decode_mask, decode_sketch, encode_jpeg, encode_png, expand_canvas
 from .scheduler import Job, QueueFull
 from .security import owner_digest
 from .storage import StorageError
@@ -244,6 +244,8 @@ class Connection:
                 await self._move(msg.id, +1, relative=True)
             elif isinstance(msg, P.Goto):
                 await self._move(msg.id, msg.index, relative=False)
+            elif isinstance(msg, P.Expand):
+                await self._expand(msg)
         except ClientError as exc:
             exc.req_id = req_id  # type: ignore[attr-defined]
             raise
@@ -444,6 +446,35 @@ class Connection:
         await run_to_end(commit())
         self._ack(msg.id, "accept", rt)
         await self.hub.prepare(rt)  # the accepted canvas is the next edit's
+
+    async def _expand(self, msg: P.Expand) -> None:
+        rt = self._need_session()
+        if rt.state is None:
+            raise ClientError("no_canvas", "no canvas yet")
+        limit = self.hub.max_pixels
+
+        async def commit() -> bytes:
+            async with rt.lock:
+                st = rt.state
+                width, height = st.width + msg.left + msg.right, st.height + msg.top + msg.bottom
+                if width * height > limit:
+                    raise ClientError("image_too_large", f"the expanded canvas would be {width}x{height} = "
+                                                         f"{width * height} pixels, over the limit of {limit}")
+                base = await self.hub.current_image(rt)
+                image = await asyncio.to_thread(expand_canvas, base, msg.left, msg.top, msg.right, msg.bottom)
+                png = await asyncio.to_thread(encode_png, image)
+                try:
+                    rt.state = await asyncio.to_thread(self.hub.storage.append_resize, rt.id, png, width, height,
+                                                       f"expanded to {width}x{height}")
+                except StorageError as exc:
+                    raise ClientError(exc.code, exc.message) from None
+                rt.image = image
+                self.hub.scheduler.cancel_session(rt.id)  # edits of the smaller canvas: their masks no longer fit
+                return png
+
+        png = await run_to_end(commit())
+        self._send_canvas(msg.id, rt, png)
+        await self.hub.prepare(rt)
 
     async def _move(self, req_id: Optional[str], n: int, *, relative: bool) -> None:
         rt = self._need_session()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal, Optional, Union
 
-from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, model_validator
 
 from .security import OWNER_KEY_RE
 
@@ -36,7 +36,7 @@ MIN_SKETCH_STRENGTH, MAX_SKETCH_STRENGTH = 0.0, 2.0
 
 RequestId = Annotated[Optional[str], Field(default=None, max_length=64)]
 BinaryMessageTypes = frozenset({"canvas", "prepare", "edit"})
-TextMessageTypes = frozenset({"hello", "cancel", "accept", "undo", "redo", "goto"})
+TextMessageTypes = frozenset({"hello", "cancel", "accept", "undo", "redo", "goto", "expand"})
 ClientMessageTypes = BinaryMessageTypes | TextMessageTypes
 
 
@@ -103,8 +103,28 @@ class Goto(_Client):
     index: int
 
 
+MAX_EXPAND = 4096  # pixels added on one side at most (the canvas limit applies to the result as well)
+
+
+class Expand(_Client):
+    """Grow the canvas by these many pixels on each side: a new history entry of the larger size (undo shrinks
+    it back); the new border repeats the edge pixels until an edit paints it. Answered by ``canvas``."""
+
+    type: Literal["expand"]
+    left: int = Field(0, ge=0, le=MAX_EXPAND)
+    top: int = Field(0, ge=0, le=MAX_EXPAND)
+    right: int = Field(0, ge=0, le=MAX_EXPAND)
+    bottom: int = Field(0, ge=0, le=MAX_EXPAND)
+
+    @model_validator(mode="after")
+    def _grows(self) -> "Expand":
+        if not (self.left or self.top or self.right or self.bottom):
+            raise ValueError("expand adds nothing: give left, top, right or bottom a number of pixels")
+        return self
+
+
 ClientMessage = Annotated[
-    Union[Hello, CanvasIn, PrepareIn, EditIn, Cancel, Accept, Undo, Redo, Goto], Field(discriminator="type")
+    Union[Hello, CanvasIn, PrepareIn, EditIn, Cancel, Accept, Undo, Redo, Goto, Expand], Field(discriminator="type")
 ]
 client_message_adapter: TypeAdapter[Any] = TypeAdapter(ClientMessage)
 

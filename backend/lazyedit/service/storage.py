@@ -86,6 +86,9 @@ class EntryRow(Base):
     seed: Mapped[Optional[int]] = mapped_column(BigInteger, nullable=True)
     image_sha: Mapped[str] = mapped_column(String(64), index=True)
     created: Mapped[float] = mapped_column(Float)
+    # each entry's own size: an expanded canvas is a history entry of another size (undo shrinks it back)
+    width: Mapped[int] = mapped_column(Integer)
+    height: Mapped[int] = mapped_column(Integer)
 
 
 class ResultRow(Base):
@@ -278,11 +281,17 @@ class Storage:
     @staticmethod
     def _upgrade_schema(conn) -> None:
         """Add what later versions added to tables an older version created (create_all adds no columns).
-        One column so far, so no migration framework."""
-        if "owner" not in {c["name"] for c in inspect(conn).get_columns(SessionRow.__tablename__)}:
-            conn.execute(text(f"ALTER TABLE {SessionRow.__tablename__} ADD COLUMN owner VARCHAR(64) NOT NULL DEFAULT ''"))
-            conn.execute(text(f"CREATE INDEX IF NOT EXISTS ix_{SessionRow.__tablename__}_owner "
-                              f"ON {SessionRow.__tablename__} (owner)"))
+        Three columns so far, so no migration framework."""
+        sessions, entries = SessionRow.__tablename__, EntryRow.__tablename__
+        if "owner" not in {c["name"] for c in inspect(conn).get_columns(sessions)}:
+            conn.execute(text(f"ALTER TABLE {sessions} ADD COLUMN owner VARCHAR(64) NOT NULL DEFAULT ''"))
+            conn.execute(text(f"CREATE INDEX IF NOT EXISTS ix_{sessions}_owner ON {sessions} (owner)"))
+        if "width" not in {c["name"] for c in inspect(conn).get_columns(entries)}:
+            # before entries had sizes every entry of a session had the session's size
+            for col in ("width", "height"):
+                conn.execute(text(f"ALTER TABLE {entries} ADD COLUMN {col} INTEGER"))
+                conn.execute(text(f"UPDATE {entries} SET {col} = (SELECT {col} FROM {sessions} "
+                                  f"WHERE {sessions}.id = {entries}.session_id)"))
 
     # ---- cross-replica locks (PostgreSQL; no-ops elsewhere) ------------------------------------
     @staticmethod
@@ -385,19 +394,30 @@ class Storage:
                     row.version += 1
                 db.flush()
                 sha = self._put_locked(db, png)
-                db.add(EntryRow(session_id=sid, idx=0, prompt=None, seed=None, image_sha=sha, created=now))
+                db.add(EntryRow(session_id=sid, idx=0, prompt=None, seed=None, image_sha=sha, created=now,
+                                width=width, height=height))
             self._gc(old - {sha})
             return self.get(sid)  # type: ignore[return-value]
 
     def append_edit(self, sid: str, png: bytes, prompt: str, seed: int, result_id: Optional[str] = None) -> SessionState:
         """Store an accepted edit after the current position (dropping the redo branch); durable on return.
         ``result_id``: the stored result this accepts, removed in the same transaction (accepted once only)."""
+        return self._append(sid, png, prompt, seed, None, result_id)
+
+    def append_resize(self, sid: str, png: bytes, width: int, height: int, label: str) -> SessionState:
+        """Store a canvas of another size (an expanded one) as the next history entry, ``label`` shown as its
+        prompt; undo goes back to the previous size."""
+        return self._append(sid, png, label, None, (width, height), None)
+
+    def _append(self, sid: str, png: bytes, prompt: str, seed: Optional[int], size: Optional[tuple[int, int]],
+                result_id: Optional[str]) -> SessionState:
         with self._lock:
             now = time.time()
             with self._session() as db, db.begin():
                 row = db.get(SessionRow, sid, with_for_update=True)
                 if row is None:
                     raise StorageError("unknown_session", "session was deleted")
+                width, height = size or (row.width, row.height)
                 dropped = set(db.scalars(select(EntryRow.image_sha).where(
                     EntryRow.session_id == sid, EntryRow.idx > row.position)).all())
                 if result_id is not None:
@@ -406,7 +426,8 @@ class Storage:
                 db.flush()
                 sha = self._put_locked(db, png)
                 db.add(EntryRow(session_id=sid, idx=row.position + 1, prompt=self._text(prompt), seed=seed,
-                                image_sha=sha, created=now))
+                                image_sha=sha, created=now, width=width, height=height))
+                row.width, row.height = width, height
                 row.position += 1
                 row.version += 1
                 row.updated = now
@@ -422,6 +443,8 @@ class Storage:
                 n = db.scalar(select(func.count(EntryRow.id)).where(EntryRow.session_id == sid)) or 0
                 if not 0 <= position < n:
                     raise StorageError("out_of_range", f"history index {position} outside 0..{n - 1}")
+                target = db.scalars(select(EntryRow).where(EntryRow.session_id == sid, EntryRow.idx == position)).one()
+                row.width, row.height = target.width, target.height  # the session's size is its current image's
                 row.position = position
                 row.version += 1
                 row.updated = time.time()
