@@ -3,14 +3,14 @@ import { CLOSE_TAKEN_OVER, Connection, sessionLink, socketUrl, takeLinkedSession
 import { downloadBlob, h, isTextField } from "./dom";
 import { Editor, type Tool } from "./editor";
 import { UndoStack } from "./history";
-import { fitPixels } from "./geometry";
-import { canvasToPNG, ctx2d, decodeImage, makeCanvas, type LayerOp } from "./layers";
+import { expandPlan, fitPixels, rectPolygon } from "./geometry";
+import { canvasToPNG, ctx2d, decodeImage, makeCanvas, MASK_COLOR, type LayerOp } from "./layers";
 import { countMasked, maskFromRGBA, maskToRGBA } from "./mask";
 import { RecentDialog } from "./recent";
 import {
-  acceptMsg, binaryToMessage, cancelMsg, decodeFrame, decodeText, describeError, editFrame,
+  acceptMsg, binaryToMessage, cancelMsg, decodeFrame, decodeText, describeError, editFrame, expandMsg,
   gotoMsg, helloMsg, OWNER_HEADER, ownerKeyOr, prepareFrame, redoMsg, undoMsg,
-  type AckMsg, type Box, type CanvasFrame, type EditParams, type ErrorMsg, type HistoryEntry, type Limits,
+  type AckMsg, type Box, type CanvasFrame, type EditParams, type ErrorMsg, type HistoryEntry, type Limits, type Margins,
   type ProgressFrame, type ReadyMsg, type ResultFrame, type ServerMessage,
 } from "./protocol";
 
@@ -67,6 +67,8 @@ export class App {
   private helloId: string | null = null;
   private pendingCanvas: { id: string; bmp: ImageBitmap; name: string } | null = null;
   private gotoIds = new Set<string>();
+  /** An expand sent and not answered yet: the border its canvas gets masked with. */
+  private pendingExpand: { id: string; border: Box[] } | null = null;
   private serverUndo: { id: string; dir: "undo" | "redo"; fromStack: boolean } | null = null;
   edit: RunningEdit | null = null;
   lastEdit: RunningEdit | null = null;
@@ -125,6 +127,10 @@ export class App {
     stage: HTMLElement;
     empty: HTMLElement;
     help: HTMLElement;
+    expand: HTMLElement;
+    expandSides: Record<keyof Margins, HTMLInputElement>;
+    expandSize: HTMLElement;
+    expandApply: HTMLButtonElement;
     errorSlots: Record<Slot, HTMLElement>;
   };
 
@@ -286,12 +292,34 @@ export class App {
     const help = h("div", { class: "modal", testid: "help", hidden: true, onclick: (e: Event) => { if (e.target === help) this.toggleHelp(false); } },
       h("div", { class: "modal-card help-card", role: "dialog", "aria-modal": "true", "aria-labelledby": "help-title" }, h("h2", { id: "help-title" }, "Keyboard shortcuts"), h("dl", {}, ...SHORTCUTS.flatMap(([k, d]) => [h("dt", {}, k), h("dd", {}, d)])), h("button", { onclick: () => this.toggleHelp(false) }, "Close (Esc)")));
 
+    const sideNames: (keyof Margins)[] = ["left", "top", "right", "bottom"];
+    const expandSides = Object.fromEntries(sideNames.map((side) => [side, h("input", {
+      type: "number", min: 0, max: 4096, step: 1, value: 0, testid: `expand-${side}`, "aria-label": `Pixels to add on the ${side}`,
+      oninput: () => this.expandPlan(),
+    })])) as Record<keyof Margins, HTMLInputElement>;
+    const expandSize = h("p", { class: "hint", testid: "expand-size", "aria-live": "polite" });
+    const expandApply = h("button", { class: "primary", testid: "expand-apply", onclick: () => this.expandCanvas() }, "Expand");
+    const expand = h("div", { class: "modal", testid: "expand", hidden: true,
+      onclick: (e: Event) => { if (e.target === expand) this.toggleExpand(false); },
+      onkeydown: (e: Event) => {
+        const key = (e as KeyboardEvent).key;
+        if (key === "Escape") this.toggleExpand(false);
+        else if (key === "Enter" && e.target instanceof HTMLInputElement) this.expandCanvas();  // buttons click themselves
+      } },
+      h("div", { class: "modal-card", role: "dialog", "aria-modal": "true", "aria-labelledby": "expand-title" },
+        h("h2", { id: "expand-title" }, "Expand canvas"),
+        h("p", { class: "hint" }, "Pixels to add on each side. The new border is masked, ready for a prompt (or none, to continue the picture); undo takes the expansion back."),
+        h("div", { class: "expand-sides" }, ...sideNames.map((side) => h("label", {}, side, expandSides[side]))),
+        expandSize,
+        h("div", { class: "row" }, expandApply, h("button", { testid: "expand-cancel", onclick: () => this.toggleExpand(false) }, "Cancel"))));
+
     const btn = (label: string, testid: string, title: string, fn: () => void) => h("button", { testid, title, onclick: fn }, label);
     const toolbar = h("header", { class: "toolbar" }, h("h1", { class: "sr-only" }, "lazyedit image editor"),
       h("div", { class: "group" },
         h("button", { testid: "open", title: "Open image (O)", onclick: () => fileInput.click() }, "Open"), fileInput,
         btn("Example", "example", "Open an example scene of the world the demo model learned", () => void this.openExample()),
         btn("Download", "download", "Download the current image as PNG", () => void this.downloadImage()),
+        btn("Expand", "expand-button", "Add pixels around the image and fill them (X)", () => this.toggleExpand()),
         btn("Link", "share", "Copy a link that opens this image and its history (for another device or person)", () => void this.copyLink()),
         btn("Recent", "recent-button", "Images opened in this browser, stored on the server: go back to one (H)", () => void this.recent.show()),
         errorSlots.open),
@@ -327,13 +355,13 @@ export class App {
       open: (session) => this.switchSession(session),
       closed: () => this.editor.el.focus({ preventScroll: true }),
     });
-    const root = h("div", { class: "app" }, toolbar, h("main", {}, stage, panel), status, help, this.recent.el);
+    const root = h("div", { class: "app" }, toolbar, h("main", {}, stage, panel), status, help, expand, this.recent.el);
     this.mount.append(root);
 
     this.ui = {
       root, fileInput, maskInput, tools, brushSize, brushSizeLabel, sketchColor, sketchSize, sketchStrength, sketchStrengthLabel,
       prompt, promptHint, generate, seedRandom, seed, steps, guidance, progress, progressText, cancel, resultBox, resultInfo, candidates, accept, discard,
-      retry, history, undo, redo, live, status, conn, model, info, zoom, stage, empty, help, errorSlots,
+      retry, history, undo, redo, live, status, conn, model, info, zoom, stage, empty, help, expand, expandSides, expandSize, expandApply, errorSlots,
     };
 
     this.editor = new Editor(stage);
@@ -419,10 +447,12 @@ export class App {
       case "Escape":
         if (this.recent.isOpen) this.recent.close();
         else if (!this.ui.help.hidden) this.toggleHelp(false);
+        else if (!this.ui.expand.hidden) this.toggleExpand(false);
         else if (this.editor.drawing) this.editor.abortDrawing();
         else this.cancelEdit();
         return;
       case "h": case "H": void this.recent.show(); return;
+      case "x": case "X": this.toggleExpand(); return;
       case "m": case "M": this.setTool("brush"); return;
       case "e": case "E": this.setTool("eraser"); return;
       case "r": case "R": this.setTool("rect"); return;
@@ -462,6 +492,43 @@ export class App {
     // focus follows the dialog (a keyboard or screen-reader user lands in it), and goes back to the canvas
     if (show) this.ui.help.querySelector("button")?.focus();
     else this.editor.el.focus({ preventScroll: true });
+  }
+
+  private toggleExpand(show = this.ui.expand.hidden): void {
+    if (show && !this.editor.image) return;
+    this.ui.expand.hidden = !show;
+    if (show) {
+      this.expandPlan();
+      this.ui.expandSides.right.focus();
+      this.ui.expandSides.right.select();
+    } else this.editor.el.focus({ preventScroll: true });
+  }
+
+  private expandMargins(): Margins {
+    const v = (side: keyof Margins) => Number(this.ui.expandSides[side].value || 0);
+    return { left: v("left"), top: v("top"), right: v("right"), bottom: v("bottom") };
+  }
+
+  /** The expand the dialog describes, shown as the size it leads to or as what is wrong with it. */
+  private expandPlan(): ReturnType<typeof expandPlan> {
+    const { width: w, height: h } = this.editor;
+    const plan = expandPlan(w, h, this.expandMargins(), this.limits?.max_pixels ?? Infinity);
+    this.ui.expandSize.textContent = "error" in plan ? plan.error : `${w}×${h} → ${plan.width}×${plan.height}`;
+    this.ui.expandSize.classList.toggle("invalid", "error" in plan);
+    this.ui.expandApply.disabled = "error" in plan;
+    return plan;
+  }
+
+  private expandCanvas(): void {
+    const plan = this.expandPlan();
+    if ("error" in plan) return;
+    const id = this.nextId("x", "open");
+    if (!this.conn.send(expandMsg(id, this.expandMargins()))) {
+      this.showError("open", "Not connected to the server.", "disconnected");
+      return;
+    }
+    this.pendingExpand = { id, border: plan.border };
+    this.toggleExpand(false);
   }
 
   private setComparing(on: boolean): void {
@@ -703,6 +770,14 @@ export class App {
     }
     if (this.serverUndo && m.id === this.serverUndo.id) this.serverUndo = null;
     this.setHistory(m.history, m.position, m.version);
+    if (this.pendingExpand && m.id === this.pendingExpand.id) {
+      // the new border is what the person expanded for: mask it, so that Generate fills it
+      for (const [x0, y0, x1, y1] of this.pendingExpand.border)
+        this.maskOp({ kind: "poly", layer: "mask", erase: false, poly: rectPolygon(x0, y0, x1, y1), color: MASK_COLOR });
+      this.pendingExpand = null;
+      this.showNotice("open", "The new border is masked: describe what belongs there, or leave the prompt empty to continue the picture, then Generate.", "expanded");
+      this.ui.prompt.focus();
+    }
     this.refresh();
   }
 
@@ -798,6 +873,7 @@ export class App {
     const target = (m.id && this.slots.get(m.id)) || "global";
     if (target === "prepare") return;
     const slot: Slot = target;
+    if (m.id && m.id === this.pendingExpand?.id) this.pendingExpand = null;
     if (m.id && m.id === this.helloId && m.code === "unknown_session") {
       // the server forgot our session: start a fresh one
       this.session = null;
@@ -1419,6 +1495,7 @@ const SHORTCUTS: [string, string][] = [
   ["1 … 9", "show that candidate of the result (Accept takes the one shown)"],
   ["hold B (or the Compare button)", "compare before / after"],
   ["H", "recent images stored on the server"],
+  ["X", "expand the canvas (the new border comes masked)"],
   ["Ctrl+Z / Ctrl+Shift+Z", "undo / redo (strokes and accepted edits)"],
   ["wheel, pinch, + / -", "zoom"],
   ["Space+drag, middle drag", "pan"],

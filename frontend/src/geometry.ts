@@ -135,3 +135,26 @@ export function fitPixels(w: number, h: number, maxPixels: number): [number, num
   while (fw * fh > maxPixels) (fw >= fh ? fw-- : fh--); // floating-point rounding can leave it one row over
   return [fw, fh];
 }
+
+/** Where an expand of a w x h canvas by `m` leads: the new size, and the new border as up to four
+ * rectangles [x0, y0, x1, y1] (end exclusive) in the new canvas, which together cover exactly the pixels
+ * outside the old image; or why it cannot be done. */
+export function expandPlan(
+  w: number,
+  h: number,
+  m: { left: number; top: number; right: number; bottom: number },
+  maxPixels: number,
+  maxSide = 4096,
+): { width: number; height: number; border: [number, number, number, number][] } | { error: string } {
+  const sides = [m.left, m.top, m.right, m.bottom];
+  if (sides.some((v) => !Number.isInteger(v) || v < 0 || v > maxSide)) return { error: `Each side takes a whole number of pixels from 0 to ${maxSide}.` };
+  if (sides.every((v) => v === 0)) return { error: "Give at least one side some pixels." };
+  const width = w + m.left + m.right, height = h + m.top + m.bottom;
+  if (width * height > maxPixels) return { error: `${width}×${height} is over the server's limit of ${maxPixels.toLocaleString("en")} pixels.` };
+  const border: [number, number, number, number][] = [];
+  if (m.top) border.push([0, 0, width, m.top]);
+  if (m.bottom) border.push([0, m.top + h, width, height]);
+  if (m.left) border.push([0, m.top, m.left, m.top + h]);
+  if (m.right) border.push([m.left + w, m.top, width, m.top + h]);
+  return { width, height, border };
+}

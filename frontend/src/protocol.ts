@@ -296,6 +296,17 @@ export const undoMsg = (id: string) => encodeText({ type: "undo", id });
 export const redoMsg = (id: string) => encodeText({ type: "redo", id });
 export const gotoMsg = (id: string, index: number) => encodeText({ type: "goto", id, index });
 
+/** Pixels to add on each side of the canvas (`expand`). */
+export interface Margins {
+  left: number;
+  top: number;
+  right: number;
+  bottom: number;
+}
+
+export const expandMsg = (id: string, m: Margins) =>
+  encodeText({ type: "expand", id, left: m.left, top: m.top, right: m.right, bottom: m.bottom });
+
 /** Human-readable text for a server error code (falls back to the server's own message). */
 export function describeError(code: string, message: string): string {
   const known: Record<string, string> = {

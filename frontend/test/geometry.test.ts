@@ -1,5 +1,5 @@
 import { describe, expect, it } from "vitest";
-import { fitPixels, fitView, polygonBounds, rasterizePolygon, rectPolygon, screenToImage, strokeOutline, zoomAt, type Point } from "../src/geometry";
+import { expandPlan, fitPixels, fitView, polygonBounds, rasterizePolygon, rectPolygon, screenToImage, strokeOutline, zoomAt, type Point } from "../src/geometry";
 
 const count = (m: Uint8Array) => m.reduce((a, v) => a + (v > 127 ? 1 : 0), 0);
 
@@ -142,5 +142,31 @@ describe("fitting an image to a pixel budget", () => {
       expect(fw * fh).toBeLessThanOrEqual(max);
       expect(Math.min(fw, fh)).toBeGreaterThanOrEqual(1);
     }
+  });
+});
+
+describe("expandPlan", () => {
+  it("covers exactly the pixels outside the old image, once each", () => {
+    for (const m of [{ left: 3, top: 0, right: 5, bottom: 2 }, { left: 0, top: 4, right: 0, bottom: 0 }, { left: 1, top: 1, right: 1, bottom: 1 }]) {
+      const plan = expandPlan(10, 7, m, 1e6);
+      if ("error" in plan) throw new Error(plan.error);
+      expect([plan.width, plan.height]).toEqual([10 + m.left + m.right, 7 + m.top + m.bottom]);
+      const hits = new Uint8Array(plan.width * plan.height);
+      for (const [x0, y0, x1, y1] of plan.border) for (let y = y0; y < y1; y++) for (let x = x0; x < x1; x++) hits[y * plan.width + x]++;
+      for (let y = 0; y < plan.height; y++)
+        for (let x = 0; x < plan.width; x++) {
+          const inside = x >= m.left && x < m.left + 10 && y >= m.top && y < m.top + 7;
+          expect(hits[y * plan.width + x]).toBe(inside ? 0 : 1);
+        }
+    }
+  });
+
+  it("names what is wrong", () => {
+    expect(expandPlan(10, 10, { left: 0, top: 0, right: 0, bottom: 0 }, 1e6)).toEqual({ error: "Give at least one side some pixels." });
+    expect("error" in expandPlan(10, 10, { left: -1, top: 0, right: 0, bottom: 0 }, 1e6)).toBe(true);
+    expect("error" in expandPlan(10, 10, { left: 1.5, top: 0, right: 0, bottom: 0 }, 1e6)).toBe(true);
+    expect("error" in expandPlan(10, 10, { left: 5000, top: 0, right: 0, bottom: 0 }, 1e9)).toBe(true);
+    const over = expandPlan(100, 100, { left: 0, top: 0, right: 1, bottom: 0 }, 100 * 100);
+    expect("error" in over && over.error).toContain("101×100");
   });
 });

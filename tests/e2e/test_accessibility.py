@@ -43,6 +43,13 @@ def test_the_editor_passes_axe_in_every_state(page, make_server, tmp_path):
     assert page.get_by_test_id("help").is_hidden()
     assert page.evaluate("document.activeElement.dataset.testid") == "canvas"
 
+    page.get_by_test_id("expand-button").click()
+    assert page.get_by_test_id("expand").is_visible()
+    assert _violations(page) == []
+    page.keyboard.press("Escape")  # from inside the dialog's field
+    assert page.get_by_test_id("expand").is_hidden()
+    assert page.evaluate("document.activeElement.dataset.testid") == "canvas"
+
     page.get_by_test_id("recent-button").click()
     page.get_by_test_id("recent-item").first.wait_for()
     assert _violations(page) == []

@@ -526,3 +526,38 @@ def test_a_link_opens_the_image_in_another_browser_which_takes_it_over(page, ser
     finally:
         other.close()
     assert not page.problems, page.problems
+
+
+def test_expand_grows_the_canvas_with_its_border_masked_and_history_takes_it_back(page, server, sample_png):
+    open_app(page, server)
+    open_image(page, sample_png)
+    corner = hook(page, "pixel(20, 20)")
+    page.get_by_test_id("canvas").focus()
+    page.keyboard.press("x")  # the shortcut opens the dialog, the right side focused
+    dialog = page.get_by_test_id("expand")
+    assert dialog.is_visible() and page.evaluate("document.activeElement.dataset.testid") == "expand-right"
+    page.get_by_test_id("expand-right").fill("5000")  # what is wrong is said, and nothing can be sent
+    assert "4096" in page.get_by_test_id("expand-size").inner_text()
+    assert page.get_by_test_id("expand-apply").is_disabled()
+    page.get_by_test_id("expand-right").fill("128")
+    page.get_by_test_id("expand-top").fill("32")
+    assert page.get_by_test_id("expand-size").inner_text() == "512×384 → 640×416"
+    page.get_by_test_id("expand-right").press("Enter")
+    wait_hook(page, "$.canvasSize && $.canvasSize.width === 640 && $.historyLength === 2 && $.position === 1")
+    assert hook(page, "canvasSize") == {"width": 640, "height": 416} and not dialog.is_visible()
+    assert "expanded to 640x416" in page.get_by_test_id("history-item").nth(1).inner_text()
+    # the image sits below the new top rows, and exactly the new border is masked, ready for Generate
+    assert hook(page, "pixel(20, 52)") == corner
+    assert hook(page, "maskCoverage()") == 640 * 416 - 512 * 384
+    assert page.get_by_test_id("notice").get_attribute("data-code") == "expanded"
+    page.get_by_test_id("generate").click()  # an empty prompt: continue the picture
+    wait_hook(page, "$.resultShown", timeout=120_000)
+    assert hook(page, "lastResultBox") == [0, 0, 640, 416]
+    page.get_by_test_id("accept").click()
+    wait_hook(page, "$.historyLength === 3 && $.position === 2 && !$.resultShown")
+    assert hook(page, "pixel(20, 52)") == corner  # the old image is untouched by the fill
+    # back to the first entry: the original size again
+    page.get_by_test_id("history-item").first.click()
+    wait_hook(page, "$.position === 0 && $.canvasSize.width === 512")
+    assert hook(page, "canvasSize") == {"width": 512, "height": 384} and hook(page, "pixel(20, 20)") == corner
+    assert not page.problems, page.problems
