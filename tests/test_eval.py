@@ -288,3 +288,15 @@ def test_eval_main_scores_a_candidate_vae_in_place_of_the_models(capsys, tmp_pat
     assert "downsamples 4x, the model's VAE 8x" in capsys.readouterr().err
     assert eval_main(["--model", "tiny", "--vae", str(tmp_path / "vae8")]) == 2
     assert "it needs --autoencoder" in capsys.readouterr().err
+
+
+def test_eval_reads_through_a_context_window_when_asked(capsys):
+    args = ["--model", "tiny", "--cases", "3", "--size", "96", "--kinds", "insert", "--strategies", "lazy", "--no-progress",
+            "--steps", "1"]
+    assert eval_main(args + ["--context-window", "48"]) == 0
+    windowed = json.loads(capsys.readouterr().out)
+    assert windowed["context_window"] == 48 and windowed["lazy"]["preserved_error_max"] == 0
+    assert eval_main(args) == 0
+    assert json.loads(capsys.readouterr().out)["context_window"] is None
+    assert eval_main(args + ["--context-window", "0"]) == 2
+    assert "--context-window 0" in capsys.readouterr().err

@@ -482,6 +482,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--decode-margin", type=int, metavar="PX",
                    help="pixels of canvas around the mask the asymmetric decoder sees (default: the pipeline's)")
     p.add_argument("--no-seam", action="store_true", help="skip the plain-decoder rerun of removal cases")
+    p.add_argument("--context-window", type=int, metavar="PX",
+                   help="lazy edits read at most PX x PX pixels around the mask (the service's --context-window; "
+                        "default: the whole canvas)")
     p.add_argument("--device", default="cpu")
     p.add_argument("--json", "--out", dest="out", help="write the report as JSON here")
     p.add_argument("--grid", help="write a PNG of the first cases: canvas with hole | each strategy | truth")
@@ -507,6 +510,9 @@ def eval_main(argv: list[str] | None = None) -> int:
     if ns.decode_margin is not None and ns.decode_margin < 0:
         print(f"lazyedit eval: --decode-margin {ns.decode_margin}: must be 0 or more pixels", file=sys.stderr)
         return 2
+    if ns.context_window is not None and ns.context_window < 1:
+        print(f"lazyedit eval: --context-window {ns.context_window}: must be a positive number of pixels", file=sys.stderr)
+        return 2
     if ns.vae and not ns.autoencoder:
         print("lazyedit eval: --vae scores a VAE's round trip: it needs --autoencoder", file=sys.stderr)
         return 2
@@ -517,6 +523,7 @@ def eval_main(argv: list[str] | None = None) -> int:
         pipe = load_pipeline(ns.model, device=ns.device)
         if ns.decode_margin is not None:
             pipe.decode_margin = ns.decode_margin
+        pipe.context_window = ns.context_window
     sketch = pipe is None or pipe.sketch_tuner is not None
     cases = [c for c in eval_cases(ns.cases, ns.seed, ns.size, sketch=sketch, box="box" in kinds) if c.kind in kinds]
     if pipe is None:
@@ -544,7 +551,7 @@ def eval_main(argv: list[str] | None = None) -> int:
     if pipe is not None:
         report |= {"model": ns.model, "cases": ns.cases, "seed": ns.seed, "size": ns.size,
                    "kinds": [k for k in CASE_KINDS + EXTRA_KINDS if k in kinds], "sketch_strength": ns.sketch_strength,
-                   "decode_margin": pipe.decode_margin} | ({"vae": ns.vae} if ns.vae else {})
+                   "decode_margin": pipe.decode_margin, "context_window": pipe.context_window} | ({"vae": ns.vae} if ns.vae else {})
     text = json.dumps(report, indent=2)
     print(text)
     if ns.out:
