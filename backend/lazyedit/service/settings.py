@@ -27,8 +27,8 @@ def is_loopback(host: str) -> bool:
 
 
 # The context encoder attends over every token it reads. On this project's 2-core CPU (demo model) a new 1% mask
-# on a 2048x2048 canvas costs 7.1 s read whole, 6.5 s of it the context encoder, and 1.1 s through a 1024 px
-# window (docs/service.md, "Canvas size"); a GPU reads such a canvas whole in a fraction of a second.
+# on a 2048x2048 canvas costs 6.7 s read whole, 6.2 s of it the context encoder, and 0.96 s through a 1024 px
+# window (docs/service.md, "Canvas size"). A GPU reads the whole canvas, as the paper does (not timed yet).
 CPU_CONTEXT_WINDOW = 1024
 
 
