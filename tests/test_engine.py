@@ -640,8 +640,8 @@ def test_bench_reports_speed_table(tmp_path):
     assert "side by side" in format_table(report)
 
 
-def test_window_bench_times_a_large_canvas_read_whole_and_through_a_window():
-    from lazyedit.engine.bench import format_window_table, run_window_bench
+def test_window_bench_times_a_large_canvas_read_whole_and_through_a_window(tmp_path):
+    from lazyedit.engine.bench import format_window_table, plot_window, run_window_bench
 
     report = run_window_bench("tiny", size=256, side=128, quick=True, progress=lambda m: None)
     assert [r["mask_fraction"] for r in report["new_mask"]] == [0.01, 0.03, 0.10]
@@ -650,6 +650,8 @@ def test_window_bench_times_a_large_canvas_read_whole_and_through_a_window():
         assert r["window_vae_encode_ms"] == r["whole_vae_encode_ms"] == 0  # a new mask on an encoded canvas
         assert r["whole_context_ms"] > 0 and r["speedup"] == r["whole_total_ms"] / r["window_total_ms"]
     assert report["new_canvas_3pct"]["window_ms"] > 0 and "context window" in format_window_table(report)
+    plot_window(report, str(tmp_path / "w.png"))
+    assert Image.open(tmp_path / "w.png").size[0] > 500
 
 
 def test_position_offset_places_a_crop_inside_a_larger_canvas():

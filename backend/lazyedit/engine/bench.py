@@ -353,6 +353,35 @@ def plot(report: dict, path: str) -> None:
     fig.savefig(path, dpi=110)
 
 
+def plot_window(report: dict, path: str) -> None:
+    """Stacked stage times of a new mask, whole canvas beside context window, per mask size."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = report["new_mask"]
+    stages = (("context_ms", "context encoder"), ("denoise_ms", "denoising"), ("decode_ms", "decoding"))
+    fig, ax = plt.subplots(figsize=(7.5, 4.2))
+    for i, r in enumerate(rows):
+        for j, mode in enumerate(("whole", "window")):
+            x, bottom = i * 3 + j, 0.0
+            for k, (key, label) in enumerate(stages):
+                v = r[f"{mode}_{key}"] / 1000
+                ax.bar(x, v, bottom=bottom, color=f"C{k}", label=label if i == 0 and j == 0 else None)
+                bottom += v
+            rest = r[f"{mode}_total_ms"] / 1000 - bottom
+            ax.bar(x, max(rest, 0), bottom=bottom, color="0.8", label="the rest (medians of the total and stages differ)" if i == 0 and j == 0 else None)
+    ax.set_xticks([i * 3 + j for i in range(len(rows)) for j in (0, 1)],
+                  [f"{r['mask_fraction']:.0%}\n{m}" for r in rows for m in ("whole", f"{report['context_window']} px")])
+    ax.set_ylabel("seconds for a new mask")
+    ax.set_title(f"{report['size']}x{report['size']} canvas, {report['model']} model, {report['device']}")
+    ax.legend()
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+
+
 def bench_main(args) -> int:
     def progress(msg: str) -> None:
         print(msg, file=sys.stderr, flush=True)
@@ -364,6 +393,9 @@ def bench_main(args) -> int:
         if args.json:
             Path(args.json).write_text(json.dumps(report, indent=2))
             print(f"wrote {args.json}")
+        if args.plot:
+            plot_window(report, args.plot)
+            print(f"wrote {args.plot}")
         return 0
     report = run_bench(args.config, args.size, args.device, args.steps, args.quick, args.model, progress,
                        text_encoder=args.text_encoder)
