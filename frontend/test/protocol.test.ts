@@ -1,7 +1,7 @@
 import { describe, expect, it } from "vitest";
 import {
   binaryToMessage, canvasFrame, decodeFrame, editFrame, encodeFrame, FrameError, helloMsg, ownerKeyFrom, ownerKeyOr, prepareFrame,
-  cancelMsg, acceptMsg, gotoMsg, undoMsg, redoMsg,
+  cancelMsg, acceptMsg, gotoMsg, undoMsg, redoMsg, expandMsg,
 } from "../src/protocol";
 
 const hex = (b: Uint8Array) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join(" ");
@@ -131,6 +131,7 @@ describe("text messages", () => {
     expect(JSON.parse(undoMsg("u1"))).toEqual({ type: "undo", id: "u1" });
     expect(JSON.parse(redoMsg("r1"))).toEqual({ type: "redo", id: "r1" });
     expect(JSON.parse(gotoMsg("g1", 3))).toEqual({ type: "goto", id: "g1", index: 3 });
+    expect(JSON.parse(expandMsg("x1", { left: 0, top: 8, right: 16, bottom: 0 }))).toEqual({ type: "expand", id: "x1", left: 0, top: 8, right: 16, bottom: 0 });
   });
 });
 
