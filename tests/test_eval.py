@@ -8,7 +8,7 @@ import pytest
 
 from lazyedit.training.eval import (
     PSNR_CAP, classify_shape, dominant_colour, eval_cases, eval_main, object_fraction, preserved_error, psnr,
-    run_eval, score_insert, seam_error,
+    Totals, case_canvas, case_truth, run_eval, score_case, score_insert, seam_error,
 )
 from lazyedit.training.masks import object_mask
 from lazyedit.training.world import COLOURS, SHAPES, STYLES, Background, Scene, SceneObject, sample_from_scene, shape_mask
@@ -300,3 +300,25 @@ def test_eval_reads_through_a_context_window_when_asked(capsys):
     assert json.loads(capsys.readouterr().out)["context_window"] is None
     assert eval_main(args + ["--context-window", "0"]) == 2
     assert "--context-window 0" in capsys.readouterr().err
+
+
+def test_outpaint_cases_band_a_side_of_the_removal_scenes_and_score_the_band(capsys):
+    plain, with_strips = eval_cases(9, 5, 96), eval_cases(9, 5, 96, outpaint=True)
+    kept = [c for c in with_strips if c.kind != "outpaint"]  # the default cases are untouched
+    assert [(c.index, c.kind) for c in kept] == [(c.index, c.kind) for c in plain]
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(kept, plain))
+    strips = [c for c in with_strips if c.kind == "outpaint"]
+    assert [c.index for c in strips] == [c.index for c in plain if c.kind == "remove"] and len(strips) == 3
+    case = strips[0]
+    truth = np.asarray(case_truth(case))
+    assert np.array_equal(np.asarray(case_canvas(case))[~case.mask], truth[~case.mask])  # the band alone is asked
+    perfect, blank = Totals(), Totals()
+    score_case(perfect, case, truth)
+    black = truth.copy()
+    black[case.mask] = 0
+    score_case(blank, case, black)
+    assert perfect.summary()["outpaint_psnr"] == 100 and blank.summary()["outpaint_psnr"] < 15
+    assert perfect.summary()["outpaint_seam"] == 0 < blank.summary()["outpaint_seam"]
+    assert eval_main(["--ground-truth", "--cases", "9", "--size", "96", "--kinds", "outpaint"]) == 0
+    report = json.loads(capsys.readouterr().out)["ground_truth"]
+    assert report["n_outpaint_psnr"] == 3 and report["outpaint_psnr"] == 100 and "n_removal_psnr" not in report

@@ -5,6 +5,7 @@ import pytest
 
 from lazyedit.training.masks import (
     MAX_AREA, MIN_AREA, area, fill_holes, fit_area, full_or_lama_mask, grow, make_case, object_mask, random_mask,
+    strip_mask,
 )
 from lazyedit.training.world import make_sample
 
@@ -93,6 +94,32 @@ def test_loose_masks_box_the_named_object_and_change_nothing_else():
             changed = np.any(np.asarray(loose.image) != np.asarray(loose.target), axis=-1)
             assert not np.any(changed & ~loose.mask)
     assert loose_seen >= 10
+
+
+def test_strip_masks_band_one_side_and_outpaint_without_a_caption():
+    rng = np.random.default_rng(0)
+    sides = set()
+    for _ in range(40):
+        m = strip_mask(rng, (120, 80))
+        ys, xs = np.nonzero(m)
+        assert m.sum() == (ys.max() - ys.min() + 1) * (xs.max() - xs.min() + 1)  # a rectangle ...
+        full_w, full_h = xs.min() == 0 and xs.max() == 119, ys.min() == 0 and ys.max() == 79
+        assert full_w or full_h  # ... across the whole canvas ...
+        depth = (ys.max() - ys.min() + 1) / 80 if full_w and not full_h else (xs.max() - xs.min() + 1) / 120
+        assert 0.09 <= depth <= 0.41  # ... 10 to 40% deep, along one side
+        sides.add((xs.min() == 0, xs.max() == 119, ys.min() == 0, ys.max() == 79))
+    assert len(sides) == 4
+    strips = 0
+    for i in range(40):
+        plain, mixed = make_case(5, i, size=128), make_case(5, i, size=128, p_strip=0.5)
+        if mixed.kind != "strip":  # the other cases are those of a run without strips
+            assert (plain.kind, plain.caption) == (mixed.kind, mixed.caption) and np.array_equal(plain.mask, mixed.mask)
+            continue
+        strips += 1
+        assert mixed.caption == ""
+        changed = np.any(np.asarray(mixed.image) != np.asarray(mixed.target), axis=-1)
+        assert not np.any(changed & ~mixed.mask)  # only objects wholly inside the band are dropped
+    assert 10 <= strips <= 30
 
 
 def test_full_or_lama():

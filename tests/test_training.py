@@ -431,7 +431,7 @@ def test_parser_knows_the_stages():
 
 
 @pytest.mark.parametrize("flag", ["--text-dropout", "--large-objects", "--generated-latents", "--generated-sketches",
-                                  "--loose-masks"])
+                                  "--loose-masks", "--strip-masks"])
 @pytest.mark.parametrize("value, why", [("1.5", "not a fraction from 0 to 1"), ("-0.1", "not a fraction"),
                                         ("half", "'half' is not a number")])
 def test_fraction_flags_name_a_bad_value(flag, value, why, capsys):
@@ -768,6 +768,20 @@ def test_loose_masks_reach_the_edit_stages_only(tmp_path):
     tight, loose = StageDataset("lazy", 96), StageDataset("lazy", 96, loose_masks=1.0)
     differ = [i for i in range(24) if not torch.equal(tight[i]["mask"], loose[i]["mask"])]
     assert differ and all(loose[i]["caption"] for i in differ)  # only named objects get the box
+
+
+def test_strip_masks_reach_the_filling_stages_only(tmp_path):
+    from lazyedit.training.data import StageDataset
+
+    for stage in ("vae", "sketch"):
+        with pytest.raises(ValueError, match="--strip-masks"):
+            train_stage(_args(tmp_path / stage, stage, 2, strip_masks=0.5))
+    plain, strips = StageDataset("lazy", 96), StageDataset("lazy", 96, strip_masks=0.5)
+    differ = [i for i in range(24) if not torch.equal(plain[i]["mask"], strips[i]["mask"])]
+    assert differ and not any(strips[i]["caption"] for i in differ)  # outpaintings have no caption
+    for i in differ:  # a band across the whole canvas along one side
+        m = strips[i]["mask"][0].bool()
+        assert m.all(dim=0).any() or m.all(dim=1).any()
 
 
 def test_edge_term_scores_a_blurred_outline_not_a_flat_shift(trained, tmp_path):

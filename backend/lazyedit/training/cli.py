@@ -123,6 +123,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="lazy/sketch/distill on the world: the fraction of named-object edits masked by a loose box "
                         "around the object instead of its grown shape, so the caption must give the shape (a box "
                         "is what people drag); 0 = none")
+    p.add_argument("--strip-masks", type=fraction, default=0.0,
+                   help="lazy/distill on the world: the fraction of edits that outpaint a band along one side (10 to "
+                        "40%% deep, no caption), as the editor's Expand asks; 0 = none")
     p.add_argument("--sample-steps", type=int, default=12)
     p.add_argument("--sample-guidance", type=float, default=2.0)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -172,6 +175,7 @@ def _args_for(ns: argparse.Namespace, stage: str) -> TrainArgs:
         focus_shapes=ns.focus_shapes,
         focus_fraction=ns.focus_fraction,
         loose_masks=ns.loose_masks,
+        strip_masks=ns.strip_masks,
     )
 
 

@@ -11,6 +11,9 @@ Cases (index i of world ``--seed``, never the training seed 0):
   ``box_shape_word_change`` / ``box_colour_word_change``: how far the hole's pixels move (mean absolute
   difference, 0-255) when the same edit is asked with the next shape word, or the next colour word,
   instead: how much the model listens to each word.
+- ``outpaint`` (only when asked for) after each removal case, the same scene with a band along one side
+  masked (``strip_mask``, 10 to 40% deep) and no prompt: what the editor's Expand asks. Scored by
+  ``outpaint_psnr`` and ``outpaint_seam`` in the band, against the scene without the objects wholly inside it.
 
 Metrics (all from pixels, pure numpy functions below, checked on hand-made cases in tests/test_eval.py):
 - colour accuracy: the dominant colour class (hue for chromatic pixels, white/black by value) of what was
@@ -45,14 +48,14 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageFilter
 
-from .masks import loose_box_mask, object_mask
+from .masks import case_from_mask, loose_box_mask, object_mask, strip_mask
 from .world import COLOURS, SHAPES, Sample, SceneObject, caption_for, make_sample, shape_mask
 
 CHROMATIC = {"red": 0.0, "orange": 30.0, "yellow": 53.0, "green": 129.0, "blue": 224.0, "purple": 277.0}
 DIFF_THRESHOLD = 36.0  # RGB distance from the true background for a pixel to count as "object"
 PSNR_CAP = 100.0
 CASE_KINDS = ("insert", "remove", "sketch")  # eval cases cycle through these
-EXTRA_KINDS = ("box",)  # run only when named: they add cases and leave the cycle above as it was
+EXTRA_KINDS = ("box", "outpaint")  # run only when named: they add cases and leave the cycle above as it was
 
 
 # ----------------------------------------------------------------------------------------------------
@@ -274,9 +277,11 @@ class EvalCase:
     mask: np.ndarray
 
 
-def eval_cases(n: int, seed: int = 1234, size: int = 256, sketch: bool = True, box: bool = False) -> list[EvalCase]:
+def eval_cases(n: int, seed: int = 1234, size: int = 256, sketch: bool = True, box: bool = False,
+               outpaint: bool = False) -> list[EvalCase]:
     """The held-out cases; with ``box`` each insert case is followed by its ``box`` twin (same scene and prompt,
-    a loose box for a mask)."""
+    a loose box for a mask), with ``outpaint`` each removal case by an ``outpaint`` one (the same scene, a band
+    along one side masked, no prompt: what Expand asks)."""
     kinds = CASE_KINDS if sketch else CASE_KINDS[:2]
     cases = []
     for i in range(n):
@@ -286,16 +291,22 @@ def eval_cases(n: int, seed: int = 1234, size: int = 256, sketch: bool = True, b
         cases.append(EvalCase(i, kinds[i % len(kinds)], s, mask))
         if box and cases[-1].kind == "insert":
             cases.append(EvalCase(i, "box", s, loose_box_mask(s.mask)))
+        if outpaint and cases[-1].kind == "remove":
+            cases.append(EvalCase(i, "outpaint", s, strip_mask(np.random.default_rng([seed, i, 0x0E7B]), size)))
     return cases
 
 
 def case_canvas(case: EvalCase) -> Image.Image:
-    """What the edit starts from: the scene without the object (insert, sketch) or with it (remove)."""
-    return case.sample.image if case.kind == "remove" else case.sample.removed
+    """What the edit starts from: the scene without the object (insert, sketch) or with it (remove, outpaint)."""
+    return case.sample.image if case.kind in ("remove", "outpaint") else case.sample.removed
 
 
 def case_truth(case: EvalCase) -> Image.Image:
-    """The perfect answer: the scene with the object, or without it for a removal."""
+    """The perfect answer: the scene with the object, or without it for a removal, or without the objects
+    wholly inside the band for an outpainting (what no context can tell of; cut objects stay)."""
+    if case.kind == "outpaint":
+        s = case.sample
+        return case_from_mask(s.scene, case.mask, s.image.size, np.random.default_rng(0), p_caption=0.0).target
     return case.sample.removed if case.kind == "remove" else case.sample.image
 
 
@@ -330,7 +341,7 @@ def run_eval(pipe, cases: list[EvalCase], steps: int | None = None, guidance: fl
     for case in tqdm(cases, desc="eval", disable=not progress):
         s = case.sample
         canvas = case_canvas(case)
-        prompt = s.caption if case.kind != "remove" else ""
+        prompt = "" if case.kind in ("remove", "outpaint") else s.caption
         sketch = s.sketch if case.kind == "sketch" else None
         truth_bg = np.asarray(s.removed)
         canvas_np = np.asarray(canvas)
@@ -397,8 +408,14 @@ def word_change(out: np.ndarray, other: np.ndarray, hole: np.ndarray) -> float:
 
 def score_case(t: Totals, case: EvalCase, out: np.ndarray) -> None:
     """Add the scores of one answer ``out`` (H, W, 3 uint8) to ``t``: removal PSNR for removals, colour,
-    shape, style and IoU for insertions (sketch cases under ``sketch_`` names)."""
+    shape, style and IoU for insertions (sketch cases under ``sketch_`` names), PSNR and seam in the band for
+    outpaintings."""
     s = case.sample
+    if case.kind == "outpaint":
+        truth = np.asarray(case_truth(case))
+        t.add("outpaint_psnr", psnr(out, truth, case.mask))
+        t.add("outpaint_seam", seam_error(out, truth, case.mask))
+        return
     truth_bg = np.asarray(s.removed)
     if case.kind == "remove":
         t.add("removal_psnr", psnr(out, truth_bg, case.mask))
@@ -525,7 +542,8 @@ def eval_main(argv: list[str] | None = None) -> int:
             pipe.decode_margin = ns.decode_margin
         pipe.context_window = ns.context_window
     sketch = pipe is None or pipe.sketch_tuner is not None
-    cases = [c for c in eval_cases(ns.cases, ns.seed, ns.size, sketch=sketch, box="box" in kinds) if c.kind in kinds]
+    cases = [c for c in eval_cases(ns.cases, ns.seed, ns.size, sketch=sketch, box="box" in kinds,
+                                   outpaint="outpaint" in kinds) if c.kind in kinds]
     if pipe is None:
         report = {"ground_truth": ground_truth_report(cases)}
     elif ns.autoencoder:

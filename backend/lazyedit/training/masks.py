@@ -77,6 +77,25 @@ def box_mask(rng: np.random.Generator, size, min_area: float = 0.02, max_area: f
     return m
 
 
+def strip_mask(rng: np.random.Generator, size, min_depth: float = 0.1, max_depth: float = 0.4) -> np.ndarray:
+    """A band along one side of the canvas, ``min_depth`` to ``max_depth`` of the canvas deep: what the
+    editor's Expand masks (the new border an outpainting fills)."""
+    w, h = _size_wh(size)
+    side = int(rng.integers(4))  # left, right, top, bottom
+    depth = float(rng.uniform(min_depth, max_depth))
+    d = max(1, round(depth * (w if side < 2 else h)))
+    m = np.zeros((h, w), bool)
+    if side == 0:
+        m[:, :d] = True
+    elif side == 1:
+        m[:, w - d:] = True
+    elif side == 2:
+        m[:d] = True
+    else:
+        m[h - d:] = True
+    return m
+
+
 def stroke_mask(rng: np.random.Generator, size, max_strokes: int = 4, max_vertices: int = 8,
                 width_range: tuple[float, float] = (0.04, 0.14)) -> np.ndarray:
     """LaMa-style thick strokes: a few random polylines with round joints, widths relative to the canvas."""
@@ -222,16 +241,25 @@ def case_from_mask(scene: Scene, mask: np.ndarray, size, rng: np.random.Generato
 
 def make_case(seed: int = 0, index: int = 0, size=256, p_kinds: Sequence[float] = (0.6, 0.25, 0.15),
               p_removal: float = 0.2, min_area: float = MIN_AREA, max_area: float = MAX_AREA,
-              p_loose: float = 0.0, **scene_kwargs) -> TrainingCase:
+              p_loose: float = 0.0, p_strip: float = 0.0, **scene_kwargs) -> TrainingCase:
     """The ``index``-th training case of world ``seed`` (deterministic).
 
     p_kinds: probabilities of (object, strokes, box) masks. Object masks are removal cases (empty
     caption, target = scene without the object) with probability ``p_removal``; the others (the object
     named) have, with probability ``p_loose``, a loose box around the object for a mask instead of its grown
-    shape (``loose_box_mask``, margin 0.1 to 0.5), so the shape must come from the caption.
+    shape (``loose_box_mask``, margin 0.1 to 0.5), so the shape must come from the caption. With probability
+    ``p_strip`` the case is instead an outpainting: a band along one side (``strip_mask``), no caption, the
+    target the scene without the objects wholly inside the band (decided on a stream of its own, so that the
+    other cases are those of a run without it).
     """
     w, h = _size_wh(size)
     sample = make_sample(seed, index, (w, h), **scene_kwargs)
+    if p_strip > 0:
+        strip_rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index) & 0xFFFFFFFF, 0x57B1])
+        if strip_rng.random() < p_strip:
+            case = case_from_mask(sample.scene, strip_mask(strip_rng, (w, h)), (w, h), strip_rng, p_caption=0.0, kind="strip")
+            case.sample = sample
+            return case
     rng = np.random.default_rng([int(seed) & 0xFFFFFFFF, int(index) & 0xFFFFFFFF, 0x3A5C])
     kind = MASK_KINDS[int(rng.choice(3, p=np.asarray(p_kinds, float) / np.sum(p_kinds)))]
     if kind == "object":
@@ -268,5 +296,6 @@ def full_or_lama_mask(rng: np.random.Generator, size, p_full: float = 0.5) -> np
 
 __all__ = [
     "MIN_AREA", "MAX_AREA", "MASK_KINDS", "TrainingCase", "area", "grow", "box_mask", "loose_box_mask", "stroke_mask",
+    "strip_mask",
     "fill_holes", "fit_area", "object_mask", "random_mask", "case_from_mask", "make_case", "full_or_lama_mask", "sample_rng",
 ]

@@ -102,6 +102,8 @@ class TrainArgs:
     focus_fraction: float = 0.0
     # lazy/sketch/distill on the world: the fraction of named-object edits masked by a loose box around the object
     loose_masks: float = 0.0
+    # lazy/distill on the world: the fraction of edits that outpaint a band along one side (what Expand asks)
+    strip_masks: float = 0.0
 
 
 STAGE_DEFAULTS = {
@@ -139,6 +141,8 @@ def _defaults(args: TrainArgs) -> TrainArgs:
         raise ValueError("--edge-weight is a positive weight for the vae and asym-decoder stages")
     if args.loose_masks > 0 and args.stage not in ("lazy", "sketch", "distill"):
         raise ValueError("--loose-masks is for the stages that train on edits: lazy, sketch, distill")
+    if args.strip_masks > 0 and args.stage not in ("lazy", "distill"):
+        raise ValueError("--strip-masks is for the stages that fill holes from their context: lazy, distill")
     if args.focus_fraction > 0 and not args.focus_shapes:
         raise ValueError("--focus-fraction needs --focus-shapes (the shapes those scenes are drawn from)")
     args.focus_shapes = shape_names(args.focus_shapes) if args.focus_shapes else ()
@@ -972,7 +976,8 @@ class StageTrainer:
                                    if isinstance(v, (int, float, str, bool, tuple))})
         ds = StageDataset(a.stage, a.resolution[0], a.seed, None if a.data == "world" else a.data,
                           large_objects=a.large_objects, decoder_edits=a.stage == "asym-decoder" and a.generated_latents > 0,
-                          focus_shapes=a.focus_shapes, focus_fraction=a.focus_fraction, loose_masks=a.loose_masks)
+                          focus_shapes=a.focus_shapes, focus_fraction=a.focus_fraction, loose_masks=a.loose_masks,
+                          strip_masks=a.strip_masks)
         batches = StreamBatches(self.step, a.batch_size, acc.process_index, acc.num_processes, a.resolution)
         loader = DataLoader(ds, batch_sampler=batches, num_workers=a.num_workers, persistent_workers=a.num_workers > 0)
         it = iter(loader)
