@@ -177,14 +177,21 @@ def test_eval_main_runs_only_the_asked_kinds_and_names_a_wrong_one(capsys):
     assert "--kinds 'sketch,erase'" in capsys.readouterr().err
 
 
+def extra_cases(kind: str, size: int) -> tuple[list, list]:
+    """The default cases and the extra ``kind`` cases of 9 held-out cases; checks the default ones are those of a
+    run without the extra kind."""
+    plain, mixed = eval_cases(9, 5, size), eval_cases(9, 5, size, **{kind: True})
+    kept = [c for c in mixed if c.kind != kind]
+    assert [(c.index, c.kind) for c in kept] == [(c.index, c.kind) for c in plain]
+    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(kept, plain))
+    return kept, [c for c in mixed if c.kind == kind]
+
+
 def test_box_cases_are_the_insert_cases_in_a_loose_box_and_a_filled_box_reads_as_a_square(capsys):
     from lazyedit.training.eval import Totals, score_case
 
-    plain, with_box = eval_cases(9, 5, 128), eval_cases(9, 5, 128, box=True)
-    kept = [c for c in with_box if c.kind != "box"]  # the default cases are untouched
-    assert [(c.index, c.kind) for c in kept] == [(c.index, c.kind) for c in plain]
-    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(kept, plain))
-    inserts, boxes = [c for c in kept if c.kind == "insert"], [c for c in with_box if c.kind == "box"]
+    kept, boxes = extra_cases("box", 128)
+    inserts = [c for c in kept if c.kind == "insert"]
     assert [c.index for c in boxes] == [c.index for c in inserts] and len(boxes) == 3
     for box, insert in zip(boxes, inserts):
         assert box.sample is insert.sample
@@ -303,12 +310,8 @@ def test_eval_reads_through_a_context_window_when_asked(capsys):
 
 
 def test_outpaint_cases_band_a_side_of_the_removal_scenes_and_score_the_band(capsys):
-    plain, with_strips = eval_cases(9, 5, 96), eval_cases(9, 5, 96, outpaint=True)
-    kept = [c for c in with_strips if c.kind != "outpaint"]  # the default cases are untouched
-    assert [(c.index, c.kind) for c in kept] == [(c.index, c.kind) for c in plain]
-    assert all(np.array_equal(a.mask, b.mask) for a, b in zip(kept, plain))
-    strips = [c for c in with_strips if c.kind == "outpaint"]
-    assert [c.index for c in strips] == [c.index for c in plain if c.kind == "remove"] and len(strips) == 3
+    kept, strips = extra_cases("outpaint", 96)
+    assert [c.index for c in strips] == [c.index for c in kept if c.kind == "remove"] and len(strips) == 3
     case = strips[0]
     truth = np.asarray(case_truth(case))
     assert np.array_equal(np.asarray(case_canvas(case))[~case.mask], truth[~case.mask])  # the band alone is asked

@@ -389,24 +389,19 @@ def bench_main(args) -> int:
     if args.context_window:
         report = run_window_bench(args.config, args.size, args.context_window, args.device, args.steps, args.quick,
                                   args.model, progress)
-        print(format_window_table(report))
-        if args.json:
-            Path(args.json).write_text(json.dumps(report, indent=2))
-            print(f"wrote {args.json}")
-        if args.plot:
-            plot_window(report, args.plot)
-            print(f"wrote {args.plot}")
-        return 0
-    report = run_bench(args.config, args.size, args.device, args.steps, args.quick, args.model, progress,
-                       text_encoder=args.text_encoder)
-    if args.against:
-        report["against"] = run_against(args.against, args.model or args.config, args.size, args.device, args.steps,
-                                        3 if args.quick else 7, progress)
-    print(format_table(report))
+        table, draw = format_window_table(report), plot_window
+    else:
+        report = run_bench(args.config, args.size, args.device, args.steps, args.quick, args.model, progress,
+                           text_encoder=args.text_encoder)
+        if args.against:
+            report["against"] = run_against(args.against, args.model or args.config, args.size, args.device,
+                                            args.steps, 3 if args.quick else 7, progress)
+        table, draw = format_table(report), plot
+    print(table)
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2))
         print(f"wrote {args.json}")
     if args.plot:
-        plot(report, args.plot)
+        draw(report, args.plot)
         print(f"wrote {args.plot}")
     return 0
