@@ -272,9 +272,10 @@ def score_insert(out: np.ndarray, background: np.ndarray, hole: np.ndarray, samp
 @dataclass
 class EvalCase:
     index: int
-    kind: str  # insert | remove | sketch | box
+    kind: str  # insert | remove | sketch | box | outpaint
     sample: Sample
     mask: np.ndarray
+    truth: Image.Image | None = None  # set where the sample holds no perfect answer (outpaint: rendered once)
 
 
 def eval_cases(n: int, seed: int = 1234, size: int = 256, sketch: bool = True, box: bool = False,
@@ -292,7 +293,10 @@ def eval_cases(n: int, seed: int = 1234, size: int = 256, sketch: bool = True, b
         if box and cases[-1].kind == "insert":
             cases.append(EvalCase(i, "box", s, loose_box_mask(s.mask)))
         if outpaint and cases[-1].kind == "remove":
-            cases.append(EvalCase(i, "outpaint", s, strip_mask(np.random.default_rng([seed, i, 0x0E7B]), size)))
+            band = strip_mask(np.random.default_rng([seed, i, 0x0E7B]), size)
+            # the scene without the objects wholly inside the band (what no context can tell of; cut ones stay)
+            truth = case_from_mask(s.scene, band, s.image.size, np.random.default_rng(0), p_caption=0.0).target
+            cases.append(EvalCase(i, "outpaint", s, band, truth))
     return cases
 
 
@@ -302,11 +306,10 @@ def case_canvas(case: EvalCase) -> Image.Image:
 
 
 def case_truth(case: EvalCase) -> Image.Image:
-    """The perfect answer: the scene with the object, or without it for a removal, or without the objects
-    wholly inside the band for an outpainting (what no context can tell of; cut objects stay)."""
-    if case.kind == "outpaint":
-        s = case.sample
-        return case_from_mask(s.scene, case.mask, s.image.size, np.random.default_rng(0), p_caption=0.0).target
+    """The perfect answer: the scene with the object, or without it for a removal, or the case's own (an
+    outpainting's)."""
+    if case.truth is not None:
+        return case.truth
     return case.sample.removed if case.kind == "remove" else case.sample.image
 
 
