@@ -860,3 +860,22 @@ def test_the_8_channel_demo_config_carries_its_latent_through_every_model():
     s = make_sample(3, 3, size=64)
     res = pipe.edit(s.image, s.mask, prompt=s.caption, seed=0, steps=1)
     assert np.array_equal(np.asarray(res.image)[~s.mask], np.asarray(s.image)[~s.mask])
+
+
+def test_timestep_shift_trains_the_noise_levels_the_sampler_takes(tmp_path):
+    from lazyedit.engine import flow_scheduler
+    from lazyedit.training.trainer import sample_t
+
+    with pytest.raises(ValueError, match="--timestep-shift"):
+        train_stage(_args(tmp_path / "vae", "vae", 2, timestep_shift=3.0))
+    with pytest.raises(ValueError, match="--timestep-shift"):
+        train_stage(_args(tmp_path / "lazy", "lazy", 2, timestep_shift=-1.0))
+    assert build_parser().parse_args(["lazy", "--timestep-shift", "3"]).timestep_shift == 3.0
+    plain = sample_t(20000, "cpu", torch.Generator().manual_seed(0))
+    shifted = sample_t(20000, "cpu", torch.Generator().manual_seed(0), shift=3.0)
+    # the same draws, moved by the map the sampler applies to its sigmas
+    lift = lambda s: 3.0 * s / (1 + 2.0 * s)  # noqa: E731
+    assert torch.allclose(lift(flow_scheduler(1.0).sigmas), flow_scheduler(3.0).sigmas, atol=1e-6)
+    assert torch.allclose(lift(plain), shifted, atol=1e-6)
+    # the first sampling steps (sigma 1 and 0.9 at 5 steps) sit in t >= 0.9: trained about ten times as often
+    assert float((plain >= 0.9).float().mean()) < 0.03 < 0.1 < float((shifted >= 0.9).float().mean())

@@ -126,6 +126,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--strip-masks", type=fraction, default=0.0,
                    help="lazy/distill on the world: the fraction of edits that outpaint a band along one side (10 to "
                         "40%% deep, no caption), as the editor's Expand asks; 0 = none")
+    p.add_argument("--timestep-shift", type=float, default=1.0,
+                   help="lazy/sketch/distill: move the training noise levels toward pure noise by this factor, with "
+                        "the map the sampler's shift applies (the demo config samples with 3), so the first sampling "
+                        "steps, where a shape is decided, are trained as often as they are taken; 1 = logit-normal")
     p.add_argument("--sample-steps", type=int, default=12)
     p.add_argument("--sample-guidance", type=float, default=2.0)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -176,6 +180,7 @@ def _args_for(ns: argparse.Namespace, stage: str) -> TrainArgs:
         focus_fraction=ns.focus_fraction,
         loose_masks=ns.loose_masks,
         strip_masks=ns.strip_masks,
+        timestep_shift=ns.timestep_shift,
     )
 
 

@@ -104,6 +104,9 @@ class TrainArgs:
     loose_masks: float = 0.0
     # lazy/distill on the world: the fraction of edits that outpaint a band along one side (what Expand asks)
     strip_masks: float = 0.0
+    # lazy/sketch/distill: shift the training noise levels toward pure noise as the sampler's shift does, so the
+    # first sampling steps (where an object's shape is decided) are trained as often as they are taken
+    timestep_shift: float = 1.0
 
 
 STAGE_DEFAULTS = {
@@ -143,6 +146,8 @@ def _defaults(args: TrainArgs) -> TrainArgs:
         raise ValueError("--loose-masks is for the stages that train on edits: lazy, sketch, distill")
     if args.strip_masks > 0 and args.stage not in ("lazy", "distill"):
         raise ValueError("--strip-masks is for the stages that fill holes from their context: lazy, distill")
+    if args.timestep_shift != 1.0 and (args.stage not in ("lazy", "sketch", "distill") or args.timestep_shift <= 0):
+        raise ValueError("--timestep-shift is a positive factor for the stages that denoise: lazy, sketch, distill")
     if args.focus_fraction > 0 and not args.focus_shapes:
         raise ValueError("--focus-fraction needs --focus-shapes (the shapes those scenes are drawn from)")
     args.focus_shapes = shape_names(args.focus_shapes) if args.focus_shapes else ()
@@ -319,9 +324,11 @@ def flow_noising(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> tupl
     return (1 - tt) * x0 + tt * noise, noise - x0
 
 
-def sample_t(b: int, device, generator=None) -> torch.Tensor:
-    """Logit-normal t in (0, 1) (SD3's choice: weights the middle noise levels)."""
-    return torch.sigmoid(torch.randn(b, device=device, generator=generator))
+def sample_t(b: int, device, generator=None, shift: float = 1.0) -> torch.Tensor:
+    """Logit-normal t in (0, 1) (SD3's choice: weights the middle noise levels), moved toward t = 1 by
+    ``shift`` with the map the flow scheduler applies to its sigmas (SD3's resolution shift)."""
+    t = torch.sigmoid(torch.randn(b, device=device, generator=generator))
+    return shift * t / (1 + (shift - 1) * t)
 
 
 def hole_plan(mask: torch.Tensor, unit: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -439,9 +446,10 @@ class StageNet(torch.nn.Module):
     def __init__(self, stage: str, models: dict, frozen: dict, text_dropout: float, generator: torch.Generator,
                  position_grid: int = 0, generated_latents: float = 0.0, sampling: dict | None = None,
                  generated_sketches: float = 0.0, decoder_teacher: float = 0.0, adversarial: float = 0.0,
-                 edge_weight: float = 0.0):
+                 edge_weight: float = 0.0, timestep_shift: float = 1.0):
         super().__init__()
         self.edge_weight = edge_weight
+        self.timestep_shift = timestep_shift
         self.decoder_teacher = decoder_teacher
         self.adversarial = adversarial
         self.adversary_on = False  # the trainer turns the decoder's adversarial term on at --adversarial-start
@@ -595,7 +603,7 @@ class StageNet(torch.nn.Module):
         context = ctx_enc(canvas, latent_mask_from_tokens(tok, p), index, offset)
         x0 = gather_tokens(patchify(goal, p), index)
         noise = torch.randn(x0.shape, generator=self.generator).to(device)
-        t = sample_t(b, "cpu", self.generator).to(device)
+        t = sample_t(b, "cpu", self.generator, self.timestep_shift).to(device)
         xt, v = flow_noising(x0, noise, t)
         return {"context": context, "index": index, "valid": valid, "grid": grid, "offset": offset, "t": t,
                 "xt": xt, "v": v}
@@ -765,7 +773,7 @@ class StageTrainer:
         sampling = {"steps": cfg.default_steps, "guidance": cfg.default_guidance, "shift": cfg.sampling_shift}
         self.net_inner = StageNet(stage, self.models, self.frozen, a.text_dropout, self.generator, a.position_grid,
                                   a.generated_latents, sampling, a.generated_sketches, a.decoder_teacher, a.adversarial,
-                                  a.edge_weight)
+                                  a.edge_weight, a.timestep_shift)
         params = [p for p in self.net_inner.parameters() if p.requires_grad]
         self.params = params
         self.optimizer = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.99), weight_decay=a.weight_decay)
