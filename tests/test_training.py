@@ -862,9 +862,10 @@ def test_the_8_channel_demo_config_carries_its_latent_through_every_model():
     assert np.array_equal(np.asarray(res.image)[~s.mask], np.asarray(s.image)[~s.mask])
 
 
-def test_timestep_shift_trains_the_noise_levels_the_sampler_takes(tmp_path):
+def test_timestep_shift_trains_the_noise_levels_the_sampler_takes(trained, tmp_path):
     from lazyedit.engine import flow_scheduler
-    from lazyedit.training.trainer import sample_t
+    from lazyedit.training.data import StageDataset
+    from lazyedit.training.trainer import StageTrainer, sample_t
 
     with pytest.raises(ValueError, match="--timestep-shift"):
         train_stage(_args(tmp_path / "vae", "vae", 2, timestep_shift=3.0))
@@ -879,3 +880,13 @@ def test_timestep_shift_trains_the_noise_levels_the_sampler_takes(tmp_path):
     assert torch.allclose(lift(plain), shifted, atol=1e-6)
     # the first sampling steps (sigma 1 and 0.9 at 5 steps) sit in t >= 0.9: trained about ten times as often
     assert float((plain >= 0.9).float().mean()) < 0.03 < 0.1 < float((shifted >= 0.9).float().mean())
+    # the lazy stage noises its holes at the shifted levels: the same seed, the same draws, moved
+    run = tmp_path / "run"
+    shutil.copytree(trained[0] / "model", run / "model", ignore=shutil.ignore_patterns("lazy.json"))
+    batch = torch.utils.data.default_collate([StageDataset("lazy", 64)[i] for i in range(4)])
+    levels = {}
+    for shift in (1.0, 3.0):
+        trainer = StageTrainer(_args(run, "lazy", 2, timestep_shift=shift))
+        trainer._setup()
+        levels[shift] = trainer.net_inner._holes(batch)["t"]
+    assert torch.allclose(lift(levels[1.0]), levels[3.0], atol=1e-6) and not torch.allclose(levels[1.0], levels[3.0])
