@@ -255,6 +255,44 @@ def test_guidance_distilled_transformer_runs_one_row_per_step(pipe):
         pipe.transformer(**inputs, guidance=torch.tensor([4.0]))
 
 
+def test_pooled_text_joins_the_timestep_vector(pipe, tmp_path):
+    """with_pooled_text() adds a zero-initialised embedder of the caption's mean token: the copy predicts exactly
+    what the transformer did; once the embedder has weights the caption reaches every token through it, padding
+    does not count, and the folder round-trips with the input (and a distilled copy keeps it)."""
+    from lazyedit.engine.models.transformer import pooled_tokens
+
+    inputs = _decoder_inputs(pipe)
+    wider = pipe.transformer.with_pooled_text()
+    assert wider.config.pooled_text and not pipe.transformer.config.pooled_text
+    torch.testing.assert_close(wider(**inputs), pipe.transformer(**inputs), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="already takes the pooled text"):
+        wider.with_pooled_text()
+    torch.manual_seed(4)
+    torch.nn.init.normal_(wider.pooled_text_embedder[2].weight, std=0.05)
+    moved = wider(**inputs)
+    assert not torch.allclose(moved, pipe.transformer(**inputs), atol=1e-4)
+    # the caption through the pooled path alone (no cross-attention): another caption, another prediction
+    for block in list(wider.in_blocks) + list(wider.out_blocks):
+        torch.nn.init.zeros_(block.cross_attn.to_out.weight)
+        torch.nn.init.zeros_(block.cross_attn.to_out.bias)
+    other_text, other_mask = pipe.text.encode(["a blue ring"])
+    red = wider(**inputs)
+    assert not torch.allclose(red, wider(**{**inputs, "text": other_text, "text_mask": other_mask}), atol=1e-4)
+    # padding tokens are not averaged in
+    text, mask = inputs["text"], inputs["text_mask"]
+    padded = torch.cat([text, torch.randn(1, 5, text.shape[-1])], dim=1)
+    padded_mask = torch.cat([mask, torch.zeros(1, 5, dtype=torch.bool)], dim=1)
+    torch.testing.assert_close(pooled_tokens(padded, padded_mask), pooled_tokens(text, mask))
+    torch.testing.assert_close(pooled_tokens(text, None), text.mean(dim=1))
+    wider.save_pretrained(tmp_path / "tr")
+    again = type(wider).from_pretrained(str(tmp_path / "tr"))
+    assert again.config.pooled_text
+    torch.testing.assert_close(again(**inputs), red)
+    distilled = wider.guidance_student()
+    assert distilled.config.pooled_text and distilled.config.guidance_embeds
+    torch.testing.assert_close(distilled(**inputs, guidance=torch.tensor([4.0])), red)
+
+
 def test_an_undistilled_copy_predicts_what_the_distilled_one_does_at_its_scale(pipe):
     """undistilled(w) folds the guidance embedding at scale w into the timestep embedder's bias: the copy takes
     no scale and answers as the distilled transformer at w, for any timestep, text and tokens."""

@@ -890,3 +890,35 @@ def test_timestep_shift_trains_the_noise_levels_the_sampler_takes(trained, tmp_p
         trainer._setup()
         levels[shift] = trainer.net_inner._holes(batch)["t"]
     assert torch.allclose(lift(levels[1.0]), levels[3.0], atol=1e-6) and not torch.allclose(levels[1.0], levels[3.0])
+
+
+def test_pooled_text_is_added_to_a_transformer_from_init_from_and_kept_on_resume(trained, tmp_path):
+    """--pooled-text: the lazy stage starts from --init-from's transformer with the pooled-caption input added at
+    zero (its first prediction is the source's), trains that input, and a resumed run keeps it without the flag."""
+    from lazyedit.engine.models import LazyDiffusionTransformer
+    from lazyedit.training.data import StageDataset
+    from lazyedit.training.trainer import StageTrainer
+
+    with pytest.raises(ValueError, match="--pooled-text"):
+        train_stage(_args(tmp_path / "sk", "sketch", 2, pooled_text=True))
+    assert build_parser().parse_args(["lazy", "--pooled-text"]).pooled_text
+    source = trained[0] / "model"
+    run = tmp_path / "run"
+    batch = torch.utils.data.default_collate([StageDataset("lazy", 64)[i] for i in range(4)])
+    start = StageTrainer(_args(run, "lazy", 4, init_from=str(source), pooled_text=True))
+    start._setup()
+    tr = start.net_inner.models["transformer"]
+    assert tr.config.pooled_text and not tr.pooled_text_embedder[2].weight.any()
+    plain = LazyDiffusionTransformer.from_pretrained(str(source / "transformer"))
+    h = start.net_inner._holes(batch)
+    text, tmask = start.net_inner._captions(batch, 0.0)
+    args = (h["xt"], h["context"], h["index"], h["grid"], h["t"] * 1000, text, tmask, h["valid"], None, h["offset"])
+    with torch.no_grad():
+        torch.testing.assert_close(tr(*args), plain(*args))
+    result = train_stage(_args(run, "lazy", 4, init_from=str(source), pooled_text=True, save_every=2))
+    assert result["done"]
+    saved = LazyDiffusionTransformer.from_pretrained(str(run / "model" / "transformer"))
+    assert saved.config.pooled_text and saved.pooled_text_embedder[2].weight.abs().sum() > 0
+    resumed = train_stage(_args(run, "lazy", 6, save_every=2))
+    assert resumed["step"] == 6 and len(resumed["losses"]) == 2
+    assert LazyDiffusionTransformer.from_pretrained(str(run / "model" / "transformer")).config.pooled_text

@@ -130,6 +130,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="lazy/sketch/distill: move the training noise levels toward pure noise by this factor, with "
                         "the map the sampler's shift applies (the demo config samples with 3), so the first sampling "
                         "steps, where a shape is decided, are trained as often as they are taken; 1 = logit-normal")
+    p.add_argument("--pooled-text", action="store_true",
+                   help="lazy: also feed the transformer the mean of the caption's tokens through its timestep "
+                        "vector (a global condition, as SD3's pooled text), beside cross-attention; added "
+                        "zero-initialised to a transformer from --init-from")
     p.add_argument("--sample-steps", type=int, default=12)
     p.add_argument("--sample-guidance", type=float, default=2.0)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -181,6 +185,7 @@ def _args_for(ns: argparse.Namespace, stage: str) -> TrainArgs:
         loose_masks=ns.loose_masks,
         strip_masks=ns.strip_masks,
         timestep_shift=ns.timestep_shift,
+        pooled_text=ns.pooled_text,
     )
 
 

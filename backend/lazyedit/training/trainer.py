@@ -107,6 +107,9 @@ class TrainArgs:
     # lazy/sketch/distill: shift the training noise levels toward pure noise as the sampler's shift does, so the
     # first sampling steps (where an object's shape is decided) are trained as often as they are taken
     timestep_shift: float = 1.0
+    # lazy: give the transformer the pooled caption too (added to its timestep vector; zero-initialised, so a
+    # transformer from --init-from starts as it was). A run that started with it keeps it when resumed.
+    pooled_text: bool = False
 
 
 STAGE_DEFAULTS = {
@@ -148,6 +151,8 @@ def _defaults(args: TrainArgs) -> TrainArgs:
         raise ValueError("--strip-masks is for the stages that fill holes from their context: lazy, distill")
     if args.timestep_shift != 1.0 and (args.stage not in ("lazy", "sketch", "distill") or args.timestep_shift <= 0):
         raise ValueError("--timestep-shift is a positive factor for the stages that denoise: lazy, sketch, distill")
+    if args.pooled_text and args.stage != "lazy":
+        raise ValueError("--pooled-text changes the transformer: it is for the lazy stage, which trains it")
     if args.focus_fraction > 0 and not args.focus_shapes:
         raise ValueError("--focus-fraction needs --focus-shapes (the shapes those scenes are drawn from)")
     args.focus_shapes = shape_names(args.focus_shapes) if args.focus_shapes else ()
@@ -182,14 +187,14 @@ def build_asym(cfg):
     return AsymmetricAutoencoderKL(**cfg.asym_vae)
 
 
-def build_backbone(cfg):
+def build_backbone(cfg, pooled_text: bool = False):
     from lazyedit.engine.models import ByteTextEncoder, ContextEncoder, LazyDiffusionTransformer
 
     if cfg.text_encoder is None:
         raise ValueError(f"config {cfg.name!r} uses an external text encoder; lazyedit train builds ByteTextEncoder models only")
     text = ByteTextEncoder(**cfg.text_encoder)
     ctx = ContextEncoder(**cfg.context_encoder)
-    tr = LazyDiffusionTransformer(**cfg.transformer)
+    tr = LazyDiffusionTransformer(**{**cfg.transformer, "pooled_text": pooled_text})
     return text, ctx, tr
 
 
@@ -741,7 +746,9 @@ class StageTrainer:
             vae = self._require(mdir / "vae", "vae")
             vae.requires_grad_(False).eval()
             self.frozen["vae"] = vae
-            text, ctx, tr = build_backbone(cfg)
+            trained = mdir / "transformer" / "config.json"
+            pooled = a.pooled_text or (trained.exists() and json.loads(trained.read_text()).get("pooled_text", False))
+            text, ctx, tr = build_backbone(cfg, pooled_text=pooled)
             self.models = {"text_encoder": text, "context_encoder": ctx, "transformer": tr}
         elif stage == "sketch":
             vae = self._require(mdir / "vae", "vae")
@@ -804,6 +811,9 @@ class StageTrainer:
                 # velocity, the unconditional with the null prompt), guided again by two rows
                 source_model = source_model.undistilled(1.0)
                 logger.info("%s: guidance-distilled; starts as its prediction at guidance 1, undistilled", path)
+            if model.config.get("pooled_text") and not source_model.config.get("pooled_text"):
+                source_model = source_model.with_pooled_text()
+                logger.info("%s: the pooled-text input is added (zero-initialised)", path)
             wide = source_model.state_dict()
             own = model.state_dict()
             if own.keys() == wide.keys() and all(own[k].shape == wide[k].shape for k in own):

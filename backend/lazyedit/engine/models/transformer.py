@@ -3,7 +3,9 @@
 Per token the input is the noisy latent patch concatenated (hidden dimension) with the context token
 the context encoder produced for that position. Positions are 2-D sin-cos embeddings gathered at the
 hole indices, timesteps enter through adaLN-single, text through cross-attention, and U-ViT long skips
-join block i of the first half to block depth-1-i of the second half. SCEdit tuners act on those skips.
+join block i of the first half to block depth-1-i of the second half. Optionally (``pooled_text``) the mean of
+the caption's tokens also joins the timestep vector, as SD3's pooled CLIP vector does: a global condition every
+token is modulated by, where cross-attention lets each token look the caption up on its own. SCEdit tuners act on those skips.
 Batches may pack holes of different sizes: `token_mask` marks the real tokens of each row.
 
 A guidance-distilled transformer (``guidance_embeds``) also takes the classifier-free guidance scale as an
@@ -33,6 +35,14 @@ GUIDANCE_EMBED_SCALE = 100.0
 
 def modulate(x: torch.Tensor, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
     return x * (1 + scale) + shift
+
+
+def pooled_tokens(text: torch.Tensor, text_mask: torch.Tensor | None) -> torch.Tensor:
+    """The mean of the real tokens (B, T, D) -> (B, D); padding does not count."""
+    if text_mask is None:
+        return text.mean(dim=1)
+    weights = text_mask.to(text.dtype)[..., None]
+    return (text * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
 
 
 class DiTBlock(nn.Module):
@@ -94,6 +104,7 @@ class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
         context_dim: int = 1152,
         text_dim: int = 4096,
         guidance_embeds: bool = False,
+        pooled_text: bool = False,
     ):
         super().__init__()
         if depth % 2:
@@ -107,6 +118,11 @@ class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
             # zero output: a student starts as exactly its teacher's conditional prediction
             nn.init.zeros_(self.guidance_embedder.mlp[2].weight)
             nn.init.zeros_(self.guidance_embedder.mlp[2].bias)
+        if pooled_text:
+            self.pooled_text_embedder = nn.Sequential(nn.Linear(text_dim, width), nn.SiLU(), nn.Linear(width, width))
+            # zero output: added to a trained transformer, it starts as exactly that transformer
+            nn.init.zeros_(self.pooled_text_embedder[2].weight)
+            nn.init.zeros_(self.pooled_text_embedder[2].bias)
         self.caption_proj = nn.Sequential(nn.Linear(text_dim, width), nn.GELU(approximate="tanh"), nn.Linear(width, width))
         half = depth // 2
         self.in_blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, long_skip=False) for _ in range(half))
@@ -115,6 +131,16 @@ class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
         nn.init.xavier_uniform_(self.x_embedder.weight)
         nn.init.zeros_(self.t_block[1].weight)
         nn.init.zeros_(self.t_block[1].bias)
+
+    def with_pooled_text(self) -> "LazyDiffusionTransformer":
+        """A copy of this transformer with the pooled-text input added; it predicts exactly what this one does
+        until the new embedder (zero output) is trained."""
+        if self.config.pooled_text:
+            raise ValueError("this transformer already takes the pooled text")
+        wider = type(self).from_config(self.config, pooled_text=True)
+        keys = wider.load_state_dict(self.state_dict(), strict=False)
+        assert not keys.unexpected_keys and all(k.startswith("pooled_text_embedder.") for k in keys.missing_keys)
+        return wider.to(self.device, self.dtype)
 
     def guidance_student(self) -> "LazyDiffusionTransformer":
         """A guidance-distilled copy of this transformer that starts as exactly its conditional row (the
@@ -151,6 +177,8 @@ class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
         """Parameters that feed the skips; SCEdit tuning freezes them and never backpropagates into them."""
         for module in (self.x_embedder, self.t_embedder, self.t_block, self.caption_proj, self.in_blocks):
             yield from module.parameters()
+        if self.config.pooled_text:
+            yield from self.pooled_text_embedder.parameters()
 
     def forward(
         self,
@@ -181,6 +209,8 @@ class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
             t = self.t_embedder(timestep)
             if guidance is not None:
                 t = t + self.guidance_embedder(guidance * GUIDANCE_EMBED_SCALE)
+            if self.config.pooled_text:
+                t = t + self.pooled_text_embedder(pooled_tokens(text, text_mask))
             t_mod = self.t_block(t)
             text = self.caption_proj(text)
             skips = []
