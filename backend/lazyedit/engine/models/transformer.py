@@ -3,9 +3,10 @@
 Per token the input is the noisy latent patch concatenated (hidden dimension) with the context token
 the context encoder produced for that position. Positions are 2-D sin-cos embeddings gathered at the
 hole indices, timesteps enter through adaLN-single, text through cross-attention, and U-ViT long skips
-join block i of the first half to block depth-1-i of the second half. Optionally (``pooled_text``) the mean of
-the caption's tokens also joins the timestep vector, as SD3's pooled CLIP vector does: a global condition every
-token is modulated by, where cross-attention lets each token look the caption up on its own. SCEdit tuners act on those skips.
+join block i of the first half to block depth-1-i of the second half. SCEdit tuners act on those skips.
+Optionally (``pooled_text``) the mean of the caption's tokens also joins the timestep vector, as SD3's pooled
+CLIP vector does: a global condition every token is modulated by, where cross-attention lets each token look
+the caption up on its own.
 Batches may pack holes of different sizes: `token_mask` marks the real tokens of each row.
 
 A guidance-distilled transformer (``guidance_embeds``) also takes the classifier-free guidance scale as an
