@@ -138,9 +138,13 @@ class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
         until the new embedder (zero output) is trained."""
         if self.config.pooled_text:
             raise ValueError("this transformer already takes the pooled text")
-        wider = type(self).from_config(self.config, pooled_text=True)
+        return self._with_zero_input("pooled_text_embedder.", pooled_text=True)
+
+    def _with_zero_input(self, prefix: str, **flag) -> "LazyDiffusionTransformer":
+        """A copy with one more (zero-initialised) input module, named ``prefix``, switched on by ``flag``."""
+        wider = type(self).from_config(self.config, **flag)  # a keyword: the config's own value would win
         keys = wider.load_state_dict(self.state_dict(), strict=False)
-        assert not keys.unexpected_keys and all(k.startswith("pooled_text_embedder.") for k in keys.missing_keys)
+        assert not keys.unexpected_keys and all(k.startswith(prefix) for k in keys.missing_keys)
         return wider.to(self.device, self.dtype)
 
     def guidance_student(self) -> "LazyDiffusionTransformer":
@@ -148,10 +152,7 @@ class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
         guidance embedder's output is zero): where the distill stage begins."""
         if self.config.guidance_embeds:
             raise ValueError("this transformer is already guidance-distilled")
-        student = type(self).from_config(self.config, guidance_embeds=True)  # a keyword: the config's own value would win
-        keys = student.load_state_dict(self.state_dict(), strict=False)
-        assert not keys.unexpected_keys and all(k.startswith("guidance_embedder.") for k in keys.missing_keys)
-        return student.to(self.device, self.dtype)
+        return self._with_zero_input("guidance_embedder.", guidance_embeds=True)
 
     def undistilled(self, scale: float = 1.0) -> "LazyDiffusionTransformer":
         """The inverse of ``guidance_student``: a copy without the guidance input that predicts exactly what
