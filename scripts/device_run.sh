@@ -7,7 +7,8 @@
 #   2. the base-size speed benchmark (JSON and plot)
 #   3. TRAIN_MINUTES of one training stage, fine-tuning the shipped demo model (default: the asymmetric decoder
 #      at 256 px, batch 32, bf16, with --generated-latents as it was trained), shipped as fp16 and evaluated
-#      beside the shipped model on the same cases
+#      beside the shipped model on the same cases (FROM="--components-from backend/lazyedit/weights/demo" trains the
+#      stage from scratch on the shipped model's other components instead)
 #   4. the fp16 model, the evaluations and the training samples packed as tar.gz parts of 15 MiB
 #
 # Here:   scripts/device_wheels.sh                      (diffusers is not installed there)
@@ -24,6 +25,7 @@ DEVICE=${DEVICE:-cuda}
 PY=${PY:-python3}
 STAGE=${STAGE:-asym-decoder}
 TRAIN_MINUTES=${TRAIN_MINUTES:-3}
+FROM=${FROM:---init-from backend/lazyedit/weights/demo}
 TRAIN_ARGS=${TRAIN_ARGS:---resolution 256 --batch-size 32 --num-workers 14 --mixed-precision bf16 --lr 1e-4 --steps 100000 --generated-latents 0.5 --generated-sketches 0.5 --large-objects 0.5 --save-every 500 --sample-every 500}
 BENCH_ARGS=${BENCH_ARGS:---config base --size 1024}
 EVAL_ARGS=${EVAL_ARGS:---cases 240 --size 512}
@@ -59,7 +61,7 @@ step bench "${L[@]}" bench $BENCH_ARGS --device "$DEVICE" --json "$OUT/bench.jso
 
 rm -rf "$RUN" && mkdir -p "$RUN"
 # shellcheck disable=SC2086
-step train "${L[@]}" train "$STAGE" --config demo --init-from backend/lazyedit/weights/demo --output "$RUN/run" \
+step train "${L[@]}" train "$STAGE" --config demo $FROM --output "$RUN/run" \
   --max-minutes "$TRAIN_MINUTES" --no-progress $TRAIN_ARGS
 step ship "${L[@]}" train ship --output "$RUN/run" --dest "$RUN/pack/model-fp16"
 # shellcheck disable=SC2086

@@ -333,6 +333,31 @@ def test_init_from_fine_tunes_a_pipeline_folder(trained, tmp_path):
         train_stage(_args(tmp_path / "bad", "lazy", 2, init_from=str(tmp_path)))
 
 
+def test_components_from_lends_the_frozen_parts_and_the_stage_starts_fresh(trained, tmp_path):
+    """--components-from: the run folder gets the source's other components (its VAE, bit for bit), but the lazy
+    stage's own start from the same fresh init as a run from scratch, not from the source's weights."""
+    from safetensors.torch import load_file
+
+    src, _, _ = trained
+    weights = "diffusion_pytorch_model.safetensors"
+    lent = tmp_path / "lent"
+    assert train_stage(_args(lent, "lazy", 2, lr=1e-12, components_from=str(src / "model")))["done"]
+    assert (lent / "model" / "vae" / weights).read_bytes() == (src / "model" / "vae" / weights).read_bytes()
+    scratch = tmp_path / "scratch"  # the same VAE put there by hand, nothing else
+    shutil.copytree(src / "model" / "vae", scratch / "model" / "vae")
+    assert train_stage(_args(scratch, "lazy", 2, lr=1e-12))["done"]
+    source, fresh, own = (load_file(str(run / "model" / "transformer" / weights)) for run in (src, lent, scratch))
+    assert fresh.keys() == own.keys() == source.keys()
+    assert all(torch.equal(fresh[k], own[k]) for k in fresh)
+    assert not all(torch.allclose(fresh[k], source[k], atol=1e-3) for k in fresh)
+    with pytest.raises(ValueError, match="exclusive"):
+        train_stage(_args(tmp_path / "both", "lazy", 2, init_from=str(src / "model"), components_from=str(src / "model")))
+    with pytest.raises(ValueError, match="use --init-from"):
+        train_stage(_args(tmp_path / "distill", "distill", 2, components_from=str(src / "model")))
+    with pytest.raises(ValueError, match="--components-from .*not a pipeline folder"):
+        train_stage(_args(tmp_path / "bad", "lazy", 2, components_from=str(tmp_path)))
+
+
 def test_distill_stage_learns_the_guided_velocity_in_one_row(trained, tmp_path):
     """distill: a student with a guidance input learns the frozen teacher's guided velocity; the teacher is
     kept apart (the student's exports replace the model's transformer) and a resumed run still learns from it."""

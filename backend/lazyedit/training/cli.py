@@ -115,6 +115,10 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="fine-tune a pipeline folder (e.g. backend/lazyedit/weights/demo): it fills in the components "
                         "<output>/model lacks, and the stage's trained components start from its weights (the lazy stage "
                         "starts a guidance-distilled transformer, as the demo's, from its prediction at guidance 1)")
+    p.add_argument("--components-from", metavar="DIR",
+                   help="retrain a stage from scratch on another model's frozen parts: the pipeline folder fills in the "
+                        "components <output>/model lacks, but the stage's own components start from a fresh init "
+                        "(asym-decoder, lazy, sketch; exclusive with --init-from)")
     p.add_argument("--focus-shapes", type=_shapes, default=(),
                    help="lazy/sketch on the world: comma-separated shapes (e.g. star,ring,cross) that --focus-fraction "
                         "of the scenes are drawn from, to oversample the shapes a model misses")
@@ -180,6 +184,7 @@ def _args_for(ns: argparse.Namespace, stage: str) -> TrainArgs:
         sample_guidance=ns.sample_guidance,
         progress=not ns.no_progress,
         init_from=ns.init_from,
+        components_from=ns.components_from,
         focus_shapes=ns.focus_shapes,
         focus_fraction=ns.focus_fraction,
         loose_masks=ns.loose_masks,

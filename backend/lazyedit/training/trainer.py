@@ -48,6 +48,14 @@ logger = logging.getLogger("lazyedit.training")
 # 'lazyedit train all' runs these; distill is optional (a faster model that may draw a little worse)
 CORE_STAGES = ("vae", "asym-decoder", "lazy", "sketch")
 STAGES = (*CORE_STAGES, "distill")
+# what each stage trains (the pipeline components it writes)
+STAGE_COMPONENTS = {
+    "vae": ("vae",),
+    "asym-decoder": ("asym_vae",),
+    "lazy": ("text_encoder", "context_encoder", "transformer"),
+    "sketch": ("sketch_tuner",),
+    "distill": ("transformer",),
+}
 COMPONENT = {"vae": "vae", "asym-decoder": "asym_vae", "lazy": "transformer", "sketch": "sketch_tuner", "distill": "transformer"}
 
 
@@ -97,6 +105,9 @@ class TrainArgs:
     # a pipeline folder (e.g. the bundled demo model) to fine-tune: it fills in the components <output>/model
     # lacks, and the stage's trained components start from its weights instead of a fresh init
     init_from: str | None = None
+    # a pipeline folder that only fills in the components <output>/model lacks: the stage's trained components
+    # start from a fresh init (retraining one stage from scratch on another model's frozen parts)
+    components_from: str | None = None
     # lazy/sketch on the world: the fraction of scenes drawn only from these shapes (the ones a model misses)
     focus_shapes: tuple[str, ...] = ()
     focus_fraction: float = 0.0
@@ -156,8 +167,16 @@ def _defaults(args: TrainArgs) -> TrainArgs:
     if args.focus_fraction > 0 and not args.focus_shapes:
         raise ValueError("--focus-fraction needs --focus-shapes (the shapes those scenes are drawn from)")
     args.focus_shapes = shape_names(args.focus_shapes) if args.focus_shapes else ()
-    if args.init_from and not (Path(args.init_from) / "model_index.json").exists():
-        raise ValueError(f"--init-from {args.init_from}: not a pipeline folder (no model_index.json)")
+    if args.init_from and args.components_from:
+        raise ValueError("--init-from and --components-from are exclusive: the first also starts the stage from the "
+                         "folder's weights, the second only lends its other components")
+    if args.components_from and args.stage not in ("asym-decoder", "lazy", "sketch"):
+        raise ValueError(f"--components-from is for the stages trained on frozen components (asym-decoder, lazy, "
+                         f"sketch), not {args.stage}" + (": the student starts from its teacher, use --init-from"
+                                                         if args.stage == "distill" else ""))
+    for flag, folder in (("--init-from", args.init_from), ("--components-from", args.components_from)):
+        if folder and not (Path(folder) / "model_index.json").exists():
+            raise ValueError(f"{flag} {folder}: not a pipeline folder (no model_index.json)")
     res, bs, steps, lr = STAGE_DEFAULTS[args.stage]
     args.resolution = canvas_sizes(args.resolution or res)
     args.batch_size = args.batch_size or bs
@@ -223,14 +242,16 @@ def ship_pipeline(output: str | Path, dest: str | Path | None = None) -> Path:
     return dest
 
 
-def seed_run_folder(source: str | Path, output: str | Path) -> list[str]:
+def seed_run_folder(source: str | Path, output: str | Path, skip: tuple[str, ...] = ()) -> list[str]:
     """Copy into ``<output>/model`` every component of the pipeline folder ``source`` that it lacks (the
-    frozen parts a fine-tuning stage needs). fp16 weights stay fp16 on disk; from_pretrained loads them as
-    fp32. Returns the names copied."""
+    frozen parts a fine-tuning stage needs), except those named in ``skip``. fp16 weights stay fp16 on disk;
+    from_pretrained loads them as fp32. Returns the names copied."""
     source, root = Path(source), model_dir(output)
     root.mkdir(parents=True, exist_ok=True)
     copied = []
     for comp in sorted(source.iterdir()):
+        if comp.name in skip:
+            continue
         if (comp / "config.json").exists() and not (root / comp.name / "config.json").exists():
             shutil.copytree(comp, root / comp.name, dirs_exist_ok=True)
             copied.append(comp.name)
@@ -708,11 +729,13 @@ class StageTrainer:
     def _setup(self):
         a, cfg, stage = self.args, self.cfg, self.args.stage
         mdir = model_dir(self.output)
-        if a.init_from:
+        source = a.init_from or a.components_from
+        if source:
             if self.accelerator.is_main_process:
-                copied = seed_run_folder(a.init_from, self.output)
+                # --components-from: the stage's own components are not copied, they start fresh
+                copied = seed_run_folder(source, self.output, skip=() if a.init_from else STAGE_COMPONENTS[stage])
                 if copied:
-                    logger.info("copied %s from %s into %s", ", ".join(copied), a.init_from, mdir)
+                    logger.info("copied %s from %s into %s", ", ".join(copied), source, mdir)
             self.accelerator.wait_for_everyone()
         self.frozen: dict[str, torch.nn.Module] = {}
         if stage == "vae":
