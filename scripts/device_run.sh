@@ -7,8 +7,10 @@
 #   2. the base-size speed benchmark (JSON and plot)
 #   3. TRAIN_MINUTES of one training stage, fine-tuning the shipped demo model (default: the asymmetric decoder
 #      at 256 px, batch 32, bf16, with --generated-latents as it was trained), shipped as fp16 and evaluated
-#      beside the shipped model on the same cases (FROM="--components-from backend/lazyedit/weights/demo" trains the
-#      stage from scratch on the shipped model's other components instead)
+#      beside the shipped model on the same cases. FROM="--components-from backend/lazyedit/weights/demo" trains
+#      the stage from scratch on the shipped model's other components instead, FROM="" everything from scratch.
+#      PLAN trains several stages in turn, one a line, "STAGE MINUTES ARGS...", each on what the last one left
+#      (docs/training.md, "On a lent GPU machine")
 #   4. the fp16 model, the evaluations and the training samples packed as tar.gz parts of 15 MiB
 #
 # Here:   scripts/device_wheels.sh                      (diffusers is not installed there)
@@ -25,8 +27,9 @@ DEVICE=${DEVICE:-cuda}
 PY=${PY:-python3}
 STAGE=${STAGE:-asym-decoder}
 TRAIN_MINUTES=${TRAIN_MINUTES:-3}
-FROM=${FROM:---init-from backend/lazyedit/weights/demo}
+FROM=${FROM---init-from backend/lazyedit/weights/demo}  # set but empty: no folder, every stage from scratch
 TRAIN_ARGS=${TRAIN_ARGS:---resolution 256 --batch-size 32 --num-workers 14 --mixed-precision bf16 --lr 1e-4 --steps 100000 --generated-latents 0.5 --generated-sketches 0.5 --large-objects 0.5 --save-every 500 --sample-every 500}
+PLAN=${PLAN:-"$STAGE $TRAIN_MINUTES $TRAIN_ARGS"}
 BENCH_ARGS=${BENCH_ARGS:---config base --size 1024}
 EVAL_ARGS=${EVAL_ARGS:---cases 240 --size 512}
 RUN=${RUN:-/tmp/lazyedit-device-run}
@@ -60,9 +63,15 @@ step gpu-tests "$PY" -m pytest -q -p no:cacheprovider tests/gpu
 step bench "${L[@]}" bench $BENCH_ARGS --device "$DEVICE" --json "$OUT/bench.json" --plot "$OUT/bench.png"
 
 rm -rf "$RUN" && mkdir -p "$RUN"
-# shellcheck disable=SC2086
-step train "${L[@]}" train "$STAGE" --config demo $FROM --output "$RUN/run" \
-  --max-minutes "$TRAIN_MINUTES" --no-progress $TRAIN_ARGS
+# the plan's lines come in on descriptor 3: a training process could otherwise read the rest of them from stdin
+while read -r stage minutes args <&3; do
+  [ -n "$stage" ] || continue
+  # shellcheck disable=SC2086
+  step "train-$stage" "${L[@]}" train "$stage" --config demo $FROM --output "$RUN/run" \
+    --max-minutes "$minutes" --no-progress $args
+  mkdir -p "$RUN/pack"
+  [ -f "$RUN/run/$stage/samples/latest.png" ] && cp "$RUN/run/$stage/samples/latest.png" "$RUN/pack/samples-$stage.png"
+done 3<<< "$PLAN"
 step ship "${L[@]}" train ship --output "$RUN/run" --dest "$RUN/pack/model-fp16"
 # shellcheck disable=SC2086
 step eval-trained "${L[@]}" eval --model "$RUN/pack/model-fp16" $EVAL_ARGS --device "$DEVICE" --no-progress \
@@ -72,7 +81,6 @@ step eval-shipped "${L[@]}" eval --model demo $EVAL_ARGS --device "$DEVICE" --no
 # shellcheck disable=SC2086
 step roundtrip-trained "${L[@]}" eval --model "$RUN/pack/model-fp16" --autoencoder $EVAL_ARGS --device "$DEVICE" \
   --no-progress --json "$RUN/pack/roundtrip-trained.json"
-cp "$RUN/run/$STAGE/samples/latest.png" "$RUN/pack/training-samples.png"
 step pack bash -c "tar czf - -C '$RUN/pack' . | split -b 15M - '$OUT/results.tar.gz.part-'"
 
 ls -l "$OUT"

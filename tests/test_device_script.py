@@ -1,6 +1,6 @@
 """scripts/device_run.sh, the one command a lent GPU machine runs, run here on the CPU with a few steps: every
 step passes, the packed parts come back together into a pipeline folder that loads, and only the trained
-stage's weights changed."""
+stages' weights changed."""
 from __future__ import annotations
 
 import json
@@ -27,14 +27,15 @@ def _run(tmp_path: Path, **env: str) -> subprocess.CompletedProcess:
 
 def test_device_script_on_the_cpu_trains_ships_evaluates_and_packs(tmp_path):
     out = tmp_path / "out"
-    r = _run(tmp_path, OUT=str(out), TRAIN_MINUTES="5", BENCH_ARGS="--config tiny --size 128 --quick",
-             EVAL_ARGS="--cases 6 --size 128",
-             TRAIN_ARGS="--resolution 64 --batch-size 2 --num-workers 0 --mixed-precision no --steps 2 "
-                        "--generated-latents 0.5 --save-every 2 --sample-every 2")
+    few = "--resolution 64 --batch-size 2 --num-workers 0 --mixed-precision no --steps 2 --save-every 2 --sample-every 2"
+    # two stages in turn, the second on what the first left (a plan line: stage, minutes, arguments)
+    plan = f"asym-decoder 5 {few} --generated-latents 0.5\n\nsketch 5 {few}\n"
+    r = _run(tmp_path, OUT=str(out), PLAN=plan, BENCH_ARGS="--config tiny --size 128 --quick",
+             EVAL_ARGS="--cases 6 --size 128")
     log = (out / "log.txt").read_text()
     assert r.returncode == 0, log[-4000:]
-    for name in ("environment", "gpu-tests", "bench", "train", "ship", "eval-trained", "eval-shipped",
-                 "roundtrip-trained", "pack"):
+    for name in ("environment", "gpu-tests", "bench", "train-asym-decoder", "train-sketch", "ship", "eval-trained",
+                 "eval-shipped", "roundtrip-trained", "pack"):
         assert f"<== {name}: exit 0" in log
     # what comes back stays inside the device tool's limits: 8 files of 16 MiB at most
     files = sorted(p.name for p in out.iterdir())
@@ -49,19 +50,21 @@ def test_device_script_on_the_cpu_trains_ships_evaluates_and_packs(tmp_path):
     with tarfile.open(archive) as tar:
         tar.extractall(unpacked, filter="data")
     model = unpacked / "model-fp16"
-    assert Image.open(unpacked / "training-samples.png").size[0] > 0
+    assert all(Image.open(unpacked / f"samples-{stage}.png").size[0] > 0 for stage in ("asym-decoder", "sketch"))
     for name in ("eval-trained", "eval-shipped"):
         report = json.loads((unpacked / f"{name}.json").read_text())
         assert report["cases"] == 6 and report["preserved_error_max"] == 0
     roundtrip = json.loads((unpacked / "roundtrip-trained.json").read_text())["autoencoder"]
     assert roundtrip["asym"]["removal_psnr"] > 0 and roundtrip["plain"]["removal_psnr"] > 0
 
-    # the asym-decoder stage moved the decoder and nothing else
+    # the two stages moved the decoder and the sketch tuner, and nothing else
     def weights(folder: Path, part: str) -> dict:
         return load_file(str(folder / part / WEIGHTS))
 
     trained, shipped = weights(model, "asym_vae"), weights(SHIPPED, "asym_vae")
     assert any(not np.array_equal(trained[k], shipped[k]) for k in shipped if k.startswith("decoder."))
+    trained, shipped = weights(model, "sketch_tuner"), weights(SHIPPED, "sketch_tuner")
+    assert any(not np.array_equal(trained[k], shipped[k]) for k in shipped)
     for part in ("transformer", "context_encoder", "vae"):
         a, b = weights(model, part), weights(SHIPPED, part)
         assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
