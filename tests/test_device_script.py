@@ -3,6 +3,7 @@ step passes, the packed parts come back together into a pipeline folder that loa
 stages' weights changed."""
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -83,3 +84,21 @@ def test_device_script_without_out_says_what_is_missing(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "OUT"}
     r = subprocess.run(["bash", str(SCRIPT)], env=env, capture_output=True, text=True, timeout=60)
     assert r.returncode != 0 and "OUT must name the folder" in r.stderr
+
+
+def test_every_prepared_plan_is_a_valid_training_command():
+    """A GPU visit is one try: each line of scripts/plans/*.txt must parse as `lazyedit train` arguments and pass
+    the checks a run makes before it loads anything (flags that need each other, the folders it names)."""
+    from lazyedit.training.cli import _args_for, build_parser
+    from lazyedit.training.trainer import _defaults
+
+    plans = sorted((ROOT / "scripts" / "plans").glob("*.txt"))
+    assert plans
+    for plan in plans:
+        lines = [line.split() for line in plan.read_text().splitlines() if line.strip()]
+        assert lines, plan
+        for stage, minutes, *args in lines:
+            assert float(minutes) > 0
+            ns = build_parser().parse_args([stage, "--config", "demo", "--max-minutes", minutes, *args])
+            here = {k: str(ROOT / v) if k in ("init_from", "components_from") and v else v for k, v in vars(ns).items()}
+            _defaults(_args_for(argparse.Namespace(**here), stage))
