@@ -56,7 +56,6 @@ STAGE_COMPONENTS = {
     "sketch": ("sketch_tuner",),
     "distill": ("transformer",),
 }
-COMPONENT = {"vae": "vae", "asym-decoder": "asym_vae", "lazy": "transformer", "sketch": "sketch_tuner", "distill": "transformer"}
 
 
 @dataclass
