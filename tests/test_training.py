@@ -947,3 +947,42 @@ def test_pooled_text_is_added_to_a_transformer_from_init_from_and_kept_on_resume
     resumed = train_stage(_args(run, "lazy", 6, save_every=2))
     assert resumed["step"] == 6 and len(resumed["losses"]) == 2
     assert LazyDiffusionTransformer.from_pretrained(str(run / "model" / "transformer")).config.pooled_text
+
+
+def test_every_stage_trains_under_bf16_autocast(tmp_path):
+    """The GPU plans train in bf16 (scripts/plans): every stage runs a few steps under accelerate's bf16 autocast
+    (here on the CPU) with finite losses, and its export loads as a pipeline that edits. A process of its own:
+    accelerate keeps one precision per process."""
+    import subprocess
+    import sys
+
+    from lazyedit.engine import load_pipeline
+    from PIL import Image
+
+    run = tmp_path / "bf16"
+    plan = [("vae", {"steps": 6}), ("asym-decoder", {}), ("lazy", {"loose_masks": 0.5, "timestep_shift": 3.0}),
+            ("asym-decoder", {"generated_latents": 0.5, "steps": 4}), ("sketch", {}), ("distill", {})]
+    code = f"""
+import json, sys
+sys.path.insert(0, {str(Path(__file__).parent)!r})
+from test_training import _args
+from lazyedit.training.trainer import train_stage
+out = []
+for stage, extra in {plan!r}:
+    kw = {{"mixed_precision": "bf16", "steps": 2, **extra}}
+    r = train_stage(_args({str(run)!r}, stage, **kw))
+    out.append([stage, r["done"], r["losses"]])
+print("RESULT", json.dumps(out))
+"""
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    results = json.loads(r.stdout.split("RESULT ", 1)[1])
+    assert [stage for stage, _, _ in results] == [stage for stage, _ in plan]
+    for stage, done, losses in results:
+        assert done and losses and np.isfinite(losses).all(), (stage, losses)
+    pipe = load_pipeline(str(run / "model"))
+    mask = np.zeros((64, 64), bool)
+    mask[16:48, 16:48] = True
+    img = Image.new("RGB", (64, 64), (40, 90, 160))
+    edited = np.asarray(pipe.edit(img, mask, "a red star", seed=0).image)
+    assert (edited[~mask] == np.asarray(img)[~mask]).all()
