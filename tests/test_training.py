@@ -67,6 +67,17 @@ def test_losses_fall(trained):
     assert _falls(lazy["losses"]), lazy["losses"]
 
 
+def test_a_vae_stopped_by_the_clock_saves_its_measured_latent_scale(tmp_path):
+    """--max-minutes ends a vae stage early; the stage after it (a device plan runs them in turn) encodes with
+    the saved scaling factor, so it is measured then too, not left at the config's default."""
+    from diffusers import AutoencoderKL
+
+    result = train_stage(_args(tmp_path / "run", "vae", 1000, max_minutes=1e-6))
+    assert result["stopped_early"] and not result["done"] and result["step"] < 1000
+    scale = AutoencoderKL.from_pretrained(str(tmp_path / "run" / "model" / "vae")).config.scaling_factor
+    assert scale != AutoencoderKL().config.scaling_factor and 0 < scale < 100
+
+
 def test_checkpoint_loads_as_pipeline(trained):
     from lazyedit.engine import load_pipeline
 

@@ -1063,7 +1063,8 @@ class StageTrainer:
             if self.step % a.sample_every == 0 and acc.is_main_process:
                 self._save_samples(fixed_batch)
             if self.step % a.save_every == 0 or self.step >= a.steps or out_of_time:
-                if a.stage == "vae" and self.step >= a.steps:
+                if a.stage == "vae" and (self.step >= a.steps or out_of_time):
+                    # also when stopped by the clock: the next stage of a plan encodes with what is saved now
                     self.latent_scale = self.measure_latent_scale(it)
                 self.save_checkpoint()
             if out_of_time and self.step < a.steps:
