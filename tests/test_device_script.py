@@ -102,3 +102,18 @@ def test_every_prepared_plan_is_a_valid_training_command():
             ns = build_parser().parse_args([stage, "--config", "demo", "--max-minutes", minutes, *args])
             here = {k: str(ROOT / v) if k in ("init_from", "components_from") and v else v for k, v in vars(ns).items()}
             _defaults(_args_for(argparse.Namespace(**here), stage))
+
+
+def test_device_script_fits_its_steps_into_the_budget(tmp_path):
+    """A call is cut off at 600 s, and then the pack would never come back: with no budget left the script skips
+    the bounded steps and the plan's stages (saying so) and still ends with the pack."""
+    out = tmp_path / "out"
+    r = _run(tmp_path, OUT=str(out), BUDGET="0", PLAN="lazy 5 --steps 2\nsketch 5 --steps 2\n",
+             BENCH_ARGS="--config tiny --size 128 --quick", EVAL_ARGS="--cases 6 --size 128")
+    log = (out / "log.txt").read_text()
+    for name in ("gpu-tests", "bench", "train-lazy", "train-sketch", "eval-trained", "eval-shipped", "roundtrip-trained"):
+        assert f"--- {name}: skipped, 0s of the budget left" in log, log[-3000:]
+    assert "skipped for time: gpu-tests bench train-lazy train-sketch eval-trained eval-shipped roundtrip-trained" in log
+    assert "<== pack: exit 0" in log
+    assert "<== ship: exit 0" not in log  # nothing was trained to ship: a failed step, reported
+    assert r.returncode == 1 and "failed steps: ship" in log
