@@ -37,6 +37,22 @@ def test_object_masks_cover_the_object_and_respect_bounds():
         assert np.count_nonzero(m) > np.count_nonzero(s.mask)
 
 
+def test_grow_is_a_square_dilation_clipped_at_the_edge():
+    """grow(m, px) is what px 3x3 max filters in a row give (PIL's, the reference), masks touching the edge too."""
+    from PIL import Image, ImageFilter
+
+    rng = np.random.default_rng(5)
+    for t in range(60):
+        h, w = (int(v) for v in rng.integers(5, 60, 2))
+        m = rng.random((h, w)) < rng.uniform(0.002, 0.08)
+        m[:, 0] |= t % 2 == 0
+        px = int(rng.integers(0, 9))
+        im = Image.fromarray(m.astype(np.uint8) * 255, "L")
+        for _ in range(px):
+            im = im.filter(ImageFilter.MaxFilter(3))
+        assert np.array_equal(grow(m, px), np.asarray(im) > 127), (t, px)
+
+
 def test_grow_and_fill_holes():
     m = np.zeros((21, 21), bool)
     m[10, 10] = True

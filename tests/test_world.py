@@ -14,6 +14,25 @@ def _eq(a, b):
     return np.array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_cached_drawing_is_read_only_and_renders_the_same():
+    """A scene's background and objects are drawn once and reused (world._background, world._render_object): a
+    second render is identical, drawing on render_background's array does not reach the cache, and the cached
+    arrays refuse writes."""
+    from lazyedit.training import world
+
+    sample = make_sample(11, 2, 96)
+    first = np.asarray(render_scene(sample.scene, 96)).copy()
+    canvas = world.render_background(sample.scene.background, 96)
+    canvas[...] = 0  # the caller's copy
+    assert _eq(render_scene(sample.scene, 96), first)
+    assert _eq(render_scene(sample.scene, 96, exclude=[sample.target]), sample.removed)
+    ro = world._render_object(sample.scene.objects[0], sample.scene.style, 96, 96)
+    with pytest.raises(ValueError, match="read-only"):
+        ro.shape_alpha[0, 0] = 1.0
+    with pytest.raises(ValueError, match="read-only"):
+        world._background(sample.scene.background, 96, 96)[0, 0, 0] = 1.0
+
+
 def test_deterministic_for_a_seed():
     a, b = make_sample(7, 3), make_sample(7, 3)
     assert _eq(a.image, b.image) and _eq(a.removed, b.removed) and _eq(a.sketch, b.sketch)

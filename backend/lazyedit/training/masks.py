@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
-from PIL import Image, ImageDraw, ImageFilter
+from PIL import Image, ImageDraw
 from scipy import ndimage
 
 from .world import (
@@ -47,14 +47,11 @@ def area(mask: np.ndarray) -> float:
 
 
 def grow(mask: np.ndarray, px: int) -> np.ndarray:
-    """Dilate a bool mask by ``px`` pixels (round-ish kernel: alternating square and cross steps)."""
+    """Dilate a bool mask by ``px`` pixels: a (2 px + 1)-pixel square, clipped at the canvas edge (what ``px``
+    3x3 max filters in a row give, in one separable pass)."""
     if px <= 0:
         return mask.copy()
-    im = Image.fromarray(mask.astype(np.uint8) * 255, "L")
-    # MaxFilter(3) repeatedly approximates a disk better than one big square filter
-    for _ in range(px):
-        im = im.filter(ImageFilter.MaxFilter(3))
-    return np.asarray(im) > 127
+    return ndimage.maximum_filter(np.asarray(mask, bool), size=2 * px + 1, mode="constant", cval=False)
 
 
 def fill_holes(mask: np.ndarray) -> np.ndarray:

@@ -15,6 +15,7 @@ inside that object's footprint, which is the mask handed out with each sample.
 from __future__ import annotations
 
 import colorsys
+import functools
 import math
 from dataclasses import dataclass, field, replace
 from typing import Iterable, Sequence
@@ -251,8 +252,21 @@ def _grid(w: int, h: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 def render_background(bg: Background, size: int | Sequence[int] = 256) -> np.ndarray:
-    """Float32 (H, W, 3) in [0, 255]."""
+    """Float32 (H, W, 3) in [0, 255], the caller's to draw on."""
     w, h = _size_wh(size)
+    return _background(bg, w, h).copy()
+
+
+# A training sample renders its scene two or three times (the canvas, the truth without some objects, the
+# footprints): the background and each object are drawn once and reused, read-only.
+@functools.lru_cache(maxsize=8)
+def _background(bg: Background, w: int, h: int) -> np.ndarray:
+    out = _draw_background(bg, w, h)
+    out.setflags(write=False)
+    return out
+
+
+def _draw_background(bg: Background, w: int, h: int) -> np.ndarray:
     c1 = np.asarray(bg.colours[0], np.float32)
     c2 = np.asarray(bg.colours[1], np.float32)
     if bg.kind == "flat":
@@ -397,7 +411,16 @@ def _coverage(w: int, h: int, fn) -> np.ndarray:
     return np.asarray(im, np.float32) / 255.0
 
 
+@functools.lru_cache(maxsize=64)
 def _render_object(obj: SceneObject, style: str, w: int, h: int) -> _ObjectRender:
+    """The object drawn on its crop; cached (see _background), so every array of it is read-only."""
+    ro = _draw_object(obj, style, w, h)
+    for arr in (ro.shape_alpha, ro.outline_alpha, *(a for layer in ro.layers for a in (layer.alpha, layer.colour))):
+        arr.setflags(write=False)
+    return ro
+
+
+def _draw_object(obj: SceneObject, style: str, w: int, h: int) -> _ObjectRender:
     m = float(min(w, h))
     p = _style_params(obj, style, m)
     r = p["r"]
