@@ -39,12 +39,13 @@ def sketch_tensor(sketch: Image.Image | None, size: tuple[int, int]) -> torch.Te
     """RGBA sketch -> (4, H, W) in [-1, 1], the engine's sketch_condition encoding (none = no strokes)."""
     w, h = size
     if sketch is None:
-        arr = np.zeros((h, w, 4), np.uint8)
-    else:
-        arr = np.asarray(sketch.convert("RGBA"))
-    t = torch.from_numpy(np.array(arr, dtype=np.uint8)).permute(2, 0, 1).float() / 255
-    drawn = (t[3:] > 0.5).float()
-    return torch.cat([t[:3] * drawn, drawn]) * 2 - 1
+        return torch.full((4, h, w), -1.0)
+    arr = np.asarray(sketch.convert("RGBA")).transpose(2, 0, 1)
+    drawn = arr[3:] > 127  # alpha over one half
+    out = np.empty(arr.shape, np.float32)
+    np.multiply(arr[:3].astype(np.float32) / 255, drawn, out=out[:3])
+    out[3:] = drawn
+    return torch.from_numpy(out * 2 - 1)
 
 
 def load_photo(path: str | Path, min_side: int = 0) -> Image.Image:
