@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from lazyedit.training.masks import (
-    MAX_AREA, MIN_AREA, area, fill_holes, fit_area, full_or_lama_mask, grow, make_case, object_mask, random_mask,
+    MAX_AREA, MIN_AREA, area, fill_holes, fit_area, full_or_lama_mask, grow, make_case, object_mask, random_mask, shrink,
     strip_mask,
 )
 from lazyedit.training.world import make_sample
@@ -37,20 +37,23 @@ def test_object_masks_cover_the_object_and_respect_bounds():
         assert np.count_nonzero(m) > np.count_nonzero(s.mask)
 
 
-def test_grow_is_a_square_dilation_clipped_at_the_edge():
-    """grow(m, px) is what px 3x3 max filters in a row give (PIL's, the reference), masks touching the edge too."""
+def test_grow_and_shrink_are_square_filters_at_the_edge_too():
+    """grow(m, px) / shrink(m, px) are what px 3x3 max / min filters in a row give (PIL's, the reference), on
+    masks touching the canvas edge too (which shrink does not eat into)."""
     from PIL import Image, ImageFilter
 
     rng = np.random.default_rng(5)
-    for t in range(60):
+    for t in range(80):
         h, w = (int(v) for v in rng.integers(5, 60, 2))
-        m = rng.random((h, w)) < rng.uniform(0.002, 0.08)
-        m[:, 0] |= t % 2 == 0
+        sparse = t % 2 == 0
+        m = rng.random((h, w)) < (rng.uniform(0.002, 0.08) if sparse else rng.uniform(0.5, 0.98))
+        m[:, 0] |= t % 4 < 2
         px = int(rng.integers(0, 9))
-        im = Image.fromarray(m.astype(np.uint8) * 255, "L")
-        for _ in range(px):
-            im = im.filter(ImageFilter.MaxFilter(3))
-        assert np.array_equal(grow(m, px), np.asarray(im) > 127), (t, px)
+        for ours, pil in ((grow, ImageFilter.MaxFilter), (shrink, ImageFilter.MinFilter)):
+            im = Image.fromarray(m.astype(np.uint8) * 255, "L")
+            for _ in range(px):
+                im = im.filter(pil(3))
+            assert np.array_equal(ours(m, px), np.asarray(im) > 127), (ours.__name__, t, px)
 
 
 def test_grow_and_fill_holes():

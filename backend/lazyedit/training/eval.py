@@ -46,9 +46,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageFilter
+from PIL import Image
 
-from .masks import case_from_mask, loose_box_mask, object_mask, strip_mask
+from .masks import case_from_mask, grow, loose_box_mask, object_mask, shrink, strip_mask
 from .world import COLOURS, SHAPES, Sample, SceneObject, caption_for, make_sample, shape_mask
 
 CHROMATIC = {"red": 0.0, "orange": 30.0, "yellow": 53.0, "green": 129.0, "blue": 224.0, "purple": 277.0}
@@ -93,20 +93,6 @@ def dominant_colour(rgb: np.ndarray) -> str | None:
     return list(COLOURS)[int(np.bincount(cls, minlength=len(COLOURS)).argmax())]
 
 
-def _erode(mask: np.ndarray, px: int) -> np.ndarray:
-    im = Image.fromarray(mask.astype(np.uint8) * 255, "L")
-    for _ in range(px):
-        im = im.filter(ImageFilter.MinFilter(3))
-    return np.asarray(im) > 127
-
-
-def _grow(mask: np.ndarray, px: int) -> np.ndarray:
-    im = Image.fromarray(mask.astype(np.uint8) * 255, "L")
-    for _ in range(px):
-        im = im.filter(ImageFilter.MaxFilter(3))
-    return np.asarray(im) > 127
-
-
 def _segment(out: np.ndarray, background: np.ndarray, hole: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """(object, shadow) pixels of the hole. Shadow = the background at half brightness (the world's drop
     shadow) outside the object's closed silhouette, so dark stripes inside an object are not taken for it."""
@@ -120,7 +106,7 @@ def _segment(out: np.ndarray, background: np.ndarray, hole: np.ndarray) -> tuple
     candidates = hole & (off < 14) & (t > 0.25) & (np.abs(d).max(-1) > 20)
     differs = hole & (np.linalg.norm(o - bg, axis=-1) > DIFF_THRESHOLD)
     core = differs & ~candidates
-    closed = _erode(_grow(core, 3), 3)
+    closed = shrink(grow(core, 3), 3)
     shadow = candidates & ~closed
     return differs & ~shadow, shadow & (t > 0.6)
 
@@ -198,8 +184,8 @@ def classify_style(out: np.ndarray, background: np.ndarray, hole: np.ndarray) ->
         return "shadowed"
     o = out.astype(np.float32)
     lum = o @ np.array([0.299, 0.587, 0.114], np.float32)
-    band = obj & ~_erode(obj, 2)
-    inner = _erode(obj, 3)
+    band = obj & ~shrink(obj, 2)
+    inner = shrink(obj, 3)
     inner_lum = lum[inner] if np.count_nonzero(inner) >= 8 else lum[obj]
     dominant = dominant_colour(out[inner] if np.count_nonzero(inner) >= 8 else out[obj])
     if np.count_nonzero(band):
@@ -224,7 +210,7 @@ def psnr(a: np.ndarray, b: np.ndarray, where: np.ndarray | None = None) -> float
 
 def seam_error(out: np.ndarray, truth: np.ndarray, hole: np.ndarray, band: int = 3) -> float:
     """Mean absolute error against the truth in the band of `band` pixels inside the hole's edge."""
-    ring = hole & ~_erode(hole, band)
+    ring = hole & ~shrink(hole, band)
     if not np.count_nonzero(ring):
         return 0.0
     return float(np.abs(out.astype(np.float32) - truth.astype(np.float32))[ring].mean())
@@ -246,7 +232,7 @@ def preserved_error(out: np.ndarray, canvas: np.ndarray, hole: np.ndarray) -> in
 def score_insert(out: np.ndarray, background: np.ndarray, hole: np.ndarray, sample: Sample) -> dict:
     """Scores of an inserted object against the sample's prompt (colour, shape, style, sketch IoU)."""
     obj = object_pixels(out, background, hole)
-    inner = _erode(obj, 2)
+    inner = shrink(obj, 2)
     pix = out[inner] if np.count_nonzero(inner) >= 8 else out[obj]
     colour = dominant_colour(pix) if len(pix) else None
     shape, shape_iou = classify_shape(obj)
