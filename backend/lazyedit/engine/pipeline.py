@@ -668,6 +668,9 @@ def _fit_latent_rgb(latent: torch.Tensor, pixels: torch.Tensor, factor: int) -> 
 
 def sketch_condition(rgba: np.ndarray) -> torch.Tensor:
     """RGBA sketch (H, W, 4) uint8 -> (4, H, W) in [-1, 1]: stroke colours where drawn, and the stroke mask."""
-    t = torch.from_numpy(np.array(rgba)).permute(2, 0, 1).float() / 255
-    drawn = (t[3:] > 0.5).float()
-    return torch.cat([t[:3] * drawn, drawn]) * 2 - 1
+    arr = np.asarray(rgba, np.uint8).transpose(2, 0, 1)
+    drawn = arr[3:] > 127  # alpha over one half
+    out = np.empty(arr.shape, np.float32)
+    np.multiply(arr[:3].astype(np.float32) / 255, drawn, out=out[:3])
+    out[3:] = drawn
+    return torch.from_numpy(out * 2 - 1)

@@ -15,6 +15,7 @@ import torch
 from PIL import Image, ImageFilter, ImageOps
 from torch.utils.data import Dataset, Sampler
 
+from ..engine.pipeline import sketch_condition
 from .masks import full_or_lama_mask, make_case, random_mask
 from .world import LARGE_OBJECT_SIZES, make_sample, shape_names
 
@@ -36,16 +37,11 @@ def to_image(t: torch.Tensor) -> Image.Image:
 
 
 def sketch_tensor(sketch: Image.Image | None, size: tuple[int, int]) -> torch.Tensor:
-    """RGBA sketch -> (4, H, W) in [-1, 1], the engine's sketch_condition encoding (none = no strokes)."""
+    """RGBA sketch -> (4, H, W) in [-1, 1], the engine's sketch_condition encoding (none = no strokes: -1)."""
     w, h = size
     if sketch is None:
         return torch.full((4, h, w), -1.0)
-    arr = np.asarray(sketch.convert("RGBA")).transpose(2, 0, 1)
-    drawn = arr[3:] > 127  # alpha over one half
-    out = np.empty(arr.shape, np.float32)
-    np.multiply(arr[:3].astype(np.float32) / 255, drawn, out=out[:3])
-    out[3:] = drawn
-    return torch.from_numpy(out * 2 - 1)
+    return sketch_condition(np.asarray(sketch.convert("RGBA")))
 
 
 def load_photo(path: str | Path, min_side: int = 0) -> Image.Image:
