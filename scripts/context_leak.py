@@ -13,7 +13,7 @@ import argparse
 import numpy as np
 
 from lazyedit.engine import load_pipeline
-from lazyedit.training.eval import eval_cases, score_insert
+from lazyedit.training.eval import case_canvas, case_truth, eval_cases, score_insert
 
 
 def main() -> None:
@@ -26,7 +26,7 @@ def main() -> None:
     scores: dict[tuple[str, str], list] = {}
     for case in (c for c in eval_cases(a.cases, size=a.size, box=True) if c.kind in ("insert", "box")):
         s = case.sample
-        for canvas_name, canvas in (("clean canvas", s.removed), ("answer under the hole", s.image)):
+        for canvas_name, canvas in (("clean canvas", case_canvas(case)), ("answer under the hole", case_truth(case))):
             out = np.asarray(pipe.edit(canvas, case.mask, prompt=s.caption, seed=case.index).image)
             sc = score_insert(out, np.asarray(s.removed), case.mask, s)
             scores.setdefault((case.kind, canvas_name), []).append((sc["shape_ok"], sc["colour_ok"], sc["sketch_iou"]))
