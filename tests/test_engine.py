@@ -255,18 +255,63 @@ def test_guidance_distilled_transformer_runs_one_row_per_step(pipe):
         pipe.transformer(**inputs, guidance=torch.tensor([4.0]))
 
 
+def test_hole_positions_place_each_token_in_its_hole_box(pipe, tmp_path):
+    """hole_box_features: -1..1 across the box of each row's real tokens, whatever the box's place on the grid;
+    with_added_input("hole_positions") starts as the transformer it copies, and once it has weights a grid cell
+    reads by its place in the hole's box."""
+    import math
+
+    from lazyedit.engine.models.transformer import hole_box_features
+
+    grid = (8, 8)
+    # row 0: a 2x3 box at rows 1-2, cols 4-6; row 1: the same box's first row, padded with two fake tokens
+    index = torch.tensor([[12, 13, 14, 20, 21, 22], [12, 13, 14, 0, 0, 63]])
+    real = torch.tensor([[True] * 6, [True, True, True, False, False, False]])
+    f = hole_box_features(index, grid, real, frequencies=1)
+    angle = torch.asin(f[..., :2].clamp(-1, 1)) / (math.pi / 2)  # sin(r * pi/2) -> r, for the one frequency
+    assert angle[0, :, 0].tolist() == pytest.approx([-1, -1, -1, 1, 1, 1])  # rows: top, bottom
+    assert angle[0, :, 1].tolist() == pytest.approx([-1, 0, 1, -1, 0, 1])  # cols: left, middle, right
+    assert angle[1, :3, 0].tolist() == pytest.approx([0, 0, 0])  # one row tall: the middle
+    assert f[0, 0, -2:].tolist() == pytest.approx([math.log(2), math.log(3)])  # log(1 + extent)
+    assert f[1, 0, -2:].tolist() == pytest.approx([0, math.log(3)])  # the padding does not widen the box
+    moved = hole_box_features(index + 17, grid, real, frequencies=1)  # two rows down, one col right
+    torch.testing.assert_close(moved[real], f[real])
+
+    inputs = _decoder_inputs(pipe)
+    wider = pipe.transformer.with_added_input("hole_positions")
+    assert wider.config.hole_positions and not pipe.transformer.config.hole_positions
+    torch.testing.assert_close(wider(**inputs), pipe.transformer(**inputs), rtol=0, atol=0)
+    with pytest.raises(ValueError, match="already takes the hole_positions input"):
+        wider.with_added_input("hole_positions")
+    with pytest.raises(ValueError, match="unknown added input"):
+        wider.with_added_input("hole_size")
+    torch.manual_seed(5)
+    torch.nn.init.normal_(wider.hole_position_embedder.mlp[2].weight, std=0.05)
+    full = wider(**inputs)
+    assert not torch.allclose(full, pipe.transformer(**inputs), atol=1e-4)
+    # the same grid cell in two holes: embedded by its place in each hole's box, not by its place on the grid
+    embed = wider.hole_position_embedder
+    cell_in_first, cell_in_second = embed(index, grid, real)[0, 1], embed(index, grid, real)[1, 1]
+    assert not torch.allclose(cell_in_first, cell_in_second, atol=1e-4)
+    torch.testing.assert_close(embed(index + 17, grid, real)[real], embed(index, grid, real)[real])
+    wider.save_pretrained(tmp_path / "tr")
+    again = type(wider).from_pretrained(str(tmp_path / "tr"))
+    assert again.config.hole_positions
+    torch.testing.assert_close(again(**inputs), full)
+
+
 def test_pooled_text_joins_the_timestep_vector(pipe, tmp_path):
-    """with_pooled_text() adds a zero-initialised embedder of the caption's mean token: the copy predicts exactly
+    """with_added_input("pooled_text") adds a zero-initialised embedder of the caption's mean token: the copy predicts exactly
     what the transformer did; once the embedder has weights the caption reaches every token through it, padding
     does not count, and the folder round-trips with the input (and a distilled copy keeps it)."""
     from lazyedit.engine.models.transformer import pooled_tokens
 
     inputs = _decoder_inputs(pipe)
-    wider = pipe.transformer.with_pooled_text()
+    wider = pipe.transformer.with_added_input("pooled_text")
     assert wider.config.pooled_text and not pipe.transformer.config.pooled_text
     torch.testing.assert_close(wider(**inputs), pipe.transformer(**inputs), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="already takes the pooled text"):
-        wider.with_pooled_text()
+    with pytest.raises(ValueError, match="already takes the pooled_text input"):
+        wider.with_added_input("pooled_text")
     torch.manual_seed(4)
     torch.nn.init.normal_(wider.pooled_text_embedder[2].weight, std=0.05)
     moved = wider(**inputs)

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lazyedit.training.cli import build_parser, train_main
-from lazyedit.training.trainer import TrainArgs, flow_noising, hole_plan, train_stage
+from lazyedit.training.trainer import TrainArgs, _latest_checkpoint, flow_noising, hole_plan, train_stage
 from lazyedit.training.world import make_sample
 
 torch.set_num_threads(1)
@@ -477,6 +477,18 @@ def test_fraction_flags_name_a_bad_value(flag, value, why, capsys):
     assert flag in err and why in err
 
 
+@pytest.mark.parametrize("flag", ["--save-every", "--sample-every", "--log-every"])
+@pytest.mark.parametrize("value, why", [("0", "at least 1 step"), ("-5", "at least 1 step"),
+                                        ("often", "not a whole number of steps")])
+def test_period_flags_name_a_bad_value(flag, value, why, capsys):
+    """A period of 0 steps was a ZeroDivisionError after the first step; now the parser names it."""
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["lazy", flag, value])
+    err = capsys.readouterr().err
+    assert flag in err and why in err
+    assert getattr(build_parser().parse_args(["lazy", flag, "3"]), flag[2:].replace("-", "_")) == 3
+
+
 PHOTOS = {  # real photographs bundled with scikit-image and matplotlib (test dependencies), with captions
     "astronaut.png": "an astronaut in front of a flag",       # RGB PNG, 512x512
     "chelsea.png": "a tabby cat",                              # RGB PNG, 451x300
@@ -928,36 +940,56 @@ def test_timestep_shift_trains_the_noise_levels_the_sampler_takes(trained, tmp_p
     assert torch.allclose(lift(levels[1.0]), levels[3.0], atol=1e-6) and not torch.allclose(levels[1.0], levels[3.0])
 
 
-def test_pooled_text_is_added_to_a_transformer_from_init_from_and_kept_on_resume(trained, tmp_path):
-    """--pooled-text: the lazy stage starts from --init-from's transformer with the pooled-caption input added at
-    zero (its first prediction is the source's), trains that input, and a resumed run keeps it without the flag."""
+@pytest.mark.parametrize("flag", ["pooled_text", "hole_positions"])
+def test_an_added_input_joins_a_transformer_from_init_from_and_is_kept_on_resume(trained, tmp_path, flag):
+    """--pooled-text / --hole-positions: the lazy stage starts from --init-from's transformer with the input added
+    at zero (its first prediction is the source's), trains that input (at --added-input-lr: a group of its own),
+    and a resumed run keeps it without the flag."""
     from lazyedit.engine.models import LazyDiffusionTransformer
     from lazyedit.training.data import StageDataset
     from lazyedit.training.trainer import StageTrainer
 
-    with pytest.raises(ValueError, match="--pooled-text"):
-        train_stage(_args(tmp_path / "sk", "sketch", 2, pooled_text=True))
-    assert build_parser().parse_args(["lazy", "--pooled-text"]).pooled_text
+    option = "--" + flag.replace("_", "-")
+    with pytest.raises(ValueError, match=option):
+        train_stage(_args(tmp_path / "sk", "sketch", 2, **{flag: True}))
+    with pytest.raises(ValueError, match="--added-input-lr"):
+        train_stage(_args(tmp_path / "sk", "sketch", 2, added_input_lr=1e-3))
+    assert getattr(build_parser().parse_args(["lazy", option]), flag)
+    module = LazyDiffusionTransformer.ADDED_INPUTS[flag]
     source = trained[0] / "model"
     run = tmp_path / "run"
     batch = torch.utils.data.default_collate([StageDataset("lazy", 64)[i] for i in range(4)])
-    start = StageTrainer(_args(run, "lazy", 4, init_from=str(source), pooled_text=True))
+    start = StageTrainer(_args(run, "lazy", 4, init_from=str(source), lr=1e-4, added_input_lr=1e-3, **{flag: True}))
     start._setup()
     tr = start.net_inner.models["transformer"]
-    assert tr.config.pooled_text and not tr.pooled_text_embedder[2].weight.any()
+    last = [p for p in getattr(tr, module).parameters()][-2]  # the zero-initialised output layer's weight
+    assert tr.config.get(flag) and not last.any()
+    groups = start.optimizer.param_groups
+    assert [g["lr"] for g in groups] == pytest.approx([1e-4, 1e-3])
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in getattr(tr, module).parameters()}
     plain = LazyDiffusionTransformer.from_pretrained(str(source / "transformer"))
     h = start.net_inner._holes(batch)
     text, tmask = start.net_inner._captions(batch, 0.0)
     args = (h["xt"], h["context"], h["index"], h["grid"], h["t"] * 1000, text, tmask, h["valid"], None, h["offset"])
     with torch.no_grad():
         torch.testing.assert_close(tr(*args), plain(*args))
-    result = train_stage(_args(run, "lazy", 4, init_from=str(source), pooled_text=True, save_every=2))
+    result = train_stage(_args(run, "lazy", 4, init_from=str(source), save_every=2, lr=1e-4, added_input_lr=1e-3,
+                               **{flag: True}))
     assert result["done"]
     saved = LazyDiffusionTransformer.from_pretrained(str(run / "model" / "transformer"))
-    assert saved.config.pooled_text and saved.pooled_text_embedder[2].weight.abs().sum() > 0
+    assert saved.config.get(flag) and [p for p in getattr(saved, module).parameters()][-2].abs().sum() > 0
     resumed = train_stage(_args(run, "lazy", 6, save_every=2))
     assert resumed["step"] == 6 and len(resumed["losses"]) == 2
-    assert LazyDiffusionTransformer.from_pretrained(str(run / "model" / "transformer")).config.pooled_text
+    assert LazyDiffusionTransformer.from_pretrained(str(run / "model" / "transformer")).config.get(flag)
+    # resumed without --added-input-lr the group keeps its ratio to --lr (10 here); with it, the new rate wins
+    again = StageTrainer(_args(run, "lazy", 8, lr=1e-4))
+    again._setup()
+    again.accelerator.load_state(str(_latest_checkpoint(run / "lazy")))
+    again._apply_lr(1e-4)
+    assert [g["lr"] for g in again.optimizer.param_groups] == pytest.approx([1e-4, 1e-3])
+    again.args.added_input_lr = 5e-4
+    again._apply_lr(1e-4)
+    assert [g["lr"] for g in again.optimizer.param_groups] == pytest.approx([1e-4, 5e-4])
 
 
 def test_every_stage_trains_under_bf16_autocast(tmp_path):

@@ -36,6 +36,17 @@ def fraction(text: str) -> float:
     return value
 
 
+def every(text: str) -> int:
+    """argparse type of the --*-every flags: a whole number of steps, at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a whole number of steps") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"{text}: the period must be at least 1 step")
+    return value
+
+
 def _sizes(text: str) -> tuple[int, ...]:
     """argparse type of --resolution: one size in pixels, or several separated by commas."""
     try:
@@ -74,9 +85,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--ema-decay", type=float, default=0.999)
     p.add_argument("--grad-clip", type=float, default=1.0)
     p.add_argument("--max-minutes", type=float, help="stop (after a checkpoint) once this much wall clock has passed; rerun to resume")
-    p.add_argument("--save-every", type=int, default=200, help="checkpoint + export every N steps")
-    p.add_argument("--sample-every", type=int, default=200, help="write a sample grid PNG every N steps")
-    p.add_argument("--log-every", type=int, default=10, help="TensorBoard scalars every N steps")
+    p.add_argument("--save-every", type=every, default=200, help="checkpoint + export every N steps")
+    p.add_argument("--sample-every", type=every, default=200, help="write a sample grid PNG every N steps")
+    p.add_argument("--log-every", type=every, default=10, help="TensorBoard scalars every N steps")
     p.add_argument("--keep-checkpoints", type=int, default=2)
     p.add_argument("--mixed-precision", default="auto", choices=("auto", "no", "fp16", "bf16"),
                    help="auto: bf16 on GPUs that support it, fp16 on other GPUs, none on CPU")
@@ -138,6 +149,13 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="lazy: also feed the transformer the mean of the caption's tokens through its timestep "
                         "vector (a global condition, as SD3's pooled text), beside cross-attention; added "
                         "zero-initialised to a transformer from --init-from")
+    p.add_argument("--hole-positions", action="store_true",
+                   help="lazy: also give each hole token its place in the hole's box (-1..1 across it) and the box's "
+                        "size, so a shape the caption names can be drawn to fit the box a person masked; added "
+                        "zero-initialised to a transformer from --init-from")
+    p.add_argument("--added-input-lr", type=float, default=None,
+                   help="lazy: learning rate of the transformer's added inputs (--pooled-text, --hole-positions); "
+                        "default --lr (a zero-initialised module grows slowly at a fine-tune's rate)")
     p.add_argument("--sample-steps", type=int, default=12)
     p.add_argument("--sample-guidance", type=float, default=2.0)
     p.add_argument("--no-progress", action="store_true", help="no tqdm bar")
@@ -191,6 +209,8 @@ def _args_for(ns: argparse.Namespace, stage: str) -> TrainArgs:
         strip_masks=ns.strip_masks,
         timestep_shift=ns.timestep_shift,
         pooled_text=ns.pooled_text,
+        hole_positions=ns.hole_positions,
+        added_input_lr=ns.added_input_lr,
     )
 
 

@@ -120,6 +120,11 @@ class TrainArgs:
     # lazy: give the transformer the pooled caption too (added to its timestep vector; zero-initialised, so a
     # transformer from --init-from starts as it was). A run that started with it keeps it when resumed.
     pooled_text: bool = False
+    # lazy: give each hole token its place in the hole's box (zero-initialised too; kept when resumed)
+    hole_positions: bool = False
+    # lazy: the learning rate of the transformer's added inputs (pooled text, hole positions); None: --lr. A
+    # zero-initialised module grows slowly at a fine-tune's rate.
+    added_input_lr: float | None = None
 
 
 STAGE_DEFAULTS = {
@@ -161,8 +166,12 @@ def _defaults(args: TrainArgs) -> TrainArgs:
         raise ValueError("--strip-masks is for the stages that fill holes from their context: lazy, distill")
     if args.timestep_shift != 1.0 and (args.stage not in ("lazy", "sketch", "distill") or args.timestep_shift <= 0):
         raise ValueError("--timestep-shift is a positive factor for the stages that denoise: lazy, sketch, distill")
-    if args.pooled_text and args.stage != "lazy":
-        raise ValueError("--pooled-text changes the transformer: it is for the lazy stage, which trains it")
+    for flag, on in (("--pooled-text", args.pooled_text), ("--hole-positions", args.hole_positions),
+                     ("--added-input-lr", args.added_input_lr is not None)):
+        if on and args.stage != "lazy":
+            raise ValueError(f"{flag} changes the transformer: it is for the lazy stage, which trains it")
+    if args.added_input_lr is not None and args.added_input_lr <= 0:
+        raise ValueError("--added-input-lr must be a positive learning rate")
     if args.focus_fraction > 0 and not args.focus_shapes:
         raise ValueError("--focus-fraction needs --focus-shapes (the shapes those scenes are drawn from)")
     args.focus_shapes = shape_names(args.focus_shapes) if args.focus_shapes else ()
@@ -205,14 +214,16 @@ def build_asym(cfg):
     return AsymmetricAutoencoderKL(**cfg.asym_vae)
 
 
-def build_backbone(cfg, pooled_text: bool = False):
+def build_backbone(cfg, **added_inputs: bool):
+    """The text encoder, context encoder and transformer of a config; ``added_inputs``: the transformer's
+    optional inputs switched on (``LazyDiffusionTransformer.ADDED_INPUTS``)."""
     from lazyedit.engine.models import ByteTextEncoder, ContextEncoder, LazyDiffusionTransformer
 
     if cfg.text_encoder is None:
         raise ValueError(f"config {cfg.name!r} uses an external text encoder; lazyedit train builds ByteTextEncoder models only")
     text = ByteTextEncoder(**cfg.text_encoder)
     ctx = ContextEncoder(**cfg.context_encoder)
-    tr = LazyDiffusionTransformer(**{**cfg.transformer, "pooled_text": pooled_text})
+    tr = LazyDiffusionTransformer(**{**cfg.transformer, **added_inputs})
     return text, ctx, tr
 
 
@@ -769,8 +780,9 @@ class StageTrainer:
             vae.requires_grad_(False).eval()
             self.frozen["vae"] = vae
             trained = mdir / "transformer" / "config.json"
-            pooled = a.pooled_text or (trained.exists() and json.loads(trained.read_text()).get("pooled_text", False))
-            text, ctx, tr = build_backbone(cfg, pooled_text=pooled)
+            kept = json.loads(trained.read_text()) if trained.exists() else {}
+            asked = {"pooled_text": a.pooled_text, "hole_positions": a.hole_positions}
+            text, ctx, tr = build_backbone(cfg, **{flag: on or kept.get(flag, False) for flag, on in asked.items()})
             self.models = {"text_encoder": text, "context_encoder": ctx, "transformer": tr}
         elif stage == "sketch":
             vae = self._require(mdir / "vae", "vae")
@@ -805,7 +817,8 @@ class StageTrainer:
                                   a.edge_weight, a.timestep_shift)
         params = [p for p in self.net_inner.parameters() if p.requires_grad]
         self.params = params
-        self.optimizer = torch.optim.AdamW(params, lr=a.lr, betas=(0.9, 0.99), weight_decay=a.weight_decay)
+        self.optimizer = torch.optim.AdamW(self._param_groups(params), lr=a.lr, betas=(0.9, 0.99),
+                                           weight_decay=a.weight_decay)
         warm = max(1, a.warmup)
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, lambda s: min(1.0, (s + 1) / warm))
         from diffusers.training_utils import EMAModel
@@ -815,6 +828,27 @@ class StageTrainer:
         self.models = self.net_inner.models
         self.ema.to(self.device)
         self.accelerator.register_for_checkpointing(self.ema)
+
+    def _param_groups(self, params: list) -> list[dict]:
+        """The optimizer's groups: the transformer's added input modules (pooled text, hole positions) in a group
+        of their own, always, so a checkpoint resumes whatever the flags; its ``lr_scale`` is its rate over --lr
+        (--added-input-lr / --lr; 1 without the flag), kept by the checkpoint."""
+        tr = self.models.get("transformer")
+        added = set()
+        if tr is not None:
+            added = {id(p) for flag, name in tr.ADDED_INPUTS.items() if tr.config.get(flag)
+                     for p in getattr(tr, name).parameters()}
+        if self.args.added_input_lr is not None and not added:
+            raise ValueError("--added-input-lr: the transformer has no added input (--pooled-text, --hole-positions)")
+        if not added:
+            return [{"params": params, "lr_scale": 1.0}]
+        scale = self._added_input_scale()
+        return [{"params": [p for p in params if id(p) not in added], "lr_scale": 1.0},
+                {"params": [p for p in params if id(p) in added], "lr_scale": scale, "lr": self.args.lr * scale}]
+
+    def _added_input_scale(self) -> float:
+        a = self.args
+        return 1.0 if a.added_input_lr is None else a.added_input_lr / a.lr
 
     def _init_weights(self, source: Path) -> None:
         """--init-from: the trained components start from ``source``'s weights (a checkpoint, when one is
@@ -833,9 +867,10 @@ class StageTrainer:
                 # velocity, the unconditional with the null prompt), guided again by two rows
                 source_model = source_model.undistilled(1.0)
                 logger.info("%s: guidance-distilled; starts as its prediction at guidance 1, undistilled", path)
-            if model.config.get("pooled_text") and not source_model.config.get("pooled_text"):
-                source_model = source_model.with_pooled_text()
-                logger.info("%s: the pooled-text input is added (zero-initialised)", path)
+            for flag in getattr(model, "ADDED_INPUTS", {}):
+                if model.config.get(flag) and not source_model.config.get(flag):
+                    source_model = source_model.with_added_input(flag)
+                    logger.info("%s: the %s input is added (zero-initialised)", path, flag)
             wide = source_model.state_dict()
             own = model.state_dict()
             if own.keys() == wide.keys() and all(own[k].shape == wide[k].shape for k in own):
@@ -987,12 +1022,15 @@ class StageTrainer:
 
     def _apply_lr(self, lr: float):
         """A checkpoint restores the optimizer's and scheduler's learning rate; this one (--lr) wins, so a
-        resumed phase can lower it."""
+        resumed phase can lower it (the added inputs' group keeps its ratio to it)."""
         inner = getattr(self.scheduler, "scheduler", self.scheduler)  # accelerate wraps the scheduler
-        inner.base_lrs = [lr] * len(inner.base_lrs)
-        for group, factor in zip(self.optimizer.param_groups, (f(inner.last_epoch) for f in inner.lr_lambdas)):
-            group["initial_lr"] = lr
-            group["lr"] = lr * factor
+        groups = self.optimizer.param_groups
+        if len(groups) > 1 and self.args.added_input_lr is not None:
+            groups[1]["lr_scale"] = self._added_input_scale()  # asked again: it wins over the checkpoint's
+        inner.base_lrs = [lr * g.get("lr_scale", 1.0) for g in groups]
+        for group, base, factor in zip(groups, inner.base_lrs, (f(inner.last_epoch) for f in inner.lr_lambdas)):
+            group["initial_lr"] = base
+            group["lr"] = base * factor
         inner._last_lr = [g["lr"] for g in self.optimizer.param_groups]
 
     # ---------------------------------------------------------------- main loop

@@ -6,7 +6,9 @@ hole indices, timesteps enter through adaLN-single, text through cross-attention
 join block i of the first half to block depth-1-i of the second half. SCEdit tuners act on those skips.
 Optionally (``pooled_text``) the mean of the caption's tokens also joins the timestep vector, as SD3's pooled
 CLIP vector does: a global condition every token is modulated by, where cross-attention lets each token look
-the caption up on its own.
+the caption up on its own. Optionally (``hole_positions``) each token also learns where it lies inside the hole's
+box (and how large the box is, in tokens): a shape named by the prompt is drawn relative to the box a person
+masked, and absolute positions make every token work that out from the others by attention.
 Batches may pack holes of different sizes: `token_mask` marks the real tokens of each row.
 
 A guidance-distilled transformer (``guidance_embeds``) also takes the classifier-free guidance scale as an
@@ -16,6 +18,7 @@ model it was distilled from needs a conditional and an unconditional row per ste
 
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import torch
@@ -44,6 +47,46 @@ def pooled_tokens(text: torch.Tensor, text_mask: torch.Tensor | None) -> torch.T
         return text.mean(dim=1)
     weights = text_mask.to(text.dtype)[..., None]
     return (text * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1)
+
+
+def hole_box_features(index: torch.Tensor, grid: tuple[int, int], token_mask: torch.Tensor | None,
+                      frequencies: int = 8) -> torch.Tensor:
+    """Where each hole token lies in its row's hole box: (B, L) flat grid indices -> (B, L, 4 * frequencies + 2).
+
+    The coordinates run from -1 to 1 across the box of the row's real tokens (``token_mask``; None: all are
+    real), encoded by sin and cos at ``frequencies`` multiples of pi/2, plus the log of the box's height and
+    width in tokens. Padding tokens get features too; attention never reads them."""
+    rows, cols = (index // grid[1]).float(), (index % grid[1]).float()
+    real = torch.ones_like(index, dtype=torch.bool) if token_mask is None else token_mask
+    big = float(grid[0] * grid[1])
+
+    def span(pos):
+        low = pos.masked_fill(~real, big).amin(dim=1, keepdim=True)
+        high = pos.masked_fill(~real, -big).amax(dim=1, keepdim=True)
+        half = ((high - low) / 2).clamp(min=0.5)  # a one-token-wide box: its token reads 0
+        return ((pos - (low + high) / 2) / half).clamp(-1, 1), torch.log1p(high - low).expand_as(pos)
+
+    (r, log_h), (c, log_w) = span(rows), span(cols)
+    k = torch.arange(1, frequencies + 1, device=index.device, dtype=torch.float32) * (math.pi / 2)
+    angles = torch.cat([r[..., None] * k, c[..., None] * k], dim=-1)
+    return torch.cat([torch.sin(angles), torch.cos(angles), log_h[..., None], log_w[..., None]], dim=-1)
+
+
+class HolePositionEmbedder(nn.Module):
+    """hole_box_features -> a vector added to each token's input; zero output at init, so adding it to a trained
+    transformer changes nothing until it is trained."""
+
+    frequencies = 8
+
+    def __init__(self, dim: int):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(4 * self.frequencies + 2, dim), nn.SiLU(), nn.Linear(dim, dim))
+        nn.init.zeros_(self.mlp[2].weight)
+        nn.init.zeros_(self.mlp[2].bias)
+
+    def forward(self, index: torch.Tensor, grid: tuple[int, int], token_mask: torch.Tensor | None) -> torch.Tensor:
+        features = hole_box_features(index, grid, token_mask, self.frequencies)
+        return self.mlp(features.to(self.mlp[0].weight.dtype))
 
 
 class DiTBlock(nn.Module):
@@ -106,6 +149,7 @@ class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
         text_dim: int = 4096,
         guidance_embeds: bool = False,
         pooled_text: bool = False,
+        hole_positions: bool = False,
     ):
         super().__init__()
         if depth % 2:
@@ -124,6 +168,8 @@ class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
             # zero output: added to a trained transformer, it starts as exactly that transformer
             nn.init.zeros_(self.pooled_text_embedder[2].weight)
             nn.init.zeros_(self.pooled_text_embedder[2].bias)
+        if hole_positions:
+            self.hole_position_embedder = HolePositionEmbedder(width)
         self.caption_proj = nn.Sequential(nn.Linear(text_dim, width), nn.GELU(approximate="tanh"), nn.Linear(width, width))
         half = depth // 2
         self.in_blocks = nn.ModuleList(DiTBlock(width, heads, mlp_ratio, long_skip=False) for _ in range(half))
@@ -133,12 +179,17 @@ class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
         nn.init.zeros_(self.t_block[1].weight)
         nn.init.zeros_(self.t_block[1].bias)
 
-    def with_pooled_text(self) -> "LazyDiffusionTransformer":
-        """A copy of this transformer with the pooled-text input added; it predicts exactly what this one does
-        until the new embedder (zero output) is trained."""
-        if self.config.pooled_text:
-            raise ValueError("this transformer already takes the pooled text")
-        return self._with_zero_input("pooled_text_embedder.", pooled_text=True)
+    # the inputs a trained transformer can be given later: config flag -> its zero-initialised module
+    ADDED_INPUTS = {"pooled_text": "pooled_text_embedder", "hole_positions": "hole_position_embedder"}
+
+    def with_added_input(self, flag: str) -> "LazyDiffusionTransformer":
+        """A copy of this transformer with one more input (``ADDED_INPUTS``: "pooled_text" or "hole_positions")
+        switched on; it predicts exactly what this one does until the new embedder (zero output) is trained."""
+        if flag not in self.ADDED_INPUTS:
+            raise ValueError(f"unknown added input {flag!r}: choose one of {', '.join(self.ADDED_INPUTS)}")
+        if self.config.get(flag):
+            raise ValueError(f"this transformer already takes the {flag} input")
+        return self._with_zero_input(self.ADDED_INPUTS[flag] + ".", **{flag: True})
 
     def _with_zero_input(self, prefix: str, **flag) -> "LazyDiffusionTransformer":
         """A copy with one more (zero-initialised) input module, named ``prefix``, switched on by ``flag``."""
@@ -179,8 +230,9 @@ class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
         """Parameters that feed the skips; SCEdit tuning freezes them and never backpropagates into them."""
         for module in (self.x_embedder, self.t_embedder, self.t_block, self.caption_proj, self.in_blocks):
             yield from module.parameters()
-        if self.config.pooled_text:
-            yield from self.pooled_text_embedder.parameters()
+        for flag, module in self.ADDED_INPUTS.items():
+            if self.config.get(flag):
+                yield from getattr(self, module).parameters()
 
     def forward(
         self,
@@ -208,6 +260,8 @@ class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
         with torch.set_grad_enabled(torch.is_grad_enabled() and not frozen):
             x = self.x_embedder(torch.cat([noisy_tokens, context], dim=-1))
             x = x + sincos_positions(x.shape[-1], grid, token_index, position_offset).to(x.dtype)
+            if self.config.hole_positions:
+                x = x + self.hole_position_embedder(token_index, grid, token_mask).to(x.dtype)
             t = self.t_embedder(timestep)
             if guidance is not None:
                 t = t + self.guidance_embedder(guidance * GUIDANCE_EMBED_SCALE)
