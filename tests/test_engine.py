@@ -255,6 +255,17 @@ def test_guidance_distilled_transformer_runs_one_row_per_step(pipe):
         pipe.transformer(**inputs, guidance=torch.tensor([4.0]))
 
 
+def _added_input_copy(pipe, flag, inputs):
+    """pipe's transformer with the added input ``flag``: it predicts exactly what the transformer does, and
+    refuses to add the input twice."""
+    wider = pipe.transformer.with_added_input(flag)
+    assert wider.config.get(flag) and not pipe.transformer.config.get(flag)
+    torch.testing.assert_close(wider(**inputs), pipe.transformer(**inputs), rtol=0, atol=0)
+    with pytest.raises(ValueError, match=f"already takes the {flag} input"):
+        wider.with_added_input(flag)
+    return wider
+
+
 def test_hole_positions_place_each_token_in_its_hole_box(pipe, tmp_path):
     """hole_box_features: -1..1 across the box of each row's real tokens, whatever the box's place on the grid;
     with_added_input("hole_positions") starts as the transformer it copies, and once it has weights a grid cell
@@ -278,11 +289,7 @@ def test_hole_positions_place_each_token_in_its_hole_box(pipe, tmp_path):
     torch.testing.assert_close(moved[real], f[real])
 
     inputs = _decoder_inputs(pipe)
-    wider = pipe.transformer.with_added_input("hole_positions")
-    assert wider.config.hole_positions and not pipe.transformer.config.hole_positions
-    torch.testing.assert_close(wider(**inputs), pipe.transformer(**inputs), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="already takes the hole_positions input"):
-        wider.with_added_input("hole_positions")
+    wider = _added_input_copy(pipe, "hole_positions", inputs)
     with pytest.raises(ValueError, match="unknown added input"):
         wider.with_added_input("hole_size")
     torch.manual_seed(5)
@@ -307,11 +314,7 @@ def test_pooled_text_joins_the_timestep_vector(pipe, tmp_path):
     from lazyedit.engine.models.transformer import pooled_tokens
 
     inputs = _decoder_inputs(pipe)
-    wider = pipe.transformer.with_added_input("pooled_text")
-    assert wider.config.pooled_text and not pipe.transformer.config.pooled_text
-    torch.testing.assert_close(wider(**inputs), pipe.transformer(**inputs), rtol=0, atol=0)
-    with pytest.raises(ValueError, match="already takes the pooled_text input"):
-        wider.with_added_input("pooled_text")
+    wider = _added_input_copy(pipe, "pooled_text", inputs)
     torch.manual_seed(4)
     torch.nn.init.normal_(wider.pooled_text_embedder[2].weight, std=0.05)
     moved = wider(**inputs)
