@@ -781,8 +781,11 @@ class StageTrainer:
             self.frozen["vae"] = vae
             trained = mdir / "transformer" / "config.json"
             kept = json.loads(trained.read_text()) if trained.exists() else {}
-            asked = {"pooled_text": a.pooled_text, "hole_positions": a.hole_positions}
-            text, ctx, tr = build_backbone(cfg, **{flag: on or kept.get(flag, False) for flag, on in asked.items()})
+            from lazyedit.engine.models import LazyDiffusionTransformer
+
+            # each added input: asked for by its flag (TrainArgs names it as the config does), or kept from the run
+            text, ctx, tr = build_backbone(cfg, **{flag: getattr(a, flag) or kept.get(flag, False)
+                                                   for flag in LazyDiffusionTransformer.ADDED_INPUTS})
             self.models = {"text_encoder": text, "context_encoder": ctx, "transformer": tr}
         elif stage == "sketch":
             vae = self._require(mdir / "vae", "vae")
