@@ -7,6 +7,7 @@ import sys
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from PIL import Image
 
 from lazyedit.engine import (EditCancelled, EditInputError, EditRequest, LazyEditPipeline, build_pipeline, get_config,
@@ -305,6 +306,74 @@ def test_hole_positions_place_each_token_in_its_hole_box(pipe, tmp_path):
     again = type(wider).from_pretrained(str(tmp_path / "tr"))
     assert again.config.hole_positions
     torch.testing.assert_close(again(**inputs), full)
+
+
+def test_mask_detail_tells_the_context_encoder_which_pixels_are_masked(pipe, tmp_path):
+    """mask_detail_tokens: the masked share of each token's 4x4 cells; with_added_input("mask_detail") starts as the
+    context encoder it copies; once it has weights, two masks with the same hole tokens but other pixels give other
+    context, the pipeline passes its mask's pixels, and the edit still keeps every pixel outside the mask."""
+    from lazyedit.engine import LazyEditPipeline
+    from lazyedit.engine.models.layers import mask_detail_tokens
+
+    m = torch.zeros(1, 1, 16, 32)
+    m[0, 0, 0:4, 0:8] = 1  # token 0: its top-left 4x8 px, the first two cells of its first row
+    m[0, 0, 2:4, 16:18] = 1  # token 1: half of one cell's rows and half its columns
+    cells = mask_detail_tokens(m, unit=16, cells=4)
+    assert cells.shape == (1, 2, 16)
+    assert cells[0, 0].tolist() == [1, 1] + [0] * 14
+    assert cells[0, 1].tolist() == [0.25] + [0] * 15
+    with pytest.raises(ValueError, match="does not split"):
+        mask_detail_tokens(m, unit=16, cells=3)
+
+    ctx = pipe.context_encoder
+    unit = pipe.unit
+    grid = (4, 4)
+    latent = torch.randn(1, ctx.config.latent_channels, grid[0] * ctx.config.patch_size, grid[1] * ctx.config.patch_size)
+    star = torch.zeros(1, 1, grid[0] * unit, grid[1] * unit)
+    star[..., unit : 3 * unit, unit : 3 * unit] = 1  # four whole tokens
+    thin = star.clone()
+    thin[..., unit : unit + 2, :] = 0  # the same four tokens, two rows of pixels fewer
+    tok = F.max_pool2d(star, unit)[:, 0] > 0
+    assert torch.equal(tok, F.max_pool2d(thin, unit)[:, 0] > 0)
+    latent_mask = tok.float()[:, None].repeat_interleave(ctx.config.patch_size, 2).repeat_interleave(ctx.config.patch_size, 3)
+    index = torch.nonzero(tok.flatten())[:, 0][None]
+    wider = ctx.with_added_input("mask_detail")
+    assert wider.config.mask_detail and not ctx.config.mask_detail
+    with pytest.raises(ValueError, match="already takes the mask_detail input"):
+        wider.with_added_input("mask_detail")
+    with torch.no_grad():
+        torch.testing.assert_close(wider(latent, latent_mask, index, pixel_mask=star), ctx(latent, latent_mask, index),
+                                   rtol=0, atol=0)
+        with pytest.raises(ValueError, match="pass pixel_mask"):
+            wider(latent, latent_mask, index)
+        torch.manual_seed(6)
+        torch.nn.init.normal_(wider.mask_detail_embedder[2].weight, std=0.05)
+        a, b = (wider(latent, latent_mask, index, pixel_mask=m_) for m_ in (star, thin))
+    assert not torch.allclose(a, b, atol=1e-4)
+    wider.save_pretrained(tmp_path / "ctx")
+    again = type(wider).from_pretrained(str(tmp_path / "ctx"))
+    assert again.config.mask_detail
+    with torch.no_grad():
+        torch.testing.assert_close(again(latent, latent_mask, index, pixel_mask=star), a)
+
+    detailed = LazyEditPipeline(**{**pipe.components, "context_encoder": wider}, model_name="detailed")
+    img = canvas()
+    full, trimmed = box_mask(), box_mask()
+    trimmed[20:22, 30:50] = False  # the same tokens, two pixel rows fewer
+
+    def contexts(p):
+        seen = []
+        hook = p.context_encoder.register_forward_hook(lambda mod, args, out: seen.append(out))
+        try:
+            outs = [np.asarray(p.edit(img, mk, "a red star", seed=3, steps=2).image) for mk in (full, trimmed)]
+        finally:
+            hook.remove()
+        assert (outs[0][~full] == np.asarray(img)[~full]).all() and (outs[1][~trimmed] == np.asarray(img)[~trimmed]).all()
+        return seen
+
+    plain_ctx, detailed_ctx = contexts(pipe), contexts(detailed)
+    torch.testing.assert_close(plain_ctx[0], plain_ctx[1])  # tokens alone: the two masks are one hole
+    assert not torch.allclose(detailed_ctx[0], detailed_ctx[1], atol=1e-4)  # the pixels reached the context
 
 
 def test_pooled_text_joins_the_timestep_vector(pipe, tmp_path):

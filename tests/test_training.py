@@ -940,12 +940,13 @@ def test_timestep_shift_trains_the_noise_levels_the_sampler_takes(trained, tmp_p
     assert torch.allclose(lift(levels[1.0]), levels[3.0], atol=1e-6) and not torch.allclose(levels[1.0], levels[3.0])
 
 
-@pytest.mark.parametrize("flag", ["pooled_text", "hole_positions"])
-def test_an_added_input_joins_a_transformer_from_init_from_and_is_kept_on_resume(trained, tmp_path, flag):
-    """--pooled-text / --hole-positions: the lazy stage starts from --init-from's transformer with the input added
-    at zero (its first prediction is the source's), trains that input (at --added-input-lr: a group of its own),
-    and a resumed run keeps it without the flag."""
-    from lazyedit.engine.models import LazyDiffusionTransformer
+@pytest.mark.parametrize("flag", ["pooled_text", "hole_positions", "mask_detail"])
+def test_an_added_input_joins_a_model_from_init_from_and_is_kept_on_resume(trained, tmp_path, flag):
+    """--pooled-text / --hole-positions (the transformer's) / --mask-detail (the context encoder's): the lazy stage
+    starts from --init-from's backbone with the input added at zero (its first context and prediction are the
+    source's), trains that input (at --added-input-lr: a group of its own), and a resumed run keeps it without
+    the flag."""
+    from lazyedit.engine.models import ContextEncoder, LazyDiffusionTransformer
     from lazyedit.training.data import StageDataset
     from lazyedit.training.trainer import StageTrainer
 
@@ -955,32 +956,40 @@ def test_an_added_input_joins_a_transformer_from_init_from_and_is_kept_on_resume
     with pytest.raises(ValueError, match="--added-input-lr"):
         train_stage(_args(tmp_path / "sk", "sketch", 2, added_input_lr=1e-3))
     assert getattr(build_parser().parse_args(["lazy", option]), flag)
-    module = LazyDiffusionTransformer.ADDED_INPUTS[flag]
+    owner, cls = (("context_encoder", ContextEncoder) if flag in ContextEncoder.ADDED_INPUTS
+                  else ("transformer", LazyDiffusionTransformer))
+    module = cls.ADDED_INPUTS[flag]
     source = trained[0] / "model"
     run = tmp_path / "run"
     batch = torch.utils.data.default_collate([StageDataset("lazy", 64)[i] for i in range(4)])
     start = StageTrainer(_args(run, "lazy", 4, init_from=str(source), lr=1e-4, added_input_lr=1e-3, **{flag: True}))
     start._setup()
-    tr = start.net_inner.models["transformer"]
-    last = [p for p in getattr(tr, module).parameters()][-2]  # the zero-initialised output layer's weight
-    assert tr.config.get(flag) and not last.any()
+    model = start.net_inner.models[owner]
+    last = [p for p in getattr(model, module).parameters()][-2]  # the zero-initialised output layer's weight
+    assert model.config.get(flag) and not last.any()
     groups = start.optimizer.param_groups
     assert [g["lr"] for g in groups] == pytest.approx([1e-4, 1e-3])
-    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in getattr(tr, module).parameters()}
-    plain = LazyDiffusionTransformer.from_pretrained(str(source / "transformer"))
-    h = start.net_inner._holes(batch)
-    text, tmask = start.net_inner._captions(batch, 0.0)
-    args = (h["xt"], h["context"], h["index"], h["grid"], h["t"] * 1000, text, tmask, h["valid"], None, h["offset"])
-    with torch.no_grad():
-        torch.testing.assert_close(tr(*args), plain(*args))
+    assert {id(p) for p in groups[1]["params"]} == {id(p) for p in getattr(model, module).parameters()}
+    # the source's own backbone, on the same batch and the same draws (same seed): the same context and prediction
+    base = StageTrainer(_args(tmp_path / "base", "lazy", 4, init_from=str(source), lr=1e-4))
+    base._setup()
+    predictions = []
+    for trainer in (start, base):
+        with torch.no_grad():
+            h = trainer.net_inner._holes(batch)
+            text, tmask = trainer.net_inner._captions(batch, 0.0)
+            tr = trainer.net_inner.models["transformer"]
+            pred = tr(h["xt"], h["context"], h["index"], h["grid"], h["t"] * 1000, text, tmask, h["valid"], None, h["offset"])
+        predictions.append((h["context"], pred))
+    torch.testing.assert_close(predictions[0], predictions[1], rtol=0, atol=0)
     result = train_stage(_args(run, "lazy", 4, init_from=str(source), save_every=2, lr=1e-4, added_input_lr=1e-3,
                                **{flag: True}))
     assert result["done"]
-    saved = LazyDiffusionTransformer.from_pretrained(str(run / "model" / "transformer"))
+    saved = cls.from_pretrained(str(run / "model" / owner))
     assert saved.config.get(flag) and [p for p in getattr(saved, module).parameters()][-2].abs().sum() > 0
     resumed = train_stage(_args(run, "lazy", 6, save_every=2))
     assert resumed["step"] == 6 and len(resumed["losses"]) == 2
-    assert LazyDiffusionTransformer.from_pretrained(str(run / "model" / "transformer")).config.get(flag)
+    assert cls.from_pretrained(str(run / "model" / owner)).config.get(flag)
     # resumed without --added-input-lr the group keeps its ratio to --lr (10 here); with it, the new rate wins
     again = StageTrainer(_args(run, "lazy", 8, lr=1e-4))
     again._setup()

@@ -414,7 +414,8 @@ class LazyEditPipeline(DiffusionPipeline):
         def compute():
             latent_mask = _token_mask_to_latent(self._hide_mask(job), self.patch_size).to(job.latent)
             index = job.plan.index[None].to(self.device)
-            return self.context_encoder(job.latent.to(self.context_encoder.dtype), latent_mask, index)
+            pixel_mask = torch.from_numpy(np.ascontiguousarray(mask))[None, None].to(latent_mask)
+            return self.context_encoder(job.latent.to(self.context_encoder.dtype), latent_mask, index, pixel_mask=pixel_mask)
 
         t0 = time.perf_counter()
         job.context, hit = self.context_cache.get_or_compute(key, compute)

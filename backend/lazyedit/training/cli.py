@@ -153,8 +153,12 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="lazy: also give each hole token its place in the hole's box (-1..1 across it) and the box's "
                         "size, so a shape the caption names can be drawn to fit the box a person masked; added "
                         "zero-initialised to a transformer from --init-from")
+    p.add_argument("--mask-detail", action="store_true",
+                   help="lazy: also give the context encoder which pixels of each token are masked (4x4 cells a "
+                        "token), so the outline a person paints reaches the generator finer than whole tokens; "
+                        "added zero-initialised to a context encoder from --init-from")
     p.add_argument("--added-input-lr", type=float, default=None,
-                   help="lazy: learning rate of the transformer's added inputs (--pooled-text, --hole-positions); "
+                   help="lazy: learning rate of the added inputs (--pooled-text, --hole-positions, --mask-detail); "
                         "default --lr (a zero-initialised module grows slowly at a fine-tune's rate)")
     p.add_argument("--sample-steps", type=int, default=12)
     p.add_argument("--sample-guidance", type=float, default=2.0)
@@ -210,6 +214,7 @@ def _args_for(ns: argparse.Namespace, stage: str) -> TrainArgs:
         timestep_shift=ns.timestep_shift,
         pooled_text=ns.pooled_text,
         hole_positions=ns.hole_positions,
+        mask_detail=ns.mask_detail,
         added_input_lr=ns.added_input_lr,
     )
 

@@ -122,7 +122,9 @@ class TrainArgs:
     pooled_text: bool = False
     # lazy: give each hole token its place in the hole's box (zero-initialised too; kept when resumed)
     hole_positions: bool = False
-    # lazy: the learning rate of the transformer's added inputs (pooled text, hole positions); None: --lr. A
+    # lazy: give the context encoder which pixels of each token are masked (zero-initialised too; kept when resumed)
+    mask_detail: bool = False
+    # lazy: the learning rate of the added inputs (pooled text, hole positions, mask detail); None: --lr. A
     # zero-initialised module grows slowly at a fine-tune's rate.
     added_input_lr: float | None = None
 
@@ -167,9 +169,9 @@ def _defaults(args: TrainArgs) -> TrainArgs:
     if args.timestep_shift != 1.0 and (args.stage not in ("lazy", "sketch", "distill") or args.timestep_shift <= 0):
         raise ValueError("--timestep-shift is a positive factor for the stages that denoise: lazy, sketch, distill")
     for flag, on in (("--pooled-text", args.pooled_text), ("--hole-positions", args.hole_positions),
-                     ("--added-input-lr", args.added_input_lr is not None)):
+                     ("--mask-detail", args.mask_detail), ("--added-input-lr", args.added_input_lr is not None)):
         if on and args.stage != "lazy":
-            raise ValueError(f"{flag} changes the transformer: it is for the lazy stage, which trains it")
+            raise ValueError(f"{flag} changes the backbone: it is for the lazy stage, which trains it")
     if args.added_input_lr is not None and args.added_input_lr <= 0:
         raise ValueError("--added-input-lr must be a positive learning rate")
     if args.focus_fraction > 0 and not args.focus_shapes:
@@ -215,15 +217,23 @@ def build_asym(cfg):
 
 
 def build_backbone(cfg, **added_inputs: bool):
-    """The text encoder, context encoder and transformer of a config; ``added_inputs``: the transformer's
-    optional inputs switched on (``LazyDiffusionTransformer.ADDED_INPUTS``)."""
+    """The text encoder, context encoder and transformer of a config; ``added_inputs``: optional inputs switched
+    on, each given to the model that takes it (``ContextEncoder.ADDED_INPUTS``,
+    ``LazyDiffusionTransformer.ADDED_INPUTS``)."""
     from lazyedit.engine.models import ByteTextEncoder, ContextEncoder, LazyDiffusionTransformer
 
     if cfg.text_encoder is None:
         raise ValueError(f"config {cfg.name!r} uses an external text encoder; lazyedit train builds ByteTextEncoder models only")
+    unknown = set(added_inputs) - set(ContextEncoder.ADDED_INPUTS) - set(LazyDiffusionTransformer.ADDED_INPUTS)
+    if unknown:
+        raise ValueError(f"unknown added inputs: {', '.join(sorted(unknown))}")
+
+    def inputs_of(cls):
+        return {flag: on for flag, on in added_inputs.items() if flag in cls.ADDED_INPUTS}
+
     text = ByteTextEncoder(**cfg.text_encoder)
-    ctx = ContextEncoder(**cfg.context_encoder)
-    tr = LazyDiffusionTransformer(**{**cfg.transformer, **added_inputs})
+    ctx = ContextEncoder(**{**cfg.context_encoder, **inputs_of(ContextEncoder)})
+    tr = LazyDiffusionTransformer(**{**cfg.transformer, **inputs_of(LazyDiffusionTransformer)})
     return text, ctx, tr
 
 
@@ -400,7 +410,7 @@ def sample_holes(backbone, canvas: torch.Tensor, mask: torch.Tensor, captions: l
     b, device = canvas.shape[0], canvas.device
     tok, index, valid = hole_plan(mask, unit)
     grid = tuple(tok.shape[1:])
-    context = ctx_enc(canvas, latent_mask_from_tokens(tok, p), index)
+    context = ctx_enc(canvas, latent_mask_from_tokens(tok, p), index, pixel_mask=mask)
     # a guidance-distilled transformer takes the scale as an input: one row per edit instead of two
     distilled = tr.config.guidance_embeds
     rows = 1 if distilled else 2
@@ -636,7 +646,7 @@ class StageNet(torch.nn.Module):
             # crops smaller than the canvases the model will see: shift their positions at random so every
             # position of a canvas up to position_grid tokens wide is trained
             offset = torch.randint(0, self.position_grid - max(grid) + 1, (b, 2), generator=self.generator).to(device)
-        context = ctx_enc(canvas, latent_mask_from_tokens(tok, p), index, offset)
+        context = ctx_enc(canvas, latent_mask_from_tokens(tok, p), index, offset, pixel_mask=mask)
         x0 = gather_tokens(patchify(goal, p), index)
         noise = torch.randn(x0.shape, generator=self.generator).to(device)
         t = sample_t(b, "cpu", self.generator, self.timestep_shift).to(device)
@@ -779,13 +789,15 @@ class StageTrainer:
             vae = self._require(mdir / "vae", "vae")
             vae.requires_grad_(False).eval()
             self.frozen["vae"] = vae
-            trained = mdir / "transformer" / "config.json"
-            kept = json.loads(trained.read_text()) if trained.exists() else {}
-            from lazyedit.engine.models import LazyDiffusionTransformer
+            from lazyedit.engine.models import ContextEncoder, LazyDiffusionTransformer
 
             # each added input: asked for by its flag (TrainArgs names it as the config does), or kept from the run
-            text, ctx, tr = build_backbone(cfg, **{flag: getattr(a, flag) or kept.get(flag, False)
-                                                   for flag in LazyDiffusionTransformer.ADDED_INPUTS})
+            added = {}
+            for name, cls in (("context_encoder", ContextEncoder), ("transformer", LazyDiffusionTransformer)):
+                trained = mdir / name / "config.json"
+                kept = json.loads(trained.read_text()) if trained.exists() else {}
+                added.update({flag: getattr(a, flag) or kept.get(flag, False) for flag in cls.ADDED_INPUTS})
+            text, ctx, tr = build_backbone(cfg, **added)
             self.models = {"text_encoder": text, "context_encoder": ctx, "transformer": tr}
         elif stage == "sketch":
             vae = self._require(mdir / "vae", "vae")
@@ -833,16 +845,13 @@ class StageTrainer:
         self.accelerator.register_for_checkpointing(self.ema)
 
     def _param_groups(self, params: list) -> list[dict]:
-        """The optimizer's groups: the transformer's added input modules (pooled text, hole positions) in a group
+        """The optimizer's groups: the backbone's added input modules (pooled text, hole positions, mask detail) in a group
         of their own, always, so a checkpoint resumes whatever the flags; its ``lr_scale`` is its rate over --lr
         (--added-input-lr / --lr; 1 without the flag), kept by the checkpoint."""
-        tr = self.models.get("transformer")
-        added = set()
-        if tr is not None:
-            added = {id(p) for flag, name in tr.ADDED_INPUTS.items() if tr.config.get(flag)
-                     for p in getattr(tr, name).parameters()}
+        added = {id(p) for m in self.models.values() if hasattr(m, "added_input_parameters")
+                 for p in m.added_input_parameters()}
         if self.args.added_input_lr is not None and not added:
-            raise ValueError("--added-input-lr: the transformer has no added input (--pooled-text, --hole-positions)")
+            raise ValueError("--added-input-lr: the backbone has no added input (--pooled-text, --hole-positions, --mask-detail)")
         if not added:
             return [{"params": params, "lr_scale": 1.0}]
         scale = self._added_input_scale()

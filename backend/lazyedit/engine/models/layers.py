@@ -143,3 +143,52 @@ def unpatchify(tokens: torch.Tensor, p: int, c: int, grid: tuple[int, int]) -> t
 def gather_tokens(tokens: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
     """tokens (B, N, D), index (B, L) -> (B, L, D)."""
     return torch.gather(tokens, 1, index[..., None].expand(-1, -1, tokens.shape[-1]))
+
+
+class AddedInputs:
+    """For a ModelMixin + ConfigMixin model with optional inputs a trained model can be given later: each config
+    flag of ``ADDED_INPUTS`` switches on a module (named there) whose output is zero at init, so switching it on
+    changes nothing until that module is trained."""
+
+    ADDED_INPUTS: dict[str, str] = {}
+
+    def with_added_input(self, flag: str):
+        """A copy of this model with the ``flag`` input switched on; it computes exactly what this one does
+        until the new (zero-output) module is trained."""
+        if flag not in self.ADDED_INPUTS:
+            raise ValueError(f"unknown added input {flag!r}: choose one of {', '.join(self.ADDED_INPUTS)}")
+        if self.config.get(flag):
+            raise ValueError(f"this {type(self).__name__} already takes the {flag} input")
+        return self._with_zero_input(self.ADDED_INPUTS[flag] + ".", **{flag: True})
+
+    def _with_zero_input(self, prefix: str, **flag):
+        """A copy with one more (zero-initialised) input module, named ``prefix``, switched on by ``flag``."""
+        wider = type(self).from_config(self.config, **flag)  # a keyword: the config's own value would win
+        keys = wider.load_state_dict(self.state_dict(), strict=False)
+        assert not keys.unexpected_keys and all(k.startswith(prefix) for k in keys.missing_keys)
+        return wider.to(self.device, self.dtype)
+
+    def added_input_parameters(self):
+        """The parameters of the added input modules switched on."""
+        for flag, name in self.ADDED_INPUTS.items():
+            if self.config.get(flag):
+                yield from getattr(self, name).parameters()
+
+
+def zero_output_mlp(in_dim: int, dim: int) -> nn.Sequential:
+    """Linear, SiLU, Linear with the last layer zeroed: an added input's embedder, silent until trained."""
+    mlp = nn.Sequential(nn.Linear(in_dim, dim), nn.SiLU(), nn.Linear(dim, dim))
+    nn.init.zeros_(mlp[2].weight)
+    nn.init.zeros_(mlp[2].bias)
+    return mlp
+
+
+def mask_detail_tokens(pixel_mask: torch.Tensor, unit: int, cells: int) -> torch.Tensor:
+    """Pixel masks (B, 1, H, W), H and W multiples of ``unit`` (pixels per token side) -> (B, gh * gw, cells**2):
+    the share of each of a token's cells x cells sub-squares that is masked, row-major over the token grid.
+    A token's hole flag says only that some pixel of it is masked; this says which (a star's points, the
+    outline a person painted)."""
+    if unit % cells:
+        raise ValueError(f"a token of {unit} px does not split into {cells}x{cells} cells")
+    coverage = F.avg_pool2d(pixel_mask.float(), unit // cells)
+    return patchify(coverage, cells)

@@ -26,7 +26,7 @@ import torch.nn as nn
 from diffusers import ConfigMixin, ModelMixin
 from diffusers.configuration_utils import register_to_config
 
-from .layers import Attention, Mlp, TimestepEmbedder, sincos_positions
+from .layers import AddedInputs, Attention, Mlp, TimestepEmbedder, sincos_positions, zero_output_mlp
 
 # skip_adapter(skip_index, skip_tokens) -> skip_tokens: where SC-/CSC-Tuners plug in.
 SkipAdapter = Callable[[int, torch.Tensor], torch.Tensor]
@@ -80,9 +80,7 @@ class HolePositionEmbedder(nn.Module):
 
     def __init__(self, dim: int):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(4 * self.frequencies + 2, dim), nn.SiLU(), nn.Linear(dim, dim))
-        nn.init.zeros_(self.mlp[2].weight)
-        nn.init.zeros_(self.mlp[2].bias)
+        self.mlp = zero_output_mlp(4 * self.frequencies + 2, dim)
 
     def forward(self, index: torch.Tensor, grid: tuple[int, int], token_mask: torch.Tensor | None) -> torch.Tensor:
         features = hole_box_features(index, grid, token_mask, self.frequencies)
@@ -135,7 +133,7 @@ class FinalLayer(nn.Module):
         return self.linear(modulate(self.norm(x), shift, scale))
 
 
-class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
+class LazyDiffusionTransformer(AddedInputs, ModelMixin, ConfigMixin):
     @register_to_config
     def __init__(
         self,
@@ -164,10 +162,8 @@ class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
             nn.init.zeros_(self.guidance_embedder.mlp[2].weight)
             nn.init.zeros_(self.guidance_embedder.mlp[2].bias)
         if pooled_text:
-            self.pooled_text_embedder = nn.Sequential(nn.Linear(text_dim, width), nn.SiLU(), nn.Linear(width, width))
             # zero output: added to a trained transformer, it starts as exactly that transformer
-            nn.init.zeros_(self.pooled_text_embedder[2].weight)
-            nn.init.zeros_(self.pooled_text_embedder[2].bias)
+            self.pooled_text_embedder = zero_output_mlp(text_dim, width)
         if hole_positions:
             self.hole_position_embedder = HolePositionEmbedder(width)
         self.caption_proj = nn.Sequential(nn.Linear(text_dim, width), nn.GELU(approximate="tanh"), nn.Linear(width, width))
@@ -181,22 +177,6 @@ class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
 
     # the inputs a trained transformer can be given later: config flag -> its zero-initialised module
     ADDED_INPUTS = {"pooled_text": "pooled_text_embedder", "hole_positions": "hole_position_embedder"}
-
-    def with_added_input(self, flag: str) -> "LazyDiffusionTransformer":
-        """A copy of this transformer with one more input (``ADDED_INPUTS``: "pooled_text" or "hole_positions")
-        switched on; it predicts exactly what this one does until the new embedder (zero output) is trained."""
-        if flag not in self.ADDED_INPUTS:
-            raise ValueError(f"unknown added input {flag!r}: choose one of {', '.join(self.ADDED_INPUTS)}")
-        if self.config.get(flag):
-            raise ValueError(f"this transformer already takes the {flag} input")
-        return self._with_zero_input(self.ADDED_INPUTS[flag] + ".", **{flag: True})
-
-    def _with_zero_input(self, prefix: str, **flag) -> "LazyDiffusionTransformer":
-        """A copy with one more (zero-initialised) input module, named ``prefix``, switched on by ``flag``."""
-        wider = type(self).from_config(self.config, **flag)  # a keyword: the config's own value would win
-        keys = wider.load_state_dict(self.state_dict(), strict=False)
-        assert not keys.unexpected_keys and all(k.startswith(prefix) for k in keys.missing_keys)
-        return wider.to(self.device, self.dtype)
 
     def guidance_student(self) -> "LazyDiffusionTransformer":
         """A guidance-distilled copy of this transformer that starts as exactly its conditional row (the
@@ -230,9 +210,7 @@ class LazyDiffusionTransformer(ModelMixin, ConfigMixin):
         """Parameters that feed the skips; SCEdit tuning freezes them and never backpropagates into them."""
         for module in (self.x_embedder, self.t_embedder, self.t_block, self.caption_proj, self.in_blocks):
             yield from module.parameters()
-        for flag, module in self.ADDED_INPUTS.items():
-            if self.config.get(flag):
-                yield from getattr(self, module).parameters()
+        yield from self.added_input_parameters()
 
     def forward(
         self,
