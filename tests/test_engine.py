@@ -362,6 +362,7 @@ def test_mask_detail_tells_the_context_encoder_which_pixels_are_masked(pipe, tmp
     trimmed[20:22, 30:50] = False  # the same tokens, two pixel rows fewer
 
     def contexts(p):
+        p.clear_caches()  # the module's pipe may hold these masks' context from other tests
         seen = []
         hook = p.context_encoder.register_forward_hook(lambda mod, args, out: seen.append(out))
         try:
@@ -372,6 +373,7 @@ def test_mask_detail_tells_the_context_encoder_which_pixels_are_masked(pipe, tmp
         return seen
 
     plain_ctx, detailed_ctx = contexts(pipe), contexts(detailed)
+    assert len(plain_ctx) == len(detailed_ctx) == 2
     torch.testing.assert_close(plain_ctx[0], plain_ctx[1])  # tokens alone: the two masks are one hole
     assert not torch.allclose(detailed_ctx[0], detailed_ctx[1], atol=1e-4)  # the pixels reached the context
 
