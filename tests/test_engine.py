@@ -7,7 +7,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 
 from lazyedit.engine import (EditCancelled, EditInputError, EditRequest, LazyEditPipeline, build_pipeline, get_config,
@@ -314,6 +313,7 @@ def test_mask_detail_tells_the_context_encoder_which_pixels_are_masked(pipe, tmp
     context, the pipeline passes its mask's pixels, and the edit still keeps every pixel outside the mask."""
     from lazyedit.engine import LazyEditPipeline
     from lazyedit.engine.models.layers import mask_detail_tokens
+    from lazyedit.training.trainer import hole_plan, latent_mask_from_tokens
 
     m = torch.zeros(1, 1, 16, 32)
     m[0, 0, 0:4, 0:8] = 1  # token 0: its top-left 4x8 px, the first two cells of its first row
@@ -329,32 +329,31 @@ def test_mask_detail_tells_the_context_encoder_which_pixels_are_masked(pipe, tmp
     unit = pipe.unit
     grid = (4, 4)
     latent = torch.randn(1, ctx.config.latent_channels, grid[0] * ctx.config.patch_size, grid[1] * ctx.config.patch_size)
-    star = torch.zeros(1, 1, grid[0] * unit, grid[1] * unit)
-    star[..., unit : 3 * unit, unit : 3 * unit] = 1  # four whole tokens
-    thin = star.clone()
+    square = torch.zeros(1, 1, grid[0] * unit, grid[1] * unit)
+    square[..., unit : 3 * unit, unit : 3 * unit] = 1  # four whole tokens
+    thin = square.clone()
     thin[..., unit : unit + 2, :] = 0  # the same four tokens, two rows of pixels fewer
-    tok = F.max_pool2d(star, unit)[:, 0] > 0
-    assert torch.equal(tok, F.max_pool2d(thin, unit)[:, 0] > 0)
-    latent_mask = tok.float()[:, None].repeat_interleave(ctx.config.patch_size, 2).repeat_interleave(ctx.config.patch_size, 3)
-    index = torch.nonzero(tok.flatten())[:, 0][None]
+    tok, index, _ = hole_plan(square, unit)
+    assert torch.equal(tok, hole_plan(thin, unit)[0])
+    latent_mask = latent_mask_from_tokens(tok, ctx.config.patch_size)
     wider = ctx.with_added_input("mask_detail")
     assert wider.config.mask_detail and not ctx.config.mask_detail
     with pytest.raises(ValueError, match="already takes the mask_detail input"):
         wider.with_added_input("mask_detail")
     with torch.no_grad():
-        torch.testing.assert_close(wider(latent, latent_mask, index, pixel_mask=star), ctx(latent, latent_mask, index),
+        torch.testing.assert_close(wider(latent, latent_mask, index, pixel_mask=square), ctx(latent, latent_mask, index),
                                    rtol=0, atol=0)
         with pytest.raises(ValueError, match="pass pixel_mask"):
             wider(latent, latent_mask, index)
         torch.manual_seed(6)
         torch.nn.init.normal_(wider.mask_detail_embedder[2].weight, std=0.05)
-        a, b = (wider(latent, latent_mask, index, pixel_mask=m_) for m_ in (star, thin))
+        a, b = (wider(latent, latent_mask, index, pixel_mask=m_) for m_ in (square, thin))
     assert not torch.allclose(a, b, atol=1e-4)
     wider.save_pretrained(tmp_path / "ctx")
     again = type(wider).from_pretrained(str(tmp_path / "ctx"))
     assert again.config.mask_detail
     with torch.no_grad():
-        torch.testing.assert_close(again(latent, latent_mask, index, pixel_mask=star), a)
+        torch.testing.assert_close(again(latent, latent_mask, index, pixel_mask=square), a)
 
     detailed = LazyEditPipeline(**{**pipe.components, "context_encoder": wider}, model_name="detailed")
     img = canvas()

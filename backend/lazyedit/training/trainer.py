@@ -848,8 +848,9 @@ class StageTrainer:
         """The optimizer's groups: the backbone's added input modules (pooled text, hole positions, mask detail) in a group
         of their own, always, so a checkpoint resumes whatever the flags; its ``lr_scale`` is its rate over --lr
         (--added-input-lr / --lr; 1 without the flag), kept by the checkpoint."""
-        added = {id(p) for m in self.models.values() if hasattr(m, "added_input_parameters")
-                 for p in m.added_input_parameters()}
+        from lazyedit.engine.models.layers import AddedInputs
+
+        added = {id(p) for m in self.models.values() if isinstance(m, AddedInputs) for p in m.added_input_parameters()}
         if self.args.added_input_lr is not None and not added:
             raise ValueError("--added-input-lr: the backbone has no added input (--pooled-text, --hole-positions, --mask-detail)")
         if not added:
