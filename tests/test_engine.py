@@ -313,7 +313,8 @@ def test_mask_detail_tells_the_context_encoder_which_pixels_are_masked(pipe, tmp
     context, the pipeline passes its mask's pixels, and the edit still keeps every pixel outside the mask."""
     from lazyedit.engine import LazyEditPipeline
     from lazyedit.engine.models.layers import mask_detail_tokens
-    from lazyedit.training.trainer import hole_plan, latent_mask_from_tokens
+    from lazyedit.engine.holes import token_mask_to_latent
+    from lazyedit.training.trainer import hole_plan
 
     m = torch.zeros(1, 1, 16, 32)
     m[0, 0, 0:4, 0:8] = 1  # token 0: its top-left 4x8 px, the first two cells of its first row
@@ -335,7 +336,7 @@ def test_mask_detail_tells_the_context_encoder_which_pixels_are_masked(pipe, tmp
     thin[..., unit : unit + 2, :] = 0  # the same four tokens, two rows of pixels fewer
     tok, index, _ = hole_plan(square, unit)
     assert torch.equal(tok, hole_plan(thin, unit)[0])
-    latent_mask = latent_mask_from_tokens(tok, ctx.config.patch_size)
+    latent_mask = token_mask_to_latent(tok, ctx.config.patch_size)
     wider = ctx.with_added_input("mask_detail")
     assert wider.config.mask_detail and not ctx.config.mask_detail
     with pytest.raises(ValueError, match="already takes the mask_detail input"):

@@ -44,6 +44,11 @@ def plan_holes(mask: np.ndarray, unit: int, dilation: int = 0, all_tokens: bool 
     return HolePlan(grid=tuple(token_mask.shape), unit=unit, token_mask=token_mask, index=index)
 
 
+def token_mask_to_latent(token_mask: torch.Tensor, patch: int) -> torch.Tensor:
+    """Token masks (B, gh, gw) -> the latent-size mask (B, 1, gh * patch, gw * patch) the context encoder reads."""
+    return token_mask.float()[:, None].repeat_interleave(patch, 2).repeat_interleave(patch, 3)
+
+
 def mask_box(mask: np.ndarray) -> Box:
     ys, xs = np.nonzero(mask)
     return int(xs.min()), int(ys.min()), int(xs.max()) + 1, int(ys.max()) + 1

@@ -34,7 +34,7 @@ from PIL import Image
 
 from .asymmetric import decode_with_known_pixels, known_pixel_features
 from .cache import ByteLRU
-from .holes import Box, HolePlan, context_window, decode_box, mask_box, plan_holes
+from .holes import Box, HolePlan, context_window, decode_box, mask_box, plan_holes, token_mask_to_latent
 from .models import ContextEncoder, CSCTuner, HFTextEncoder, LazyDiffusionTransformer
 from .models.transformer import DISTILLED_GUIDANCE_RANGE
 from .models.layers import patchify, unpatchify
@@ -412,7 +412,7 @@ class LazyEditPipeline(DiffusionPipeline):
         key = (job.canvas_key, job.mask_digest, job.request.dilation, job.request.strategy)
 
         def compute():
-            latent_mask = _token_mask_to_latent(self._hide_mask(job), self.patch_size).to(job.latent)
+            latent_mask = token_mask_to_latent(self._hide_mask(job)[None], self.patch_size).to(job.latent)
             index = job.plan.index[None].to(self.device)
             pixel_mask = torch.from_numpy(np.ascontiguousarray(mask))[None, None].to(latent_mask)
             return self.context_encoder(job.latent.to(self.context_encoder.dtype), latent_mask, index, pixel_mask=pixel_mask)
@@ -651,11 +651,6 @@ class LazyEditPipeline(DiffusionPipeline):
 # --------------------------------------------------------------------- helpers
 def _ms(t0: float) -> float:
     return round((time.perf_counter() - t0) * 1000, 2)
-
-
-def _token_mask_to_latent(token_mask: torch.Tensor, patch: int) -> torch.Tensor:
-    m = token_mask.float()[None, None]
-    return m.repeat_interleave(patch, 2).repeat_interleave(patch, 3)
 
 
 def _fit_latent_rgb(latent: torch.Tensor, pixels: torch.Tensor, factor: int) -> torch.Tensor:

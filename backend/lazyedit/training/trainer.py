@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
+from lazyedit.engine.holes import token_mask_to_latent
+
 from .data import StageDataset, StreamBatches, to_image
 from .world import contact_sheet, shape_names
 
@@ -392,10 +394,6 @@ def hole_plan(mask: torch.Tensor, unit: int) -> tuple[torch.Tensor, torch.Tensor
     return tok, index, valid
 
 
-def latent_mask_from_tokens(tok: torch.Tensor, patch: int) -> torch.Tensor:
-    return tok.float()[:, None].repeat_interleave(patch, 2).repeat_interleave(patch, 3)
-
-
 @torch.no_grad()
 def sample_holes(backbone, canvas: torch.Tensor, mask: torch.Tensor, captions: list[str], *, unit: int, steps: int,
                  guidance: float, shift: float, generator: torch.Generator, adapter=None) -> torch.Tensor:
@@ -410,7 +408,7 @@ def sample_holes(backbone, canvas: torch.Tensor, mask: torch.Tensor, captions: l
     b, device = canvas.shape[0], canvas.device
     tok, index, valid = hole_plan(mask, unit)
     grid = tuple(tok.shape[1:])
-    context = ctx_enc(canvas, latent_mask_from_tokens(tok, p), index, pixel_mask=mask)
+    context = ctx_enc(canvas, token_mask_to_latent(tok, p), index, pixel_mask=mask)
     # a guidance-distilled transformer takes the scale as an input: one row per edit instead of two
     distilled = tr.config.guidance_embeds
     rows = 1 if distilled else 2
@@ -646,7 +644,7 @@ class StageNet(torch.nn.Module):
             # crops smaller than the canvases the model will see: shift their positions at random so every
             # position of a canvas up to position_grid tokens wide is trained
             offset = torch.randint(0, self.position_grid - max(grid) + 1, (b, 2), generator=self.generator).to(device)
-        context = ctx_enc(canvas, latent_mask_from_tokens(tok, p), index, offset, pixel_mask=mask)
+        context = ctx_enc(canvas, token_mask_to_latent(tok, p), index, offset, pixel_mask=mask)
         x0 = gather_tokens(patchify(goal, p), index)
         noise = torch.randn(x0.shape, generator=self.generator).to(device)
         t = sample_t(b, "cpu", self.generator, self.timestep_shift).to(device)
