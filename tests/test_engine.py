@@ -313,8 +313,7 @@ def test_mask_detail_tells_the_context_encoder_which_pixels_are_masked(pipe, tmp
     context, the pipeline passes its mask's pixels, and the edit still keeps every pixel outside the mask."""
     from lazyedit.engine import LazyEditPipeline
     from lazyedit.engine.models.layers import mask_detail_tokens
-    from lazyedit.engine.holes import token_mask_to_latent
-    from lazyedit.training.trainer import hole_plan
+    from lazyedit.engine.holes import plan_holes_batch, token_mask_to_latent
 
     m = torch.zeros(1, 1, 16, 32)
     m[0, 0, 0:4, 0:8] = 1  # token 0: its top-left 4x8 px, the first two cells of its first row
@@ -334,8 +333,8 @@ def test_mask_detail_tells_the_context_encoder_which_pixels_are_masked(pipe, tmp
     square[..., unit : 3 * unit, unit : 3 * unit] = 1  # four whole tokens
     thin = square.clone()
     thin[..., unit : unit + 2, :] = 0  # the same four tokens, two rows of pixels fewer
-    tok, index, _ = hole_plan(square, unit)
-    assert torch.equal(tok, hole_plan(thin, unit)[0])
+    tok, index, _ = plan_holes_batch(square, unit)
+    assert torch.equal(tok, plan_holes_batch(thin, unit)[0])
     latent_mask = token_mask_to_latent(tok, ctx.config.patch_size)
     wider = ctx.with_added_input("mask_detail")
     assert wider.config.mask_detail and not ctx.config.mask_detail
@@ -861,3 +860,27 @@ def test_the_base_config_needs_its_text_encoder_except_on_a_stand_in_for_benchma
     mask[16:40, 16:48] = True
     out = np.asarray(pipe.edit(img, mask, "a red star", seed=0, steps=2).image)
     assert (out[~mask] == np.asarray(img)[~mask]).all()
+
+
+def test_plan_holes_batch_matches_plan_holes():
+    from lazyedit.engine.holes import plan_holes, plan_holes_batch
+
+    rng = np.random.default_rng(0)
+    masks = np.zeros((3, 64, 64), bool)
+    masks[0, 5:20, 30:60] = True
+    masks[1, 40:41, 3:4] = True
+    masks[2] = rng.random((64, 64)) > 0.995
+    tok, index, valid = plan_holes_batch(torch.from_numpy(masks)[:, None].float(), 16)
+    for i in range(3):
+        plan = plan_holes(masks[i], 16)
+        n = plan.num_tokens
+        assert int(valid[i].sum()) == n
+        assert torch.equal(index[i, :n], plan.index)
+        assert torch.equal(tok[i], plan.token_mask)
+    # dilation grows the hole by whole tokens, clipped at the canvas edge
+    one = np.zeros((64, 64), bool)
+    one[0, 40] = True
+    grown = plan_holes(one, 16, dilation=1).token_mask
+    expected = torch.zeros(4, 4, dtype=torch.bool)
+    expected[0:2, 1:4] = True
+    assert torch.equal(grown, expected)

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lazyedit.training.eval import (
-    PSNR_CAP, classify_shape, dominant_colour, eval_cases, eval_main, object_fraction, preserved_error, psnr,
+    PSNR_CAP, classify_shape, eval_cases, eval_main, object_fraction, preserved_error, psnr,
     Totals, case_canvas, case_truth, run_eval, score_case, score_insert, seam_error,
 )
 from lazyedit.training.masks import object_mask

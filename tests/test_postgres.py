@@ -9,7 +9,6 @@ server binaries or psycopg are missing.
 from __future__ import annotations
 
 import glob
-import io
 import os
 import pwd
 import shutil

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from lazyedit.training.cli import build_parser, train_main
-from lazyedit.training.trainer import TrainArgs, _latest_checkpoint, flow_noising, hole_plan, train_stage
+from lazyedit.training.trainer import TrainArgs, _latest_checkpoint, flow_noising, train_stage
 from lazyedit.training.world import make_sample
 
 torch.set_num_threads(1)
@@ -29,23 +29,6 @@ def test_flow_matching_convention():
     xt, v = flow_noising(x0, noise, t)
     assert torch.allclose(xt[0], x0[0]) and torch.allclose(xt[1], noise[1])
     assert torch.allclose(v, noise - x0)
-
-
-def test_hole_plan_matches_engine():
-    from lazyedit.engine.holes import plan_holes
-
-    rng = np.random.default_rng(0)
-    masks = np.zeros((3, 64, 64), bool)
-    masks[0, 5:20, 30:60] = True
-    masks[1, 40:41, 3:4] = True
-    masks[2] = rng.random((64, 64)) > 0.995
-    tok, index, valid = hole_plan(torch.from_numpy(masks)[:, None].float(), 16)
-    for i in range(3):
-        plan = plan_holes(masks[i], 16)
-        n = plan.num_tokens
-        assert int(valid[i].sum()) == n
-        assert torch.equal(index[i, :n], plan.index)
-        assert torch.equal(tok[i], plan.token_mask)
 
 
 @pytest.fixture(scope="module")

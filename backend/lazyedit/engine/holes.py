@@ -33,15 +33,33 @@ def plan_holes(mask: np.ndarray, unit: int, dilation: int = 0, all_tokens: bool 
     h, w = mask.shape
     if h % unit or w % unit:
         raise ValueError(f"mask size {w}x{h} is not a multiple of the token size {unit}")
-    m = torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None]
-    tokens = F.max_pool2d(m, unit)
+    token_mask = hole_tokens(torch.from_numpy(np.ascontiguousarray(mask, dtype=np.float32))[None, None], unit)[0]
     if dilation > 0:
-        tokens = F.max_pool2d(tokens, 2 * dilation + 1, stride=1, padding=dilation)
-    token_mask = tokens[0, 0] > 0
+        token_mask = F.max_pool2d(token_mask[None].float(), 2 * dilation + 1, stride=1, padding=dilation)[0] > 0
     if all_tokens:
         token_mask = torch.ones_like(token_mask)
     index = torch.nonzero(token_mask.flatten(), as_tuple=True)[0]
     return HolePlan(grid=tuple(token_mask.shape), unit=unit, token_mask=token_mask, index=index)
+
+
+def hole_tokens(mask: torch.Tensor, unit: int) -> torch.Tensor:
+    """Pixel masks (B, 1, H, W) -> token masks (B, gh, gw) bool: a token is in the hole when any of its pixels
+    is masked (max-pool), so a one-pixel stroke still gets its token."""
+    return F.max_pool2d(mask.float(), unit)[:, 0] > 0
+
+
+def plan_holes_batch(mask: torch.Tensor, unit: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """plan_holes for a batch of masks (B, 1, H, W), as training needs it: token masks (B, gh, gw), hole
+    indices (B, L) padded to the largest hole, row-major, and which of them are real (B, L) bool."""
+    tok = hole_tokens(mask, unit)
+    flat = tok.flatten(1)
+    counts = flat.sum(1)
+    length = max(int(counts.max()), 1)
+    # a stable sort puts hole tokens first, in row-major order
+    order = torch.sort((~flat).to(torch.uint8), dim=1, stable=True).indices[:, :length]
+    valid = torch.arange(length, device=mask.device)[None] < counts[:, None]
+    index = torch.where(valid, order, torch.zeros_like(order))
+    return tok, index, valid
 
 
 def token_mask_to_latent(token_mask: torch.Tensor, patch: int) -> torch.Tensor:

@@ -37,7 +37,6 @@ measure), ``--autoencoder`` scores the true scenes after a round trip through th
 from __future__ import annotations
 
 import argparse
-import colorsys
 import json
 import math
 import sys

@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import shutil
 import time
 from dataclasses import dataclass
@@ -37,7 +36,12 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader
 
-from lazyedit.engine.holes import token_mask_to_latent
+from lazyedit.engine import LazyEditPipeline, flow_scheduler, get_config
+from lazyedit.engine.holes import plan_holes_batch, token_mask_to_latent
+from lazyedit.engine.loading import DEMO_MODEL_DIR, diffusers_errors_only, load_asym_vae
+from lazyedit.engine.models import ByteTextEncoder, ContextEncoder, CSCTuner, LazyDiffusionTransformer
+from lazyedit.engine.models.layers import AddedInputs, gather_tokens, patchify, unpatchify
+from lazyedit.engine.models.transformer import DISTILLED_GUIDANCE_RANGE
 
 from .data import StageDataset, StreamBatches, to_image
 from .world import contact_sheet, shape_names
@@ -222,7 +226,6 @@ def build_backbone(cfg, **added_inputs: bool):
     """The text encoder, context encoder and transformer of a config; ``added_inputs``: optional inputs switched
     on, each given to the model that takes it (``ContextEncoder.ADDED_INPUTS``,
     ``LazyDiffusionTransformer.ADDED_INPUTS``)."""
-    from lazyedit.engine.models import ByteTextEncoder, ContextEncoder, LazyDiffusionTransformer
 
     if cfg.text_encoder is None:
         raise ValueError(f"config {cfg.name!r} uses an external text encoder; lazyedit train builds ByteTextEncoder models only")
@@ -240,7 +243,6 @@ def build_backbone(cfg, **added_inputs: bool):
 
 
 def build_tuner(cfg):
-    from lazyedit.engine.models import CSCTuner
 
     return CSCTuner(**cfg.sketch_tuner)
 
@@ -252,8 +254,6 @@ def load_component(cls, path: Path):
 def ship_pipeline(output: str | Path, dest: str | Path | None = None) -> Path:
     """Copy ``<output>/model`` as fp16 safetensors to ``dest`` (default: where ``load_pipeline("demo")``
     looks), the form the demo model ships in. Returns the destination folder."""
-    from lazyedit.engine import LazyEditPipeline
-    from lazyedit.engine.loading import DEMO_MODEL_DIR, diffusers_errors_only
 
     dest = Path(dest) if dest else DEMO_MODEL_DIR
     with diffusers_errors_only():  # notices about the asymmetric VAE's config and fp32-kept modules do not apply
@@ -304,9 +304,6 @@ def export_pipeline(output: str | Path, config_name: str) -> bool:
     when the VAE and the backbone exist. Returns whether the folder is a loadable pipeline."""
     from diffusers import AutoencoderKL
 
-    from lazyedit.engine import LazyEditPipeline, flow_scheduler, get_config
-    from lazyedit.engine.loading import load_asym_vae
-    from lazyedit.engine.models import ByteTextEncoder, ContextEncoder, CSCTuner, LazyDiffusionTransformer
 
     cfg = get_config(config_name)
     root = model_dir(output)
@@ -379,34 +376,17 @@ def sample_t(b: int, device, generator=None, shift: float = 1.0) -> torch.Tensor
     return shift * t / (1 + (shift - 1) * t)
 
 
-def hole_plan(mask: torch.Tensor, unit: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Pixel masks (B, 1, H, W) -> token mask (B, gh, gw) bool, padded indices (B, L), valid (B, L) bool.
-
-    Matches the engine's plan_holes: a token is in the hole when any of its pixels is masked."""
-    tok = F.max_pool2d(mask.float(), unit)[:, 0] > 0
-    flat = tok.flatten(1)
-    counts = flat.sum(1)
-    length = max(int(counts.max()), 1)
-    # stable sort puts hole tokens first in row-major order
-    order = torch.sort((~flat).to(torch.uint8), dim=1, stable=True).indices[:, :length]
-    valid = torch.arange(length, device=mask.device)[None] < counts[:, None]
-    index = torch.where(valid, order, torch.zeros_like(order))
-    return tok, index, valid
-
-
 @torch.no_grad()
 def sample_holes(backbone, canvas: torch.Tensor, mask: torch.Tensor, captions: list[str], *, unit: int, steps: int,
                  guidance: float, shift: float, generator: torch.Generator, adapter=None) -> torch.Tensor:
     """The canvas latents (scaled) with their hole tokens sampled by the backbone: Euler flow sampling with
     classifier-free guidance, as the pipeline does. ``adapter(index)``: the sketch tuner's residuals for the
     doubled (conditional + unconditional) batch."""
-    from lazyedit.engine import flow_scheduler
-    from lazyedit.engine.models.layers import patchify, unpatchify
 
     text_enc, ctx_enc, tr = backbone
     p = tr.config.patch_size
     b, device = canvas.shape[0], canvas.device
-    tok, index, valid = hole_plan(mask, unit)
+    tok, index, valid = plan_holes_batch(mask, unit)
     grid = tuple(tok.shape[1:])
     context = ctx_enc(canvas, token_mask_to_latent(tok, p), index, pixel_mask=mask)
     # a guidance-distilled transformer takes the scale as an input: one row per edit instead of two
@@ -624,7 +604,6 @@ class StageNet(torch.nn.Module):
     def _holes(self, batch: dict) -> dict:
         """What a flow-matching loss over the batch's holes needs: context tokens, the hole tokens noised to
         time t (xt) and their velocity target v, token indices and validity, and position offsets."""
-        from lazyedit.engine.models.layers import gather_tokens, patchify
 
         _, ctx_enc, tr = self.backbone()
         p = tr.config.patch_size
@@ -637,7 +616,7 @@ class StageNet(torch.nn.Module):
         goal = canvas.clone()
         if differ.any():
             goal[differ] = self._encode(target[differ])
-        tok, index, valid = hole_plan(mask, unit)
+        tok, index, valid = plan_holes_batch(mask, unit)
         grid = tuple(tok.shape[1:])
         offset = None
         if self.position_grid > max(grid):
@@ -687,7 +666,6 @@ class StageNet(torch.nn.Module):
     def _distill_loss(self, batch: dict):
         """The student's one-row prediction at scale w against the teacher's guided velocity at w, on the same
         noised holes; half the edits that have an outline are steered by the frozen sketch tuner in both."""
-        from lazyedit.engine.models.transformer import DISTILLED_GUIDANCE_RANGE
 
         text_enc, teacher, student = self.backbone()[0], self.frozen["teacher"], self.models["transformer"]
         h = self._holes(batch)
@@ -718,8 +696,6 @@ class StageTrainer:
     def __init__(self, args: TrainArgs):
         from accelerate import Accelerator
         from accelerate.utils import ProjectConfiguration
-
-        from lazyedit.engine import get_config
 
         self.args = args = _defaults(args)
         self.cfg = get_config(args.config)
@@ -780,15 +756,11 @@ class StageTrainer:
                 path = mdir / "sketch_tuner"
                 if not (path / "config.json").exists():
                     raise FileNotFoundError(f"{path} missing: run the sketch stage first")
-                from lazyedit.engine.models import CSCTuner
-
                 self.frozen["sketch_tuner"] = CSCTuner.from_pretrained(str(path)).requires_grad_(False).eval()
         elif stage == "lazy":
             vae = self._require(mdir / "vae", "vae")
             vae.requires_grad_(False).eval()
             self.frozen["vae"] = vae
-            from lazyedit.engine.models import ContextEncoder, LazyDiffusionTransformer
-
             # each added input: asked for by its flag (TrainArgs names it as the config does), or kept from the run
             added = {}
             for name, cls in (("context_encoder", ContextEncoder), ("transformer", LazyDiffusionTransformer)):
@@ -812,8 +784,6 @@ class StageTrainer:
             self.frozen["teacher"] = teacher = self._distill_teacher(mdir)
             self.models = {"transformer": teacher.guidance_student()}
             if (mdir / "sketch_tuner" / "config.json").exists():
-                from lazyedit.engine.models import CSCTuner
-
                 self.frozen["sketch_tuner"] = CSCTuner.from_pretrained(str(mdir / "sketch_tuner")).requires_grad_(False).eval()
         else:
             raise ValueError(f"unknown stage {stage!r}: choose one of {', '.join(STAGES)}")
@@ -846,7 +816,6 @@ class StageTrainer:
         """The optimizer's groups: the backbone's added input modules (pooled text, hole positions, mask detail) in a group
         of their own, always, so a checkpoint resumes whatever the flags; its ``lr_scale`` is its rate over --lr
         (--added-input-lr / --lr; 1 without the flag), kept by the checkpoint."""
-        from lazyedit.engine.models.layers import AddedInputs
 
         added = {id(p) for m in self.models.values() if isinstance(m, AddedInputs) for p in m.added_input_parameters()}
         if self.args.added_input_lr is not None and not added:
@@ -894,7 +863,6 @@ class StageTrainer:
     def _load_frozen_backbone(self, mdir: Path, transformer: bool = True) -> None:
         """The trained text encoder, context encoder and (unless told not to) transformer, frozen (for the
         stages after lazy)."""
-        from lazyedit.engine.models import ByteTextEncoder, ContextEncoder, LazyDiffusionTransformer
 
         parts = [("text_encoder", ByteTextEncoder), ("context_encoder", ContextEncoder)]
         for name, cls in parts + ([("transformer", LazyDiffusionTransformer)] if transformer else []):
@@ -908,7 +876,6 @@ class StageTrainer:
     def _distill_teacher(self, mdir: Path):
         """The transformer the distill stage learns from: ``<output>/model/transformer`` as it was when the stage
         first ran, kept in ``<output>/distill/teacher`` (the student's exports replace the model's own)."""
-        from lazyedit.engine.models import LazyDiffusionTransformer
 
         keep = self.stage_dir / "teacher"
         if not (keep / "config.json").exists():
