@@ -279,6 +279,13 @@ def test_mixed_sizes_take_turns_batch_by_batch():
     assert next(iter(StreamBatches(5, 2, 1, 2, (64,)))) == [21, 23]
     mixed = next(iter(StreamBatches(5, 2, 1, 2, (64, 96))))
     assert mixed == [(21, 96), (23, 96)]
+    # one batch size per canvas size: the stream is cut in turns of 3 + 1 items, none skipped or repeated
+    uneven = iter(StreamBatches(0, (3, 1), 0, 1, (64, 96)))
+    batches = [next(uneven) for _ in range(4)]
+    assert batches == [[(0, 64), (1, 64), (2, 64)], [(3, 96)], [(4, 64), (5, 64), (6, 64)], [(7, 96)]]
+    assert next(iter(StreamBatches(3, (3, 1), 1, 2, (64, 96)))) == [(15, 96)]   # resumed at batch 3: item 7 of shard 1
+    shapes = [tuple(b["image"].shape) for _, b in zip(range(2), DataLoader(ds, batch_sampler=StreamBatches(0, (3, 1), 0, 1, (64, 96))))]
+    assert shapes == [(3, 3, 64, 64), (1, 3, 96, 96)]
     # an item depends on its index and size only: the 96 px item is the same scene drawn larger
     big = ds[(21, 96)]
     assert big["image"].shape == (3, 96, 96)
@@ -442,6 +449,15 @@ def test_resolution_flag_names_a_bad_size(value, why, capsys):
     assert build_parser().parse_args(["lazy", "--resolution", "128,256"]).resolution == (128, 256)
 
 
+def test_batch_size_flag_takes_one_count_per_resolution(tmp_path, capsys):
+    assert build_parser().parse_args(["lazy", "--batch-size", "4,4,1"]).batch_size == (4, 4, 1)
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["lazy", "--batch-size", "4,0"])
+    assert "--batch-size" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="2 counts for 3 --resolution sizes"):
+        train_stage(_args(tmp_path / "run", "lazy", 2, resolution=(64, 96, 128), batch_size=(2, 1)))
+
+
 def test_parser_knows_the_stages():
     p = build_parser()
     for stage in ("vae", "asym-decoder", "lazy", "sketch", "distill", "all", "export"):
@@ -597,7 +613,7 @@ def _parent_pid(pid: int) -> int | None:
 @pytest.mark.timeout(600)
 def test_two_cpu_processes_train_one_model(trained, tmp_path):
     """torchrun with two processes on a CPU: one process group (each process saves its own RNG state into the
-    same checkpoint), one progress line per stage, one model that edits."""
+    same checkpoint), one progress line per stage, one model that edits; 64 and 96 px batches of 2 and 1 items."""
     import os
     import subprocess
     import sys
@@ -611,7 +627,7 @@ def test_two_cpu_processes_train_one_model(trained, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1", "GLOO_SOCKET_IFNAME": "lo"}
     base = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", "--local-addr", "127.0.0.1",
             "-m", "lazyedit.training.cli", "lazy", "--config", "tiny", "--output", str(out), "--resolution", "64,96",
-            "--batch-size", "2", "--sample-every", "1000", "--no-progress", "--mixed-precision", "no", "--warmup", "1"]
+            "--batch-size", "2,1", "--sample-every", "1000", "--no-progress", "--mixed-precision", "no", "--warmup", "1"]
 
     def torchrun(*flags):
         proc = subprocess.Popen([*base, *flags], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -22,7 +22,8 @@ import os
 import signal
 import sys
 
-from .trainer import CORE_STAGES, STAGE_DEFAULTS, STAGES, TrainArgs, canvas_sizes, export_pipeline, ship_pipeline
+from .trainer import (CORE_STAGES, STAGE_DEFAULTS, STAGES, TrainArgs, batch_sizes, canvas_sizes, export_pipeline,
+                      ship_pipeline)
 
 
 def fraction(text: str) -> float:
@@ -55,6 +56,14 @@ def _sizes(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
+def _counts(text: str) -> tuple[int, ...]:
+    """argparse type of --batch-size: one count, or several separated by commas (checked against --resolution later)."""
+    try:
+        return batch_sizes(text, len(text.split(",")))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
 def _shapes(text: str) -> tuple[str, ...]:
     """argparse type of --focus-shapes: world shapes separated by commas."""
     from .world import shape_names
@@ -77,7 +86,8 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--resolution", type=_sizes, help="training canvas size in pixels (a multiple of 16), or several "
                    "separated by commas (128,256) that take turns batch by batch; default per stage: "
                    + ", ".join(f"{k} {v[0]}" for k, v in STAGE_DEFAULTS.items()))
-    p.add_argument("--batch-size", type=int, help="per-process batch size (default per stage)")
+    p.add_argument("--batch-size", type=_counts, help="per-process batch size (default per stage), or one per --resolution "
+                   "size (4,4,1 with 128,256,512: fewer items on the larger canvases)")
     p.add_argument("--steps", type=int, help="total optimizer steps of the stage (default per stage: "
                    + ", ".join(f"{k} {v[2]}" for k, v in STAGE_DEFAULTS.items()) + ")")
     p.add_argument("--lr", type=float, help="learning rate (default per stage)")

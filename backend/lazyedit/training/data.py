@@ -206,22 +206,33 @@ class StageDataset(Dataset):
 
 
 class StreamBatches(Sampler):
-    """One process's batches: batch j holds global indices (j * batch_size + k) * num_shards + shard, and
-    all of its items share the canvas size ``sizes[j % len(sizes)]`` (a batch must be one size; every
-    process trains the same size at a step, so none waits for a slower one at the gradient all-reduce).
-    With several sizes each item is an (index, size) pair."""
+    """One process's batches: batch j holds the next ``batch_size`` global indices after those of the batches
+    before it, index i of the stream being i * num_shards + shard, and all of its items share the canvas size
+    ``sizes[j % len(sizes)]`` (a batch must be one size; every process trains the same size at a step, so none
+    waits for a slower one at the gradient all-reduce). With several sizes each item is an (index, size) pair.
+    ``batch_size`` is one number, or one per size (fewer items for the larger canvases)."""
 
-    def __init__(self, start_batch: int = 0, batch_size: int = 1, shard: int = 0, num_shards: int = 1,
-                 sizes: tuple[int, ...] = ()):
-        self.start, self.batch_size = int(start_batch), int(batch_size)
-        self.shard, self.num_shards = int(shard), int(num_shards)
+    def __init__(self, start_batch: int = 0, batch_size: int | tuple[int, ...] = 1, shard: int = 0,
+                 num_shards: int = 1, sizes: tuple[int, ...] = ()):
         self.sizes = tuple(sizes)
+        turns = max(len(self.sizes), 1)
+        counts = tuple(batch_size) if isinstance(batch_size, (tuple, list)) else (batch_size,) * turns
+        if len(counts) != turns:
+            raise ValueError(f"{len(counts)} batch sizes for {turns} canvas sizes: give one, or one per size")
+        self.start, self.batch_sizes = int(start_batch), tuple(int(c) for c in counts)
+        self.shard, self.num_shards = int(shard), int(num_shards)
+
+    def _first(self, j: int) -> int:
+        """The stream position of batch j's first item: whole turns through the sizes, then the part turn."""
+        turns, part = divmod(j, len(self.batch_sizes))
+        return turns * sum(self.batch_sizes) + sum(self.batch_sizes[:part])
 
     def __iter__(self):
         j = self.start
         while True:
-            first = j * self.batch_size
-            indices = [(first + k) * self.num_shards + self.shard for k in range(self.batch_size)]
+            count = self.batch_sizes[j % len(self.batch_sizes)]
+            first = self._first(j)
+            indices = [(first + k) * self.num_shards + self.shard for k in range(count)]
             if len(self.sizes) > 1:
                 size = self.sizes[j % len(self.sizes)]
                 indices = [(i, size) for i in indices]

@@ -73,7 +73,8 @@ class TrainArgs:
     # canvas size in pixels; several sizes take turns batch by batch (short and long token sequences both
     # stay trained); _defaults makes it a tuple
     resolution: int | tuple[int, ...] | None = None
-    batch_size: int | None = None
+    # items per batch: one number, or one per --resolution size; _defaults makes it a tuple
+    batch_size: int | tuple[int, ...] | None = None
     steps: int | None = None
     lr: float | None = None
     warmup: int = 100
@@ -157,6 +158,22 @@ def canvas_sizes(value: int | str | tuple[int, ...] | list[int]) -> tuple[int, .
     return sizes
 
 
+def batch_sizes(value: int | str | tuple[int, ...] | list[int], turns: int) -> tuple[int, ...]:
+    """--batch-size as one count per canvas size: one count for all, or one per size ("4,4,1" for 128,256,512)."""
+    parts = value.split(",") if isinstance(value, str) else value if isinstance(value, (tuple, list)) else (value,)
+    try:
+        counts = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"batch size {value!r} is not a count or a comma-separated list of counts") from None
+    if not counts or any(c <= 0 for c in counts):
+        raise ValueError(f"batch size {value!r}: every count must be at least 1")
+    if len(counts) == 1:
+        return counts * turns
+    if len(counts) != turns:
+        raise ValueError(f"batch size {value!r}: {len(counts)} counts for {turns} --resolution sizes (give one, or one per size)")
+    return counts
+
+
 def _defaults(args: TrainArgs) -> TrainArgs:
     """The stage's defaults for what was left unset; flags that need another flag are refused here, before
     a finished stage is skipped or any model is loaded."""
@@ -195,7 +212,7 @@ def _defaults(args: TrainArgs) -> TrainArgs:
             raise ValueError(f"{flag} {folder}: not a pipeline folder (no model_index.json)")
     res, bs, steps, lr = STAGE_DEFAULTS[args.stage]
     args.resolution = canvas_sizes(args.resolution or res)
-    args.batch_size = args.batch_size or bs
+    args.batch_size = batch_sizes(args.batch_size or bs, len(args.resolution))
     args.steps = args.steps or steps
     args.lr = args.lr or lr
     return args
