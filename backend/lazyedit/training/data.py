@@ -205,6 +205,22 @@ class StageDataset(Dataset):
         }
 
 
+def batch_sizes(value: int | str | tuple[int, ...] | list[int], turns: int) -> tuple[int, ...]:
+    """--batch-size as one count per canvas size: one count for all, or one per size ("4,4,1" for 128,256,512)."""
+    parts = value.split(",") if isinstance(value, str) else value if isinstance(value, (tuple, list)) else (value,)
+    try:
+        counts = tuple(int(p) for p in parts)
+    except ValueError:
+        raise ValueError(f"batch size {value!r} is not a count or a comma-separated list of counts") from None
+    if not counts or any(c <= 0 for c in counts):
+        raise ValueError(f"batch size {value!r}: every count must be at least 1")
+    if len(counts) == 1:
+        return counts * turns
+    if len(counts) != turns:
+        raise ValueError(f"batch size {value!r}: {len(counts)} counts for {turns} --resolution sizes (give one, or one per size)")
+    return counts
+
+
 class StreamBatches(Sampler):
     """One process's batches: batch j holds the next ``batch_size`` global indices after those of the batches
     before it, index i of the stream being i * num_shards + shard, and all of its items share the canvas size
@@ -215,11 +231,7 @@ class StreamBatches(Sampler):
     def __init__(self, start_batch: int = 0, batch_size: int | tuple[int, ...] = 1, shard: int = 0,
                  num_shards: int = 1, sizes: tuple[int, ...] = ()):
         self.sizes = tuple(sizes)
-        turns = max(len(self.sizes), 1)
-        counts = tuple(batch_size) if isinstance(batch_size, (tuple, list)) else (batch_size,) * turns
-        if len(counts) != turns:
-            raise ValueError(f"{len(counts)} batch sizes for {turns} canvas sizes: give one, or one per size")
-        self.start, self.batch_sizes = int(start_batch), tuple(int(c) for c in counts)
+        self.start, self.batch_sizes = int(start_batch), batch_sizes(batch_size, max(len(self.sizes), 1))
         self.shard, self.num_shards = int(shard), int(num_shards)
 
     def _first(self, j: int) -> int:
@@ -243,5 +255,5 @@ class StreamBatches(Sampler):
         return HUGE
 
 
-__all__ = ["StageDataset", "StreamBatches", "FolderImages", "load_photo", "edge_sketch", "to_tensor", "to_image",
+__all__ = ["StageDataset", "StreamBatches", "batch_sizes", "FolderImages", "load_photo", "edge_sketch", "to_tensor", "to_image",
            "sketch_tensor"]

@@ -43,7 +43,7 @@ from lazyedit.engine.models import ByteTextEncoder, ContextEncoder, CSCTuner, La
 from lazyedit.engine.models.layers import AddedInputs, gather_tokens, patchify, unpatchify
 from lazyedit.engine.models.transformer import DISTILLED_GUIDANCE_RANGE
 
-from .data import StageDataset, StreamBatches, to_image
+from .data import StageDataset, StreamBatches, batch_sizes, to_image
 from .world import contact_sheet, shape_names
 
 if TYPE_CHECKING:
@@ -156,22 +156,6 @@ def canvas_sizes(value: int | str | tuple[int, ...] | list[int]) -> tuple[int, .
     if not sizes or any(size <= 0 or size % 16 for size in sizes):
         raise ValueError(f"resolution {value!r}: every size must be a positive multiple of 16 (one token is 16 px)")
     return sizes
-
-
-def batch_sizes(value: int | str | tuple[int, ...] | list[int], turns: int) -> tuple[int, ...]:
-    """--batch-size as one count per canvas size: one count for all, or one per size ("4,4,1" for 128,256,512)."""
-    parts = value.split(",") if isinstance(value, str) else value if isinstance(value, (tuple, list)) else (value,)
-    try:
-        counts = tuple(int(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"batch size {value!r} is not a count or a comma-separated list of counts") from None
-    if not counts or any(c <= 0 for c in counts):
-        raise ValueError(f"batch size {value!r}: every count must be at least 1")
-    if len(counts) == 1:
-        return counts * turns
-    if len(counts) != turns:
-        raise ValueError(f"batch size {value!r}: {len(counts)} counts for {turns} --resolution sizes (give one, or one per size)")
-    return counts
 
 
 def _defaults(args: TrainArgs) -> TrainArgs:
