@@ -22,8 +22,8 @@ import os
 import signal
 import sys
 
-from .data import batch_sizes
-from .trainer import CORE_STAGES, STAGE_DEFAULTS, STAGES, TrainArgs, canvas_sizes, export_pipeline, ship_pipeline
+from .data import batch_sizes, canvas_sizes
+from .trainer import CORE_STAGES, STAGE_DEFAULTS, STAGES, TrainArgs, export_pipeline, ship_pipeline
 
 
 def fraction(text: str) -> float:

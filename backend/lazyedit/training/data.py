@@ -205,13 +205,26 @@ class StageDataset(Dataset):
         }
 
 
-def batch_sizes(value: int | str | tuple[int, ...] | list[int], turns: int) -> tuple[int, ...]:
-    """--batch-size as one count per canvas size: one count for all, or one per size ("4,4,1" for 128,256,512)."""
+def _int_list(value: int | str | tuple[int, ...] | list[int], name: str, what: str) -> tuple[int, ...]:
+    """A flag's whole numbers from one number, a sequence, or their comma-separated text ("128,256")."""
     parts = value.split(",") if isinstance(value, str) else value if isinstance(value, (tuple, list)) else (value,)
     try:
-        counts = tuple(int(p) for p in parts)
+        return tuple(int(p) for p in parts)
     except ValueError:
-        raise ValueError(f"batch size {value!r} is not a count or a comma-separated list of counts") from None
+        raise ValueError(f"{name} {value!r} is not {what} or a comma-separated list of them") from None
+
+
+def canvas_sizes(value: int | str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
+    """--resolution as a tuple of sizes: one size, several, or their comma-separated text ("128,256")."""
+    sizes = _int_list(value, "resolution", "a size in pixels")
+    if not sizes or any(size <= 0 or size % 16 for size in sizes):
+        raise ValueError(f"resolution {value!r}: every size must be a positive multiple of 16 (one token is 16 px)")
+    return sizes
+
+
+def batch_sizes(value: int | str | tuple[int, ...] | list[int], turns: int) -> tuple[int, ...]:
+    """--batch-size as one count per canvas size: one count for all, or one per size ("4,4,1" for 128,256,512)."""
+    counts = _int_list(value, "batch size", "a count")
     if not counts or any(c <= 0 for c in counts):
         raise ValueError(f"batch size {value!r}: every count must be at least 1")
     if len(counts) == 1:
@@ -255,5 +268,5 @@ class StreamBatches(Sampler):
         return HUGE
 
 
-__all__ = ["StageDataset", "StreamBatches", "batch_sizes", "FolderImages", "load_photo", "edge_sketch", "to_tensor", "to_image",
+__all__ = ["StageDataset", "StreamBatches", "batch_sizes", "canvas_sizes", "FolderImages", "load_photo", "edge_sketch", "to_tensor", "to_image",
            "sketch_tensor"]

@@ -43,7 +43,7 @@ from lazyedit.engine.models import ByteTextEncoder, ContextEncoder, CSCTuner, La
 from lazyedit.engine.models.layers import AddedInputs, gather_tokens, patchify, unpatchify
 from lazyedit.engine.models.transformer import DISTILLED_GUIDANCE_RANGE
 
-from .data import StageDataset, StreamBatches, batch_sizes, to_image
+from .data import StageDataset, StreamBatches, batch_sizes, canvas_sizes, to_image
 from .world import contact_sheet, shape_names
 
 if TYPE_CHECKING:
@@ -144,18 +144,6 @@ STAGE_DEFAULTS = {
     "sketch": (256, 8, 2000, 3e-4),
     "distill": (256, 8, 2000, 1e-4),
 }
-
-
-def canvas_sizes(value: int | str | tuple[int, ...] | list[int]) -> tuple[int, ...]:
-    """--resolution as a tuple of sizes: one size, several, or their comma-separated text ("128,256")."""
-    parts = value.split(",") if isinstance(value, str) else value if isinstance(value, (tuple, list)) else (value,)
-    try:
-        sizes = tuple(int(p) for p in parts)
-    except ValueError:
-        raise ValueError(f"resolution {value!r} is not a size in pixels or a comma-separated list of sizes") from None
-    if not sizes or any(size <= 0 or size % 16 for size in sizes):
-        raise ValueError(f"resolution {value!r}: every size must be a positive multiple of 16 (one token is 16 px)")
-    return sizes
 
 
 def _defaults(args: TrainArgs) -> TrainArgs:
