@@ -144,7 +144,7 @@ def test_storage_round_trip_on_postgres(tmp_path, pg_url):
             st.set_canvas(new_session_id(), a, 16, 16, max_sessions=1)
         assert exc.value.code == "too_many_sessions"
         assert st.delete(sid) and st.get(sid) is None and st.count() == 0
-        assert not any(sha for sha, _ in st.blobs.iter_all())
+        assert not any(st.blobs.shas())
         with pytest.raises(StorageError):
             st.append_edit(sid, b, "gone", 1)
     finally:

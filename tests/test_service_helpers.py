@@ -121,6 +121,15 @@ class WS:
         assert seen[-1]["type"] == "result", seen[-1]
         return seen, seen[-1], decode_png(parts["image"])
 
+    def accepted_edit(self, im: Image.Image, mask: np.ndarray, rid: str = "e", **fields) -> Image.Image:
+        """Send ``im`` as the canvas, edit it and accept the result; returns the image the server now holds."""
+        self.canvas(im)
+        _, result, region = self.edit_result(mask, rid, **fields)
+        self.send({"type": "accept", "id": f"accept-{rid}", "target": rid})
+        ack, _ = self.recv()
+        assert ack["type"] == "ack" and ack["of"] == "accept", ack
+        return paste(im, region.convert("RGB"), result["box"])
+
 
 def paste(base: Image.Image, region: Image.Image, box) -> Image.Image:
     out = base.copy()

@@ -161,13 +161,9 @@ def test_persistence_across_app_restart(tmp_path, tiny_pipeline):
         with c.websocket_connect("/ws") as raw:
             ws = WS(raw)
             sid = ws.hello()["session"]
-            ws.canvas(im)
-            _, res, region = ws.edit_result(mask, "e1", steps=1, seed=11)
-            ws.send({"type": "accept", "id": "a", "target": "e1"})
-            assert ws.recv()[0]["of"] == "accept"
+            edited = ws.accepted_edit(im, mask, "e1", steps=1, seed=11)
             ws.send({"type": "undo", "id": "u"})
             assert ws.recv()[0]["position"] == 0
-    edited = paste(im, region.convert("RGB"), res["box"])
     with service(data, tiny_pipeline) as c:  # a new app, process state gone: only the data folder remains
         with c.websocket_connect("/ws") as raw:
             ws = WS(raw)

@@ -20,7 +20,7 @@ def check_stored_results(st: Storage) -> None:
     assert st.result(sid, "e0") is None and st.result(sid, "e1") is None      # only the 4 newest stay
     r = st.result(sid, "e4")
     assert (r.base_sha, r.box, r.prompt, r.seed, r.region) == (base_sha, (4, 1, 8, 5), "prompt 4\ufffd", 104, regions["e4"])
-    blob_shas = {sha for sha, _ in st.blobs.iter_all() if sha}
+    blob_shas = set(st.blobs.shas())
     assert len(blob_shas) == 1 + 4                                            # base + the kept regions
     assert st.sweep() == 0                                                    # stored results are references
 
@@ -28,16 +28,16 @@ def check_stored_results(st: Storage) -> None:
     full = png(noise_image(16, 16, seed=2))
     st.append_edit(sid, full, "prompt 4", 104, result_id="e4")
     assert st.result(sid, "e4") is None and st.result(sid, "e5") is not None
-    assert len({sha for sha, _ in st.blobs.iter_all() if sha}) == 2 + 3
+    assert len(set(st.blobs.shas())) == 2 + 3
 
     # a new canvas restarts the history: results made on the old images go, with their blobs
     st.set_canvas(sid, png(noise_image(16, 16, seed=3)), 16, 16)
     assert st.result(sid, "e5") is None
-    assert len({sha for sha, _ in st.blobs.iter_all() if sha}) == 1
+    assert len(set(st.blobs.shas())) == 1
 
     # a result of a deleted session is not stored; deleting a session removes its results
     st.put_result(sid, "x", regions["e0"], (0, 0, 4, 4), base_sha, "", 1, keep=4)
-    assert st.delete(sid) and not any(sha for sha, _ in st.blobs.iter_all())
+    assert st.delete(sid) and not any(st.blobs.shas())
     assert not st.put_result(sid, "y", regions["e1"], (0, 0, 4, 4), base_sha, "", 1, keep=4)
     with pytest.raises(StorageError):
         st.append_edit(sid, full, "gone", 1, result_id="x")

@@ -98,7 +98,7 @@ def create_app(settings: Optional[ServiceSettings] = None, *, pipeline: Any = No
     @asynccontextmanager
     async def lifespan(app: FastAPI):
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        storage = await asyncio.to_thread(Storage, settings.resolved_database_url, settings.data_dir / "images")
+        storage = await asyncio.to_thread(Storage, settings.resolved_database_url, settings.resolved_image_store)
         removed = await asyncio.to_thread(storage.sweep)
         if removed:
             log.info("start-up sweep removed %d unreferenced image file(s)", removed)
@@ -107,8 +107,8 @@ def create_app(settings: Optional[ServiceSettings] = None, *, pipeline: Any = No
         hub.loop = asyncio.get_running_loop()
         hub.scheduler.start()
         app.state.hub = hub
-        log.info("lazyedit service ready: model=%s device=%s data=%s db=%s", hub.model_name, hub.device,
-                 settings.data_dir, storage.engine.url.render_as_string(hide_password=True))
+        log.info("lazyedit service ready: model=%s device=%s data=%s db=%s images=%s", hub.model_name, hub.device,
+                 settings.data_dir, storage.engine.url.render_as_string(hide_password=True), storage.blobs.location)
         try:
             yield
         finally:

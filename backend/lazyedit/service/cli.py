@@ -19,6 +19,8 @@ def build_parser(parser: Optional[argparse.ArgumentParser] = None) -> argparse.A
     p.add_argument("--device", default=None, choices=["auto", "cpu", "cuda"], help="default auto")
     p.add_argument("--data-dir", type=Path, default=None, help="sessions database and images (default ./data)")
     p.add_argument("--database-url", default=None, help="SQLAlchemy URL (default sqlite in --data-dir; postgresql://... works)")
+    p.add_argument("--image-store", default=None, metavar="FOLDER|s3://BUCKET/PREFIX",
+                   help="where images are kept (default <data-dir>/images; s3:// needs boto3, endpoint from AWS_ENDPOINT_URL)")
     p.add_argument("--token", default=None, help="required on REST (Bearer) and /ws (?token=)")
     p.add_argument("--frontend-dir", type=Path, default=None, help="built frontend to serve at / (default frontend/dist)")
     p.add_argument("--allow-origin", dest="allowed_origins", action="append", default=None, metavar="ORIGIN",

@@ -46,6 +46,8 @@ class ServiceSettings(BaseSettings):
     device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?|mps)$")
     data_dir: Path = Path("data")
     database_url: Optional[str] = Field(None, description="default: sqlite:///<data_dir>/lazyedit.db")
+    image_store: Optional[str] = Field(None, description="default: <data_dir>/images; s3://bucket/prefix stores the "
+                                       "images in an S3-compatible bucket (endpoint: AWS_ENDPOINT_URL)")
     token: Optional[str] = Field(None, min_length=1)
     frontend_dir: Optional[Path] = Field(None, description="built frontend; default frontend/dist or lazyedit/static")
     allowed_origins: list[str] = Field(default_factory=list, description="extra Origins allowed on /ws")
@@ -85,6 +87,10 @@ class ServiceSettings(BaseSettings):
         if self.database_url:
             return self.database_url
         return f"sqlite:///{(self.data_dir / 'lazyedit.db').resolve()}"
+
+    @property
+    def resolved_image_store(self) -> str:
+        return self.image_store or str(self.data_dir / "images")
 
     @property
     def resolved_frontend_dir(self) -> Optional[Path]:

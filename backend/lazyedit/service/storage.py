@@ -1,5 +1,6 @@
 """Durable storage: sessions and history in SQL (SQLAlchemy 2.0, SQLite by default, PostgreSQL works),
-images in a content-addressed folder (``images/ab/<sha256>.png``) written atomically.
+images in a content-addressed store (blobs.py: a folder, ``images/ab/<sha256>.png``, or an S3 bucket) written
+atomically.
 
 Every method here is synchronous and blocking: the service calls them from worker threads.
 A write that must be durable (an accepted edit) is: blob written + fsynced + renamed + folder fsynced,
@@ -17,7 +18,6 @@ server) both are no-ops and the in-process lock is enough.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import secrets
 import threading
@@ -25,15 +25,16 @@ import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Iterator, Optional
+from typing import Optional
 
 from sqlalchemy import (BigInteger, Float, ForeignKey, Integer, String, Text, UniqueConstraint, create_engine,
                         delete, event, func, inspect, select, text)
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
+from .blobs import BlobStore, open_blob_store
+
 SESSION_ID_RE = re.compile(r"^[A-Za-z0-9_-]{22}$")
-SHA_RE = re.compile(r"^[0-9a-f]{64}$")
 
 #: temp files younger than this are left alone by the sweep: another replica may be writing them
 TMP_GRACE_S = 600.0
@@ -163,74 +164,6 @@ class StorageError(Exception):
         self.message = message
 
 
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
-class BlobStore:
-    """Content-addressed PNG files: ``root/ab/<sha256>.png``; names come only from hex digests."""
-
-    def __init__(self, root: Path):
-        self.root = Path(root)
-        self.root.mkdir(parents=True, exist_ok=True)
-
-    def path(self, sha: str) -> Path:
-        if not SHA_RE.fullmatch(sha):
-            raise ValueError("not a sha256 hex digest")
-        return self.root / sha[:2] / f"{sha}.png"
-
-    def put(self, data: bytes) -> str:
-        sha = hashlib.sha256(data).hexdigest()
-        dest = self.path(sha)
-        if dest.exists() and dest.stat().st_size == len(data):
-            return sha
-        dest.parent.mkdir(exist_ok=True)
-        tmp = dest.parent / f".tmp-{secrets.token_hex(8)}"
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
-        try:
-            view = memoryview(data)
-            while view:
-                n = os.write(fd, view)
-                view = view[n:]
-            os.fsync(fd)
-        finally:
-            os.close(fd)
-        os.replace(tmp, dest)
-        _fsync_dir(dest.parent)
-        return sha
-
-    def get(self, sha: str) -> bytes:
-        return self.path(sha).read_bytes()
-
-    def delete(self, sha: str) -> None:
-        try:
-            self.path(sha).unlink()
-        except FileNotFoundError:
-            pass
-
-    def exists(self, sha: str) -> bool:
-        return self.path(sha).is_file()
-
-    def iter_all(self) -> Iterator[tuple[str, Path]]:
-        for sub in self.root.iterdir():
-            if not sub.is_dir() or len(sub.name) != 2:
-                continue
-            for f in sub.iterdir():
-                if f.name.startswith(".tmp-"):
-                    yield "", f
-                elif f.suffix == ".png" and SHA_RE.fullmatch(f.stem):
-                    yield f.stem, f
-
-
 def _normalise_url(url: str) -> str:
     # "postgresql://" means psycopg2 to SQLAlchemy; use psycopg 3 when that is what is installed
     if url.startswith("postgresql://") or url.startswith("postgres://"):
@@ -248,7 +181,7 @@ def _normalise_url(url: str) -> str:
 
 
 class Storage:
-    def __init__(self, database_url: str, image_dir: Path):
+    def __init__(self, database_url: str, images: str | Path | BlobStore):
         url = _normalise_url(database_url)
         kwargs: dict = {"future": True}
         if url.startswith("sqlite"):
@@ -271,7 +204,8 @@ class Storage:
             Base.metadata.create_all(conn)
             self._upgrade_schema(conn)
         self._session = sessionmaker(self.engine, expire_on_commit=False)
-        self.blobs = BlobStore(image_dir)
+        # a folder, s3://bucket/prefix, or a store already opened (blobs.py)
+        self.blobs = images if isinstance(images, BlobStore) else open_blob_store(images)
         # one writer at a time inside this process (keeps blob GC and inserts from racing)
         self._lock = threading.RLock()
 
@@ -529,20 +463,8 @@ class Storage:
             with self._session() as db:
                 used = set(db.scalars(select(EntryRow.image_sha).distinct()).all())
                 used |= set(db.scalars(select(ResultRow.region_sha).distinct()).all())
-            removed = 0
-            candidates: set[str] = set()
-            now = time.time()
-            for sha, path in list(self.blobs.iter_all()):
-                if sha:
-                    if sha not in used:
-                        candidates.add(sha)
-                    continue
-                try:
-                    if now - path.stat().st_mtime > TMP_GRACE_S:
-                        path.unlink()
-                        removed += 1
-                except FileNotFoundError:
-                    pass
+            removed = self.blobs.remove_partials(TMP_GRACE_S)
+            candidates = {sha for sha in self.blobs.shas() if sha not in used}
             batch = sorted(candidates)
             for i in range(0, len(batch), 256):   # bounded transactions and lock counts
                 removed += self._gc(set(batch[i:i + 256]))
