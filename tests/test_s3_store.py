@@ -94,6 +94,14 @@ def test_a_bad_store_is_named_at_start(tmp_path, bucket, location, why):
         S3Blobs(location)
 
 
+def test_serve_stops_at_start_naming_a_missing_bucket(tmp_path, bucket, capsys):
+    from lazyedit.service.cli import serve_main
+
+    argv = ["--model", "tiny", "--data-dir", str(tmp_path / "data"), "--port", "0", "--image-store", "s3://le-missing/x"]
+    assert serve_main(argv) == 2
+    assert "bucket 'le-missing' cannot be reached" in capsys.readouterr().err
+
+
 def test_service_keeps_accepted_edits_in_the_bucket_across_a_restart(tmp_path, bucket, tiny_pipeline):
     """The real app on a bucket: an accepted edit's image is in the bucket, and a second server on the same
     database and bucket (a restart, or another replica) gives the session back pixel for pixel."""

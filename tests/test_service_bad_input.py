@@ -207,3 +207,17 @@ def test_bad_token_and_foreign_origin_close_but_server_lives(tmp_path, tiny_pipe
                 ws.hello()
                 ws.canvas(noise_image(W, H))
                 ws.edit_result(MASK, "ok", steps=1)
+
+
+@pytest.mark.parametrize("flags, names", [
+    (["--image-store", "s3://"], "s3://<bucket>"),
+    (["--database-url", "nosuch://x"], "database 'nosuch://x'"),
+    (["--database-url", "postgresql://u:secret@127.0.0.1:9/db"], "postgresql://u:***@127.0.0.1:9/db"),
+])
+def test_serve_names_a_bad_store_in_one_line_and_exits_2(tmp_path, capsys, flags, names):
+    from lazyedit.service.cli import serve_main
+
+    assert serve_main(["--model", "tiny", "--data-dir", str(tmp_path / "data"), "--port", "0", *flags]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("lazyedit serve: ") and names in err and "secret" not in err
+    assert "Traceback" not in err

@@ -51,13 +51,38 @@ def settings_from_args(args: argparse.Namespace):
     return ServiceSettings(**overrides)
 
 
+def check_storage(settings) -> None:
+    """Open the database and the image store once before serving, so a wrong URL or a missing bucket is one
+    line naming it (exit 2) rather than a start-up traceback."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .storage import Storage
+
+    try:
+        settings.data_dir.mkdir(parents=True, exist_ok=True)
+        Storage(settings.resolved_database_url, settings.resolved_image_store).close()
+    except SQLAlchemyError as exc:
+        try:
+            shown = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
+        except SQLAlchemyError:
+            shown = "--database-url"   # unparsable: do not echo what may hold a password
+        raise ValueError(f"database {shown!r}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}") from None
+    except OSError as exc:
+        raise ValueError(f"data folder {str(settings.data_dir)!r}: {exc}") from None
+
+
 def serve_main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
+        check_storage(settings)
     except ValidationError as exc:
         msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
         print(f"lazyedit serve: {msgs}", file=sys.stderr)
+        return 2
+    except ValueError as exc:
+        print(f"lazyedit serve: {exc}", file=sys.stderr)
         return 2
     return run(settings)
 
