@@ -225,14 +225,14 @@ def test_two_instances_write_one_session_concurrently(tmp_path, pg_url):
         b.close()
 
 
-def test_shared_blob_is_never_collected_while_another_replica_references_it(tmp_path, pg_url):
-    """Replica 2 is storing a new reference to image X (file already there, transaction not committed)
+def check_shared_blob_survives_collection(pg_url: str, images) -> None:
+    """Replica 2 is storing a new reference to image X (blob already there, transaction not committed)
     while replica 1 drops the last committed reference to X and collects it. Without the per-blob lock
-    replica 1 deletes X and replica 2 commits a reference to a missing file; with it, replica 1's
-    collector waits for replica 2's commit and then keeps X."""
+    replica 1 deletes X and replica 2 commits a reference to a missing blob; with it, replica 1's
+    collector waits for replica 2's commit and then keeps X. Shared with the bucket test (test_s3_store.py)."""
     from lazyedit.service.storage import Storage, new_session_id
 
-    r1, r2 = Storage(pg_url, tmp_path / "images"), Storage(pg_url, tmp_path / "images")
+    r1, r2 = Storage(pg_url, images), Storage(pg_url, images)
     try:
         x, y = _png_bytes(42), _png_bytes(43)
         s1, s2 = new_session_id(), new_session_id()
@@ -263,10 +263,14 @@ def test_shared_blob_is_never_collected_while_another_replica_references_it(tmp_
         t.join()
         assert not errors, errors
         assert r2.get(s2).current.image_sha == x_sha
-        assert r1.blobs.path(x_sha).is_file(), "a blob referenced by another replica's session was deleted"
+        assert r1.blobs.exists(x_sha), "a blob referenced by another replica's session was deleted"
     finally:
         r1.close()
         r2.close()
+
+
+def test_shared_blob_is_never_collected_while_another_replica_references_it(tmp_path, pg_url):
+    check_shared_blob_survives_collection(pg_url, tmp_path / "images")
 
 
 def test_two_replicas_never_both_take_the_last_place_under_the_session_cap(tmp_path, pg_url):

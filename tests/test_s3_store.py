@@ -14,6 +14,7 @@ moto_server = pytest.importorskip("moto.server", reason="the S3 tests need moto'
 
 from lazyedit.service.blobs import S3Blobs  # noqa: E402
 from lazyedit.service.storage import Storage, new_session_id  # noqa: E402
+from test_postgres import check_shared_blob_survives_collection, pg_server, pg_url  # noqa: E402, F401 (fixtures)
 from test_service_helpers import WS, box_mask, decode_png, noise_image, png, service  # noqa: E402
 from test_storage_results import check_stored_results  # noqa: E402
 
@@ -84,6 +85,10 @@ def test_two_replicas_share_the_bucket(tmp_path, bucket):
     image = png(noise_image(24, 16, seed=5))
     a.set_canvas(sid, image, 24, 16)
     assert b.image(sid) == image
+
+
+def test_replicas_on_postgresql_never_collect_an_object_another_one_references(bucket, pg_url):
+    check_shared_blob_survives_collection(pg_url, f"s3://{bucket}/race")
 
 
 @pytest.mark.parametrize("location, why", [("s3://", "s3://<bucket>"), ("s3://no-such-bucket/x", "'no-such-bucket'")])
