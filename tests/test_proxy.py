@@ -1,5 +1,7 @@
 """Two `lazyedit serve --model tiny` replicas on loopback behind a real nginx running deploy/nginx.conf,
-sharing one PostgreSQL database (started by this run, see test_postgres.py) and one images folder.
+sharing one PostgreSQL database (started by this run, see test_postgres.py) and their images: once in one
+images folder, once in an S3 bucket (a local S3 server, conftest.py) with a data folder of their own each, as
+replicas on separate machines.
 
 Checks: a session created directly on replica A resumes through the proxy; every request about a
 session (``/ws?session=ID``, ``/api/sessions/ID``) reaches the same replica, so an un-accepted result can
@@ -25,7 +27,7 @@ import pytest
 
 from lazyedit.service.framing import Part, decode_frame, encode_frame
 from test_postgres import free_port, pg_server  # noqa: F401  (pg_server is a fixture)
-from test_service_helpers import WS, box_mask, decode_png, mask_png, noise_image, paste, png, service
+from test_service_helpers import WS, box_mask, decode_png, mask_png, noise_image, paste, png, s3_client, s3_environment, service
 
 REPO = Path(__file__).resolve().parents[1]
 NGINX_CONF = REPO / "deploy" / "nginx.conf"
@@ -79,26 +81,33 @@ def _test_conf(tmp: Path, listen: int, replicas: list[int]) -> Path:
     return conf
 
 
-@pytest.fixture(scope="module")
-def cluster(pg_server, tmp_path_factory):  # noqa: F811
+@pytest.fixture(scope="module", params=["shared-folder", "s3-bucket"])
+def cluster(request, pg_server, tmp_path_factory):  # noqa: F811
     nginx = _nginx()
     if nginx is None:
         pytest.skip("nginx not found: install it (Debian: apt-get install nginx-light) to run the proxy test")
     tmp = tmp_path_factory.mktemp("proxy")
     url = pg_server.new_database()
-    shared = tmp / "shared-data"                     # the images volume every replica mounts
+    env, store_args = dict(os.environ), []
+    data_dirs = [tmp / "shared-data"] * 2            # the images volume every replica mounts
+    if request.param == "s3-bucket":
+        env.update(s3_environment(request.getfixturevalue("s3_endpoint")))
+        bucket = f"le-proxy-{os.getpid()}"
+        s3_client(env["AWS_ENDPOINT_URL"]).create_bucket(Bucket=bucket)
+        store_args = ["--image-store", f"s3://{bucket}/images"]
+        data_dirs = [tmp / "replica0-data", tmp / "replica1-data"]   # nothing shared but the bucket
     procs: list[subprocess.Popen] = []
     try:
         ports = [free_port(), free_port()]
         logs = []
-        for i, port in enumerate(ports):
+        for i, (port, data) in enumerate(zip(ports, data_dirs)):
             log = tmp / f"replica{i}.log"
             logs.append(log)
             procs.append(subprocess.Popen(
                 [sys.executable, "-m", "lazyedit.service", "--model", "tiny", "--device", "cpu", "--port", str(port),
-                 "--data-dir", str(shared), "--database-url", url, "--trusted-proxy", "127.0.0.1",
-                 "--log-level", "warning"],
-                stdout=log.open("wb"), stderr=subprocess.STDOUT))
+                 "--data-dir", str(data), "--database-url", url, "--trusted-proxy", "127.0.0.1",
+                 "--log-level", "warning", *store_args],
+                stdout=log.open("wb"), stderr=subprocess.STDOUT, env=env))
         for proc, port, log in zip(procs, ports, logs):
             _wait_http(f"http://127.0.0.1:{port}/api/health", proc, log)
         listen = free_port()
@@ -110,7 +119,8 @@ def cluster(pg_server, tmp_path_factory):  # noqa: F811
         procs.append(subprocess.Popen([nginx, "-p", str(tmp), "-c", str(conf), "-e", str(tmp / "error.log"),
                                        "-g", "daemon off;"], stdout=nlog.open("wb"), stderr=subprocess.STDOUT))
         _wait_http(f"http://127.0.0.1:{listen}/api/health", procs[-1], nlog)
-        yield {"proxy": f"127.0.0.1:{listen}", "replicas": [f"127.0.0.1:{p}" for p in ports], "tmp": tmp}
+        yield {"proxy": f"127.0.0.1:{listen}", "replicas": [f"127.0.0.1:{p}" for p in ports], "tmp": tmp,
+               "data_dirs": data_dirs}
     finally:
         for proc in reversed(procs):
             proc.terminate()
@@ -234,10 +244,14 @@ def test_sessions_spread_over_replicas_and_stay_put(cluster):
             r = http.post("/api/sessions", files={"image": ("a.png", png(noise_image(16, 16, seed=i)), "image/png")})
             assert r.status_code == 201, r.text
             sids.append(r.json()["session"])
-        for sid in sids:
+        for i, sid in enumerate(sids):
             for _ in range(2):
                 assert http.get(f"/api/sessions/{sid}").status_code == 200
-            assert http.get(f"/api/sessions/{sid}/image").status_code == 200
+            # about half were created on the other replica: their image came through the shared store
+            image = http.get(f"/api/sessions/{sid}/image")
+            assert image.status_code == 200
+            assert np.array_equal(np.asarray(decode_png(image.content).convert("RGB")),
+                                  np.asarray(noise_image(16, 16, seed=i)))
         # a body over the service's cap is refused by the proxy already (413)
         r = http.post("/api/sessions", content=b"\0" * (33 * 1024 * 1024),
                       headers={"content-type": "application/octet-stream"})
@@ -252,6 +266,8 @@ def test_sessions_spread_over_replicas_and_stay_put(cluster):
         assert len(ups) == 1, (sid, ups)                              # sticky
         owners[sid] = ups.pop()
     assert set(owners.values()) == set(cluster["replicas"])          # hashed over both replicas
+    if cluster["data_dirs"][0] != cluster["data_dirs"][1]:            # the bucket run: no local image folder
+        assert not any((d / "images").exists() for d in cluster["data_dirs"])
 
 
 def test_ws_session_parameter_must_match_hello(tmp_path, tiny_pipeline):

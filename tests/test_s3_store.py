@@ -1,6 +1,5 @@
 """Images in an S3-compatible bucket (``--image-store s3://bucket/prefix``), against a real S3 server on loopback
-(moto's server: the S3 HTTP API that boto3 speaks to AWS, MinIO or R2). Skipped, saying why, where moto or boto3
-is not installed (``pip install -e 'backend[test]'`` installs both)."""
+(conftest.py ``s3_endpoint``: moto's server). Skipped, saying why, where moto or boto3 is not installed."""
 
 from __future__ import annotations
 
@@ -10,29 +9,18 @@ import numpy as np
 import pytest
 
 boto3 = pytest.importorskip("boto3", reason="the S3 image store needs boto3 (pip install -e 'backend[test]')")
-moto_server = pytest.importorskip("moto.server", reason="the S3 tests need moto's server (pip install -e 'backend[test]')")
 
 from lazyedit.service.blobs import S3Blobs  # noqa: E402
 from lazyedit.service.storage import Storage, new_session_id  # noqa: E402
 from test_postgres import check_shared_blob_survives_collection, pg_server, pg_url  # noqa: E402, F401 (fixtures)
-from test_service_helpers import WS, box_mask, decode_png, noise_image, png, service  # noqa: E402
+from test_service_helpers import WS, box_mask, decode_png, noise_image, png, s3_environment, service  # noqa: E402
 from test_storage_results import check_stored_results  # noqa: E402
-
-
-@pytest.fixture(scope="module")
-def s3_endpoint():
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
-    server.stop()
 
 
 @pytest.fixture
 def bucket(s3_endpoint, monkeypatch):
     """A fresh bucket on the local server; boto3 reaches it through the same settings a deployment sets."""
-    for name, value in {"AWS_ENDPOINT_URL": s3_endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
-                        "AWS_DEFAULT_REGION": "us-east-1"}.items():
+    for name, value in s3_environment(s3_endpoint).items():
         monkeypatch.setenv(name, value)
     monkeypatch.delenv("AWS_PROFILE", raising=False)
     name = f"le-{secrets.token_hex(6)}"

@@ -135,3 +135,18 @@ def paste(base: Image.Image, region: Image.Image, box) -> Image.Image:
     out = base.copy()
     out.paste(region, (box[0], box[1]))
     return out
+
+
+def s3_environment(endpoint: str) -> dict[str, str]:
+    """What a deployment sets for boto3 to reach an S3-compatible server (test credentials)."""
+    return {"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+            "AWS_DEFAULT_REGION": "us-east-1"}
+
+
+def s3_client(endpoint: str):
+    """A boto3 client of that server, for a test's own look at the bucket."""
+    import boto3
+
+    env = s3_environment(endpoint)
+    return boto3.client("s3", endpoint_url=endpoint, region_name=env["AWS_DEFAULT_REGION"],
+                        aws_access_key_id=env["AWS_ACCESS_KEY_ID"], aws_secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
