@@ -142,6 +142,22 @@ def test_shape_accuracy_is_split_by_the_prompted_shape():
     assert t.summary()[f"shape_acc_{case.sample.shape}"] == 0.0
 
 
+def test_colour_accuracy_is_split_by_the_prompted_colour():
+    from lazyedit.training.eval import Totals, ground_truth_report, score_case
+
+    cases = eval_cases(24, 5, 96)
+    report = ground_truth_report(cases)
+    per_colour = {k: v for k, v in report.items() if k.startswith("colour_acc_")}
+    inserts = [c for c in cases if c.kind == "insert"]
+    assert set(per_colour) == {f"colour_acc_{c.sample.colour}" for c in inserts} and len(per_colour) > 1
+    assert sum(report[f"n_{k}"] for k in per_colour) == report["n_colour_acc"] == len(inserts)
+    # a blank answer (the canvas back) fails the prompted colour's own entry
+    case = inserts[0]
+    t = Totals()
+    score_case(t, case, np.asarray(case.sample.removed))
+    assert t.summary()[f"colour_acc_{case.sample.colour}"] == 0.0
+
+
 def test_style_accuracy_is_split_by_the_scene_style():
     from lazyedit.training.eval import Totals, ground_truth_report, score_case
 

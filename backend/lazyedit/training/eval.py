@@ -412,6 +412,7 @@ def score_case(t: Totals, case: EvalCase, out: np.ndarray) -> None:
     sc = score_insert(out, truth_bg, case.mask, s)
     prefix = {"sketch": "sketch_", "box": "box_"}.get(case.kind, "")
     t.add(prefix + "colour_acc", sc["colour_ok"])
+    t.add(f"{prefix}colour_acc_{s.colour}", sc["colour_ok"])  # per prompted colour: which colours drift
     t.add(prefix + "shape_acc", sc["shape_ok"])
     t.add(f"{prefix}shape_acc_{s.shape}", sc["shape_ok"])  # per prompted shape: which shapes the model cannot draw
     t.add(prefix + "style_acc", sc["style_ok"])
