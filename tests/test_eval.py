@@ -126,52 +126,23 @@ def test_eval_main_ground_truth(capsys):
     assert '"colour_acc": 1.0' in capsys.readouterr().out
 
 
-def test_shape_accuracy_is_split_by_the_prompted_shape():
+@pytest.mark.parametrize("attr, cases_n, unfailable", [("shape", 12, None), ("colour", 24, None), ("style", 24, "plain")])
+def test_accuracy_is_split_by_the_asked_shape_colour_and_scene_style(attr, cases_n, unfailable):
+    """``<attr>_acc_<value>`` per prompted shape and colour and per scene style: the entries add up to the
+    insert cases, and a blank answer (the canvas back) fails its case's own entry (a blank reads as plain, so
+    the style check takes a styled scene)."""
     from lazyedit.training.eval import Totals, ground_truth_report, score_case
 
-    cases = eval_cases(12, 5, 96)
+    cases = eval_cases(cases_n, 5, 96)
     report = ground_truth_report(cases)
-    per_shape = {k: v for k, v in report.items() if k.startswith("shape_acc_")}
+    split = {k: v for k, v in report.items() if k.startswith(f"{attr}_acc_")}
     inserts = [c for c in cases if c.kind == "insert"]
-    assert set(per_shape) == {f"shape_acc_{c.sample.shape}" for c in inserts}
-    assert sum(report[f"n_{k}"] for k in per_shape) == report["n_shape_acc"] == len(inserts)
-    # a blank answer (the canvas back) fails the prompted shape's own entry
-    case = inserts[0]
+    assert set(split) == {f"{attr}_acc_{getattr(c.sample, attr)}" for c in inserts} and len(split) > 1
+    assert sum(report[f"n_{k}"] for k in split) == report[f"n_{attr}_acc"] == len(inserts)
+    case = next(c for c in inserts if getattr(c.sample, attr) != unfailable)
     t = Totals()
     score_case(t, case, np.asarray(case.sample.removed))
-    assert t.summary()[f"shape_acc_{case.sample.shape}"] == 0.0
-
-
-def test_colour_accuracy_is_split_by_the_prompted_colour():
-    from lazyedit.training.eval import Totals, ground_truth_report, score_case
-
-    cases = eval_cases(24, 5, 96)
-    report = ground_truth_report(cases)
-    per_colour = {k: v for k, v in report.items() if k.startswith("colour_acc_")}
-    inserts = [c for c in cases if c.kind == "insert"]
-    assert set(per_colour) == {f"colour_acc_{c.sample.colour}" for c in inserts} and len(per_colour) > 1
-    assert sum(report[f"n_{k}"] for k in per_colour) == report["n_colour_acc"] == len(inserts)
-    # a blank answer (the canvas back) fails the prompted colour's own entry
-    case = inserts[0]
-    t = Totals()
-    score_case(t, case, np.asarray(case.sample.removed))
-    assert t.summary()[f"colour_acc_{case.sample.colour}"] == 0.0
-
-
-def test_style_accuracy_is_split_by_the_scene_style():
-    from lazyedit.training.eval import Totals, ground_truth_report, score_case
-
-    cases = eval_cases(24, 5, 96)
-    report = ground_truth_report(cases)
-    per_style = {k: v for k, v in report.items() if k.startswith("style_acc_")}
-    inserts = [c for c in cases if c.kind == "insert"]
-    assert set(per_style) == {f"style_acc_{c.sample.style}" for c in inserts} and len(per_style) > 1
-    assert sum(report[f"n_{k}"] for k in per_style) == report["n_style_acc"] == len(inserts)
-    # a blank answer reads as plain: it fails a styled scene's entry
-    case = next(c for c in inserts if c.sample.style != "plain")
-    t = Totals()
-    score_case(t, case, np.asarray(case.sample.removed))
-    assert t.summary()[f"style_acc_{case.sample.style}"] == 0.0
+    assert t.summary()[f"{attr}_acc_{getattr(case.sample, attr)}"] == 0.0
 
 
 def test_eval_main_autoencoder_ceiling_scores_every_case_through_both_decoders(capsys):
