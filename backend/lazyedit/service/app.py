@@ -91,14 +91,18 @@ class _BodyTooLarge(Exception):
     pass
 
 
-def create_app(settings: Optional[ServiceSettings] = None, *, pipeline: Any = None) -> FastAPI:
-    """Build the app. ``pipeline``: an already loaded LazyEditPipeline (else loaded at start-up)."""
+def create_app(settings: Optional[ServiceSettings] = None, *, pipeline: Any = None,
+               storage: Optional[Storage] = None) -> FastAPI:
+    """Build the app. ``pipeline``: an already loaded LazyEditPipeline (else loaded at start-up); ``storage``: an
+    already opened Storage (else opened at start-up from the settings); the app closes it when it stops."""
     settings = settings or ServiceSettings()
 
     @asynccontextmanager
     async def lifespan(app: FastAPI):
-        settings.data_dir.mkdir(parents=True, exist_ok=True)
-        storage = await asyncio.to_thread(Storage, settings.resolved_database_url, settings.resolved_image_store)
+        nonlocal storage
+        if storage is None:
+            settings.data_dir.mkdir(parents=True, exist_ok=True)
+            storage = await asyncio.to_thread(Storage, settings.resolved_database_url, settings.resolved_image_store)
         removed = await asyncio.to_thread(storage.sweep)
         if removed:
             log.info("start-up sweep removed %d unreferenced image file(s)", removed)

@@ -51,9 +51,9 @@ def settings_from_args(args: argparse.Namespace):
     return ServiceSettings(**overrides)
 
 
-def check_storage(settings) -> None:
-    """Open the database and the image store once before serving, so a wrong URL or a missing bucket is one
-    line naming it (exit 2) rather than a start-up traceback."""
+def open_storage(settings):
+    """The database and the image store, opened before serving (the app then uses them), so a wrong URL or a
+    missing bucket is one line naming it (exit 2) rather than a start-up traceback."""
     from sqlalchemy.engine import make_url
     from sqlalchemy.exc import SQLAlchemyError
 
@@ -61,7 +61,7 @@ def check_storage(settings) -> None:
 
     try:
         settings.data_dir.mkdir(parents=True, exist_ok=True)
-        Storage(settings.resolved_database_url, settings.resolved_image_store).close()
+        return Storage(settings.resolved_database_url, settings.resolved_image_store)
     except SQLAlchemyError as exc:
         try:
             shown = make_url(settings.resolved_database_url).render_as_string(hide_password=True)
@@ -76,7 +76,7 @@ def serve_main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         settings = settings_from_args(args)
-        check_storage(settings)
+        storage = open_storage(settings)
     except ValidationError as exc:
         msgs = "; ".join(e["msg"].removeprefix("Value error, ") for e in exc.errors())
         print(f"lazyedit serve: {msgs}", file=sys.stderr)
@@ -84,17 +84,18 @@ def serve_main(argv: Optional[Sequence[str]] = None) -> int:
     except ValueError as exc:
         print(f"lazyedit serve: {exc}", file=sys.stderr)
         return 2
-    return run(settings)
+    return run(settings, storage)
 
 
-def run(settings) -> int:
+def run(settings, storage=None) -> int:
+    """Serve until stopped; ``storage``: opened by open_storage (else the app opens it at start-up)."""
     import uvicorn
 
     from .app import create_app
 
     level = settings.log_level.upper()
     logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    app = create_app(settings)
+    app = create_app(settings, storage=storage)
     uvicorn.run(app, host=settings.host, port=settings.port, log_level=settings.log_level,
                 ws_max_size=settings.max_message_bytes * 2 + 4096, ws_ping_interval=20, ws_ping_timeout=60,
                 proxy_headers=bool(settings.trusted_proxies),
