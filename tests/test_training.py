@@ -831,6 +831,23 @@ def test_strip_masks_reach_the_filling_stages_only(tmp_path):
         assert m.all(dim=0).any() or m.all(dim=1).any()
 
 
+def test_removal_fraction_turns_named_edits_into_removals_only_on_the_filling_stages(tmp_path):
+    from lazyedit.training.data import StageDataset
+
+    for stage in ("vae", "sketch"):
+        with pytest.raises(ValueError, match="--removal-fraction"):
+            train_stage(_args(tmp_path / stage, stage, 2, removal_fraction=0.5))
+    usual, more = StageDataset("lazy", 96), StageDataset("lazy", 96, removal_fraction=1.0)
+    differ = [i for i in range(32) if usual[i]["caption"] != more[i]["caption"]]
+    assert differ
+    for i in differ:  # the same object hole, now a removal: no caption, the object gone from the target
+        assert usual[i]["caption"] and not more[i]["caption"]
+        assert torch.equal(usual[i]["mask"], more[i]["mask"]) and torch.equal(usual[i]["image"], more[i]["image"])
+        assert not torch.equal(usual[i]["target"], more[i]["target"])
+    same = [i for i in range(32) if i not in differ]
+    assert all(torch.equal(usual[i]["target"], more[i]["target"]) for i in same)  # other edits unchanged
+
+
 def test_edge_term_scores_a_blurred_outline_not_a_flat_shift(trained, tmp_path):
     from lazyedit.training.data import StageDataset
     from lazyedit.training.trainer import StageTrainer, edge_error

@@ -151,6 +151,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--strip-masks", type=fraction, default=0.0,
                    help="lazy/distill on the world: the fraction of edits that outpaint a band along one side (10 to "
                         "40%% deep, no caption), as the editor's Expand asks; 0 = none")
+    p.add_argument("--removal-fraction", type=fraction, default=0.2,
+                   help="lazy/distill on the world: the fraction of object-masked edits that are removals (empty "
+                        "caption, the scene without the object for a target); default 0.2")
     p.add_argument("--timestep-shift", type=float, default=1.0,
                    help="lazy/sketch/distill: move the training noise levels toward pure noise by this factor, with "
                         "the map the sampler's shift applies (the demo config samples with 3), so the first sampling "
@@ -221,6 +224,7 @@ def _args_for(ns: argparse.Namespace, stage: str) -> TrainArgs:
         focus_fraction=ns.focus_fraction,
         loose_masks=ns.loose_masks,
         strip_masks=ns.strip_masks,
+        removal_fraction=ns.removal_fraction,
         timestep_shift=ns.timestep_shift,
         pooled_text=ns.pooled_text,
         hole_positions=ns.hole_positions,

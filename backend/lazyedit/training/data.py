@@ -128,12 +128,14 @@ class StageDataset(Dataset):
     def __init__(self, stage: str, size: int = 256, seed: int = 0, folder: str | None = None,
                  p_kinds: tuple[float, float, float] | None = None, large_objects: float = 0.0,
                  decoder_edits: bool = False, focus_shapes: tuple[str, ...] = (), focus_fraction: float = 0.0,
-                 loose_masks: float = 0.0, strip_masks: float = 0.0):
+                 loose_masks: float = 0.0, strip_masks: float = 0.0, removal_fraction: float = 0.2):
         """large_objects: the fraction of world scenes (lazy / sketch, and decoder edits) drawn with
         LARGE_OBJECT_SIZES. decoder_edits: asym-decoder items carry an edit case too, for the generator to fill.
         focus_fraction: the fraction of world scenes drawn only from ``focus_shapes``. loose_masks: the
         fraction of named-object edits whose mask is a loose box around the object (make_case's p_loose).
-        strip_masks: the fraction of edits that are outpaintings of a band along one side (make_case's p_strip)."""
+        strip_masks: the fraction of edits that are outpaintings of a band along one side (make_case's p_strip).
+        removal_fraction: the fraction of object-masked edits that are removals (make_case's p_removal)."""
+        self.removal_fraction = float(removal_fraction)
         self.loose_masks = float(loose_masks)
         self.strip_masks = float(strip_masks)
         self.focus_shapes = shape_names(focus_shapes) if focus_shapes else ()
@@ -193,7 +195,7 @@ class StageDataset(Dataset):
             if self.focus_fraction > 0 and rng.random() < self.focus_fraction:
                 kw["shapes"] = self.focus_shapes
             case = make_case(self.seed, index, s, p_kinds=self.p_kinds, p_loose=self.loose_masks,
-                             p_strip=self.strip_masks, **kw)
+                             p_strip=self.strip_masks, p_removal=self.removal_fraction, **kw)
             image, target, mask, caption, sketch = case.image, case.target, case.mask, case.caption, case.sketch
         return {
             "image": to_tensor(image),

@@ -121,6 +121,9 @@ class TrainArgs:
     loose_masks: float = 0.0
     # lazy/distill on the world: the fraction of edits that outpaint a band along one side (what Expand asks)
     strip_masks: float = 0.0
+    # lazy/distill on the world: the fraction of object-masked edits that are removals (empty caption, the scene
+    # without the object for a target); 0.2, make_case's default, is what every run before stop 40 trained on
+    removal_fraction: float = 0.2
     # lazy/sketch/distill: shift the training noise levels toward pure noise as the sampler's shift does, so the
     # first sampling steps (where an object's shape is decided) are trained as often as they are taken
     timestep_shift: float = 1.0
@@ -161,6 +164,8 @@ def _defaults(args: TrainArgs) -> TrainArgs:
         raise ValueError("--loose-masks is for the stages that train on edits: lazy, sketch, distill")
     if args.strip_masks > 0 and args.stage not in ("lazy", "distill"):
         raise ValueError("--strip-masks is for the stages that fill holes from their context: lazy, distill")
+    if args.removal_fraction != 0.2 and args.stage not in ("lazy", "distill"):
+        raise ValueError("--removal-fraction is for the stages that learn removals: lazy, distill")
     if args.timestep_shift != 1.0 and (args.stage not in ("lazy", "sketch", "distill") or args.timestep_shift <= 0):
         raise ValueError("--timestep-shift is a positive factor for the stages that denoise: lazy, sketch, distill")
     for flag, on in (("--pooled-text", args.pooled_text), ("--hole-positions", args.hole_positions),
@@ -1022,7 +1027,7 @@ class StageTrainer:
         ds = StageDataset(a.stage, a.resolution[0], a.seed, None if a.data == "world" else a.data,
                           large_objects=a.large_objects, decoder_edits=a.stage == "asym-decoder" and a.generated_latents > 0,
                           focus_shapes=a.focus_shapes, focus_fraction=a.focus_fraction, loose_masks=a.loose_masks,
-                          strip_masks=a.strip_masks)
+                          strip_masks=a.strip_masks, removal_fraction=a.removal_fraction)
         batches = StreamBatches(self.step, a.batch_size, acc.process_index, acc.num_processes, a.resolution)
         loader = DataLoader(ds, batch_sampler=batches, num_workers=a.num_workers, persistent_workers=a.num_workers > 0)
         it = iter(loader)
