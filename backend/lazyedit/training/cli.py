@@ -23,6 +23,7 @@ import signal
 import sys
 
 from .data import batch_sizes, canvas_sizes
+from .masks import REMOVAL_FRACTION
 from .trainer import CORE_STAGES, STAGE_DEFAULTS, STAGES, TrainArgs, export_pipeline, ship_pipeline
 
 
@@ -151,9 +152,9 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--strip-masks", type=fraction, default=0.0,
                    help="lazy/distill on the world: the fraction of edits that outpaint a band along one side (10 to "
                         "40%% deep, no caption), as the editor's Expand asks; 0 = none")
-    p.add_argument("--removal-fraction", type=fraction, default=0.2,
+    p.add_argument("--removal-fraction", type=fraction, default=REMOVAL_FRACTION,
                    help="lazy/distill on the world: the fraction of object-masked edits that are removals (empty "
-                        "caption, the scene without the object for a target); default 0.2")
+                        "caption, the scene without the object for a target); default %(default)s")
     p.add_argument("--timestep-shift", type=float, default=1.0,
                    help="lazy/sketch/distill: move the training noise levels toward pure noise by this factor, with "
                         "the map the sampler's shift applies (the demo config samples with 3), so the first sampling "

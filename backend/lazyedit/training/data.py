@@ -16,7 +16,7 @@ from PIL import Image, ImageFilter, ImageOps
 from torch.utils.data import Dataset, Sampler
 
 from ..engine.pipeline import sketch_condition
-from .masks import full_or_lama_mask, make_case, random_mask
+from .masks import REMOVAL_FRACTION, full_or_lama_mask, make_case, random_mask
 from .world import LARGE_OBJECT_SIZES, make_sample, shape_names
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
@@ -128,7 +128,7 @@ class StageDataset(Dataset):
     def __init__(self, stage: str, size: int = 256, seed: int = 0, folder: str | None = None,
                  p_kinds: tuple[float, float, float] | None = None, large_objects: float = 0.0,
                  decoder_edits: bool = False, focus_shapes: tuple[str, ...] = (), focus_fraction: float = 0.0,
-                 loose_masks: float = 0.0, strip_masks: float = 0.0, removal_fraction: float = 0.2):
+                 loose_masks: float = 0.0, strip_masks: float = 0.0, removal_fraction: float = REMOVAL_FRACTION):
         """large_objects: the fraction of world scenes (lazy / sketch, and decoder edits) drawn with
         LARGE_OBJECT_SIZES. decoder_edits: asym-decoder items carry an edit case too, for the generator to fill.
         focus_fraction: the fraction of world scenes drawn only from ``focus_shapes``. loose_masks: the

@@ -40,6 +40,8 @@ from .world import (
 MIN_AREA = 0.01
 MAX_AREA = 0.60
 MASK_KINDS = ("object", "strokes", "box")
+# the share of object-masked edits that are removals (empty caption, the object gone), unless a run says otherwise
+REMOVAL_FRACTION = 0.2
 
 
 def area(mask: np.ndarray) -> float:
@@ -245,7 +247,7 @@ def case_from_mask(scene: Scene, mask: np.ndarray, size, rng: np.random.Generato
 
 
 def make_case(seed: int = 0, index: int = 0, size=256, p_kinds: Sequence[float] = (0.6, 0.25, 0.15),
-              p_removal: float = 0.2, min_area: float = MIN_AREA, max_area: float = MAX_AREA,
+              p_removal: float = REMOVAL_FRACTION, min_area: float = MIN_AREA, max_area: float = MAX_AREA,
               p_loose: float = 0.0, p_strip: float = 0.0, **scene_kwargs) -> TrainingCase:
     """The ``index``-th training case of world ``seed`` (deterministic).
 

@@ -44,6 +44,7 @@ from lazyedit.engine.models.layers import AddedInputs, gather_tokens, patchify, 
 from lazyedit.engine.models.transformer import DISTILLED_GUIDANCE_RANGE
 
 from .data import StageDataset, StreamBatches, batch_sizes, canvas_sizes, to_image
+from .masks import REMOVAL_FRACTION
 from .world import contact_sheet, shape_names
 
 if TYPE_CHECKING:
@@ -122,8 +123,8 @@ class TrainArgs:
     # lazy/distill on the world: the fraction of edits that outpaint a band along one side (what Expand asks)
     strip_masks: float = 0.0
     # lazy/distill on the world: the fraction of object-masked edits that are removals (empty caption, the scene
-    # without the object for a target); 0.2, make_case's default, is what every run before stop 40 trained on
-    removal_fraction: float = 0.2
+    # without the object for a target); the default is what every run before stop 40 trained on
+    removal_fraction: float = REMOVAL_FRACTION
     # lazy/sketch/distill: shift the training noise levels toward pure noise as the sampler's shift does, so the
     # first sampling steps (where an object's shape is decided) are trained as often as they are taken
     timestep_shift: float = 1.0
@@ -164,7 +165,7 @@ def _defaults(args: TrainArgs) -> TrainArgs:
         raise ValueError("--loose-masks is for the stages that train on edits: lazy, sketch, distill")
     if args.strip_masks > 0 and args.stage not in ("lazy", "distill"):
         raise ValueError("--strip-masks is for the stages that fill holes from their context: lazy, distill")
-    if args.removal_fraction != 0.2 and args.stage not in ("lazy", "distill"):
+    if args.removal_fraction != REMOVAL_FRACTION and args.stage not in ("lazy", "distill"):
         raise ValueError("--removal-fraction is for the stages that learn removals: lazy, distill")
     if args.timestep_shift != 1.0 and (args.stage not in ("lazy", "sketch", "distill") or args.timestep_shift <= 0):
         raise ValueError("--timestep-shift is a positive factor for the stages that denoise: lazy, sketch, distill")
