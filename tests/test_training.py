@@ -315,6 +315,30 @@ def test_focus_shapes_draw_scenes_from_the_named_shapes(capsys):
         train_stage(TrainArgs(stage="lazy", focus_fraction=0.5))
 
 
+def test_focus_colours_draw_scenes_from_the_named_colours_alone_or_with_focus_shapes(capsys):
+    """--focus-colours orange,yellow --focus-fraction 1: every named edit asks for an orange or yellow object;
+    with --focus-shapes the scenes are drawn from both; errors name the flag and the unknown colour."""
+    from lazyedit.training.data import StageDataset
+
+    colours = StageDataset("sketch", 64, 0, focus_colours=("orange", "yellow"), focus_fraction=1.0)
+    captions = [c for c in (colours[i]["caption"] for i in range(12)) if c]  # removals have none
+    assert captions and all(c.split(" ")[-2] in ("orange", "yellow") for c in captions), captions
+    assert {c.split(" ")[-1] for c in captions} - {"star"}  # shapes left free
+    plain = StageDataset("sketch", 64, 0)
+    assert {c.split(" ")[-2] for c in (plain[i]["caption"] for i in range(12)) if c} - {"orange", "yellow"}
+    both = StageDataset("sketch", 64, 0, focus_shapes=("star",), focus_colours=("orange",), focus_fraction=1.0)
+    assert all(c.endswith("orange star") for c in (both[i]["caption"] for i in range(8)) if c)
+    with pytest.raises(ValueError, match="teal"):
+        StageDataset("lazy", 64, focus_colours=("teal",), focus_fraction=0.5)
+    ns = build_parser().parse_args(["lazy", "--focus-colours", "orange,yellow", "--focus-fraction", "0.3"])
+    assert ns.focus_colours == ("orange", "yellow") and ns.focus_shapes == ()
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["lazy", "--focus-colours", "orange,teal"])
+    assert "teal" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="--focus-colours"):
+        train_stage(TrainArgs(stage="lazy", focus_fraction=0.5))
+
+
 def test_init_from_fine_tunes_a_pipeline_folder(trained, tmp_path):
     """--init-from: a fresh run folder gets the source's frozen parts, and the trained stage starts from the
     source's weights (at a vanishing learning rate the export still equals them), not from a new init."""

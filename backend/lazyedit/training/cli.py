@@ -24,6 +24,7 @@ import sys
 
 from .data import batch_sizes, canvas_sizes
 from .masks import REMOVAL_FRACTION
+from .world import colour_names, shape_names
 from .trainer import CORE_STAGES, STAGE_DEFAULTS, STAGES, TrainArgs, export_pipeline, ship_pipeline
 
 
@@ -65,14 +66,14 @@ def _counts(text: str) -> tuple[int, ...]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _shapes(text: str) -> tuple[str, ...]:
-    """argparse type of --focus-shapes: world shapes separated by commas."""
-    from .world import shape_names
-
-    try:
-        return shape_names(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
+def _world_names_type(parse):
+    """argparse type from a world names parser (shape_names, colour_names): its ValueError as argparse's error."""
+    def names(text: str) -> tuple[str, ...]:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+    return names
 
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
@@ -141,10 +142,15 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                    help="retrain a stage from scratch on another model's frozen parts: the pipeline folder fills in the "
                         "components <output>/model lacks, but the stage's own components start from a fresh init "
                         "(asym-decoder, lazy, sketch; exclusive with --init-from)")
-    p.add_argument("--focus-shapes", type=_shapes, default=(),
+    p.add_argument("--focus-shapes", type=_world_names_type(shape_names), default=(),
                    help="lazy/sketch on the world: comma-separated shapes (e.g. star,ring,cross) that --focus-fraction "
                         "of the scenes are drawn from, to oversample the shapes a model misses")
-    p.add_argument("--focus-fraction", type=fraction, default=0.0, help="the fraction of scenes drawn from --focus-shapes")
+    p.add_argument("--focus-colours", type=_world_names_type(colour_names), default=(),
+                   help="lazy/sketch on the world: comma-separated colours (e.g. orange,yellow) that --focus-fraction "
+                        "of the scenes are drawn from (with --focus-shapes too: both), to oversample the colours a "
+                        "model misses")
+    p.add_argument("--focus-fraction", type=fraction, default=0.0,
+                   help="the fraction of scenes drawn from --focus-shapes and/or --focus-colours")
     p.add_argument("--loose-masks", type=fraction, default=0.0,
                    help="lazy/sketch/distill on the world: the fraction of named-object edits masked by a loose box "
                         "around the object instead of its grown shape, so the caption must give the shape (a box "
@@ -222,6 +228,7 @@ def _args_for(ns: argparse.Namespace, stage: str) -> TrainArgs:
         init_from=ns.init_from,
         components_from=ns.components_from,
         focus_shapes=ns.focus_shapes,
+        focus_colours=ns.focus_colours,
         focus_fraction=ns.focus_fraction,
         loose_masks=ns.loose_masks,
         strip_masks=ns.strip_masks,

@@ -17,7 +17,7 @@ from torch.utils.data import Dataset, Sampler
 
 from ..engine.pipeline import sketch_condition
 from .masks import REMOVAL_FRACTION, full_or_lama_mask, make_case, random_mask
-from .world import LARGE_OBJECT_SIZES, make_sample, shape_names
+from .world import LARGE_OBJECT_SIZES, colour_names, make_sample, shape_names
 
 IMAGE_EXTS = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 HUGE = 2**31 - 1
@@ -127,11 +127,13 @@ class StageDataset(Dataset):
 
     def __init__(self, stage: str, size: int = 256, seed: int = 0, folder: str | None = None,
                  p_kinds: tuple[float, float, float] | None = None, large_objects: float = 0.0,
-                 decoder_edits: bool = False, focus_shapes: tuple[str, ...] = (), focus_fraction: float = 0.0,
+                 decoder_edits: bool = False, focus_shapes: tuple[str, ...] = (), focus_colours: tuple[str, ...] = (),
+                 focus_fraction: float = 0.0,
                  loose_masks: float = 0.0, strip_masks: float = 0.0, removal_fraction: float = REMOVAL_FRACTION):
         """large_objects: the fraction of world scenes (lazy / sketch, and decoder edits) drawn with
         LARGE_OBJECT_SIZES. decoder_edits: asym-decoder items carry an edit case too, for the generator to fill.
-        focus_fraction: the fraction of world scenes drawn only from ``focus_shapes``. loose_masks: the
+        focus_fraction: the fraction of world scenes drawn only from ``focus_shapes`` and ``focus_colours`` (either
+        may be empty: all shapes, or all colours). loose_masks: the
         fraction of named-object edits whose mask is a loose box around the object (make_case's p_loose).
         strip_masks: the fraction of edits that are outpaintings of a band along one side (make_case's p_strip).
         removal_fraction: the fraction of object-masked edits that are removals (make_case's p_removal)."""
@@ -139,6 +141,7 @@ class StageDataset(Dataset):
         self.loose_masks = float(loose_masks)
         self.strip_masks = float(strip_masks)
         self.focus_shapes = shape_names(focus_shapes) if focus_shapes else ()
+        self.focus_colours = colour_names(focus_colours) if focus_colours else ()
         self.focus_fraction = float(focus_fraction)
         self.stage = stage
         self.decoder_edits = bool(decoder_edits)
@@ -193,7 +196,7 @@ class StageDataset(Dataset):
             kw = {"sizes": LARGE_OBJECT_SIZES} if rng.random() < self.large_objects else {}
             # drawn only when focusing, so runs without it keep their data
             if self.focus_fraction > 0 and rng.random() < self.focus_fraction:
-                kw["shapes"] = self.focus_shapes
+                kw.update({k: v for k, v in (("shapes", self.focus_shapes), ("colours", self.focus_colours)) if v})
             case = make_case(self.seed, index, s, p_kinds=self.p_kinds, p_loose=self.loose_masks,
                              p_strip=self.strip_masks, p_removal=self.removal_fraction, **kw)
             image, target, mask, caption, sketch = case.image, case.target, case.mask, case.caption, case.sketch

@@ -45,7 +45,7 @@ from lazyedit.engine.models.transformer import DISTILLED_GUIDANCE_RANGE
 
 from .data import StageDataset, StreamBatches, batch_sizes, canvas_sizes, to_image
 from .masks import REMOVAL_FRACTION
-from .world import contact_sheet, shape_names
+from .world import colour_names, contact_sheet, shape_names
 
 if TYPE_CHECKING:
     from PIL import Image
@@ -117,6 +117,7 @@ class TrainArgs:
     components_from: str | None = None
     # lazy/sketch on the world: the fraction of scenes drawn only from these shapes (the ones a model misses)
     focus_shapes: tuple[str, ...] = ()
+    focus_colours: tuple[str, ...] = ()
     focus_fraction: float = 0.0
     # lazy/sketch/distill on the world: the fraction of named-object edits masked by a loose box around the object
     loose_masks: float = 0.0
@@ -175,9 +176,10 @@ def _defaults(args: TrainArgs) -> TrainArgs:
             raise ValueError(f"{flag} changes the backbone: it is for the lazy stage, which trains it")
     if args.added_input_lr is not None and args.added_input_lr <= 0:
         raise ValueError("--added-input-lr must be a positive learning rate")
-    if args.focus_fraction > 0 and not args.focus_shapes:
-        raise ValueError("--focus-fraction needs --focus-shapes (the shapes those scenes are drawn from)")
+    if args.focus_fraction > 0 and not (args.focus_shapes or args.focus_colours):
+        raise ValueError("--focus-fraction needs --focus-shapes or --focus-colours (what those scenes are drawn from)")
     args.focus_shapes = shape_names(args.focus_shapes) if args.focus_shapes else ()
+    args.focus_colours = colour_names(args.focus_colours) if args.focus_colours else ()
     if args.init_from and args.components_from:
         raise ValueError("--init-from and --components-from are exclusive: the first also starts the stage from the "
                          "folder's weights, the second only lends its other components")
@@ -1027,8 +1029,8 @@ class StageTrainer:
                                    if isinstance(v, (int, float, str, bool, tuple))})
         ds = StageDataset(a.stage, a.resolution[0], a.seed, None if a.data == "world" else a.data,
                           large_objects=a.large_objects, decoder_edits=a.stage == "asym-decoder" and a.generated_latents > 0,
-                          focus_shapes=a.focus_shapes, focus_fraction=a.focus_fraction, loose_masks=a.loose_masks,
-                          strip_masks=a.strip_masks, removal_fraction=a.removal_fraction)
+                          focus_shapes=a.focus_shapes, focus_colours=a.focus_colours, focus_fraction=a.focus_fraction,
+                          loose_masks=a.loose_masks, strip_masks=a.strip_masks, removal_fraction=a.removal_fraction)
         batches = StreamBatches(self.step, a.batch_size, acc.process_index, acc.num_processes, a.resolution)
         loader = DataLoader(ds, batch_sampler=batches, num_workers=a.num_workers, persistent_workers=a.num_workers > 0)
         it = iter(loader)

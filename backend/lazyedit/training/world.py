@@ -46,14 +46,24 @@ MAX_OBJECT_SIZE = 0.36
 LARGE_OBJECT_SIZES = (0.3, 0.85)
 
 
+def _world_names(value: str | Sequence[str], known: Sequence[str], what: str) -> tuple[str, ...]:
+    """Names from comma-separated text ("star,ring") or a sequence; unknown names raise ValueError."""
+    parts = value.split(",") if isinstance(value, str) else value
+    names = tuple(p.strip() for p in parts if p.strip())
+    unknown = [p for p in names if p not in known]
+    if not names or unknown:
+        raise ValueError(f"{what} {value!r}: {', '.join(unknown) or 'none given'}; choose among {', '.join(known)}")
+    return names
+
+
 def shape_names(value: str | Sequence[str]) -> tuple[str, ...]:
     """World shapes from comma-separated text ("star,ring") or a sequence; unknown names raise ValueError."""
-    parts = value.split(",") if isinstance(value, str) else value
-    shapes = tuple(p.strip() for p in parts if p.strip())
-    unknown = [p for p in shapes if p not in SHAPES]
-    if not shapes or unknown:
-        raise ValueError(f"shapes {value!r}: {', '.join(unknown) or 'none given'}; choose among {', '.join(SHAPES)}")
-    return shapes
+    return _world_names(value, SHAPES, "shapes")
+
+
+def colour_names(value: str | Sequence[str]) -> tuple[str, ...]:
+    """World colours from comma-separated text ("orange,yellow") or a sequence; unknown names raise ValueError."""
+    return _world_names(value, COLOUR_NAMES, "colours")
 
 
 def caption_for(colour: str, shape: str) -> str:
