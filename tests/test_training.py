@@ -327,7 +327,8 @@ def test_focus_colours_draw_scenes_from_the_named_colours_alone_or_with_focus_sh
     plain = StageDataset("sketch", 64, 0)
     assert {c.split(" ")[-2] for c in (plain[i]["caption"] for i in range(12)) if c} - {"orange", "yellow"}
     both = StageDataset("sketch", 64, 0, focus_shapes=("star",), focus_colours=("orange",), focus_fraction=1.0)
-    assert all(c.endswith("orange star") for c in (both[i]["caption"] for i in range(8)) if c)
+    named = [c for c in (both[i]["caption"] for i in range(8)) if c]
+    assert named and all(c.endswith("orange star") for c in named), named
     with pytest.raises(ValueError, match="teal"):
         StageDataset("lazy", 64, focus_colours=("teal",), focus_fraction=0.5)
     ns = build_parser().parse_args(["lazy", "--focus-colours", "orange,yellow", "--focus-fraction", "0.3"])

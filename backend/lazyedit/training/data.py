@@ -128,13 +128,13 @@ class StageDataset(Dataset):
     def __init__(self, stage: str, size: int = 256, seed: int = 0, folder: str | None = None,
                  p_kinds: tuple[float, float, float] | None = None, large_objects: float = 0.0,
                  decoder_edits: bool = False, focus_shapes: tuple[str, ...] = (), focus_colours: tuple[str, ...] = (),
-                 focus_fraction: float = 0.0,
-                 loose_masks: float = 0.0, strip_masks: float = 0.0, removal_fraction: float = REMOVAL_FRACTION):
+                 focus_fraction: float = 0.0, loose_masks: float = 0.0, strip_masks: float = 0.0,
+                 removal_fraction: float = REMOVAL_FRACTION):
         """large_objects: the fraction of world scenes (lazy / sketch, and decoder edits) drawn with
         LARGE_OBJECT_SIZES. decoder_edits: asym-decoder items carry an edit case too, for the generator to fill.
-        focus_fraction: the fraction of world scenes drawn only from ``focus_shapes`` and ``focus_colours`` (either
-        may be empty: all shapes, or all colours). loose_masks: the
-        fraction of named-object edits whose mask is a loose box around the object (make_case's p_loose).
+        focus_fraction: the fraction of world scenes drawn only from ``focus_shapes`` and ``focus_colours`` (an
+        empty one leaves all shapes, or all colours). loose_masks: the fraction of named-object edits whose mask is
+        a loose box around the object (make_case's p_loose).
         strip_masks: the fraction of edits that are outpaintings of a band along one side (make_case's p_strip).
         removal_fraction: the fraction of object-masked edits that are removals (make_case's p_removal)."""
         self.removal_fraction = float(removal_fraction)
@@ -196,7 +196,7 @@ class StageDataset(Dataset):
             kw = {"sizes": LARGE_OBJECT_SIZES} if rng.random() < self.large_objects else {}
             # drawn only when focusing, so runs without it keep their data
             if self.focus_fraction > 0 and rng.random() < self.focus_fraction:
-                kw.update({k: v for k, v in (("shapes", self.focus_shapes), ("colours", self.focus_colours)) if v})
+                kw.update(shapes=self.focus_shapes or None, colours=self.focus_colours or None)  # None: all
             case = make_case(self.seed, index, s, p_kinds=self.p_kinds, p_loose=self.loose_masks,
                              p_strip=self.strip_masks, p_removal=self.removal_fraction, **kw)
             image, target, mask, caption, sketch = case.image, case.target, case.mask, case.caption, case.sketch
