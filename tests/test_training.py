@@ -252,6 +252,49 @@ def test_ship_writes_fp16_safetensors_that_load_as_fp32(trained, tmp_path):
     assert np.array_equal(np.asarray(res.image)[outside], np.asarray(s.image.convert("RGB"))[outside])
 
 
+def test_average_writes_the_first_pipeline_with_its_backbone_averaged_with_the_seconds(trained, tmp_path, capfd):
+    from safetensors.torch import load_file
+
+    from lazyedit.engine import load_pipeline
+
+    out, _, _ = trained
+    first, second, dest = tmp_path / "first", tmp_path / "second", tmp_path / "averaged"
+    assert train_main(["ship", "--output", str(out), "--dest", str(first)]) == 0
+    assert train_main(["ship", "--output", str(out), "--dest", str(second)]) == 0
+    weights = second / "transformer" / "diffusion_pytorch_model.safetensors"
+    moved = {k: (v.float() + 1.0).half() for k, v in load_file(str(weights)).items()}  # every weight of the second +1
+    from safetensors.torch import save_file
+
+    save_file(moved, str(weights), metadata={"format": "pt"})
+    args = ["average", "--average", f"{first},{second}", "--dest", str(dest)]
+    assert train_main(args + ["--average-weight", "0.25"]) == 0
+    got = load_file(str(dest / "transformer" / "diffusion_pytorch_model.safetensors"))
+    base = load_file(str(first / "transformer" / "diffusion_pytorch_model.safetensors"))
+    assert all(got[k].dtype == torch.float16 for k in got)
+    # a quarter of the way to the second: each weight about 0.25 above the first's (fp16 rounding aside)
+    assert all(torch.allclose(got[k].float(), base[k].float() + 0.25, atol=0.02) for k in base)
+    assert all(torch.equal(got[k], (0.75 * base[k].float() + 0.25 * moved[k].float()).half()) for k in base)
+    # components not named keep the first folder's weights exactly
+    for comp in ("vae", "asym_vae"):
+        if (first / comp).exists():
+            a = load_file(str(next((first / comp).glob("*.safetensors"))))
+            b = load_file(str(next((dest / comp).glob("*.safetensors"))))
+            assert all(torch.equal(a[k], b[k]) for k in a)
+    pipe = load_pipeline(str(dest))
+    s = make_sample(0, 3, size=64)
+    res = pipe.edit(s.image, s.mask, prompt=s.caption, seed=1, steps=2)
+    outside = ~np.asarray(s.mask, bool)
+    assert np.array_equal(np.asarray(res.image)[outside], np.asarray(s.image.convert("RGB"))[outside])
+    # what is wrong is named, and nothing is written
+    capfd.readouterr()
+    assert train_main(["average", "--average", str(first), "--dest", str(tmp_path / "x")]) == 2
+    assert "--average FIRST,SECOND" in capfd.readouterr().err
+    assert train_main(args[:-1] + [str(tmp_path / "y"), "--average-components", "transformer,nonesuch"]) == 2
+    assert "'nonesuch' missing" in capfd.readouterr().err and not (tmp_path / "y").exists()
+    with pytest.raises(SystemExit):
+        train_main(args + ["--average-weight", "1.5"])
+
+
 def test_large_object_fraction_draws_bigger_objects_into_training_items():
     from lazyedit.training.data import StageDataset
 
@@ -310,7 +353,7 @@ def test_focus_shapes_draw_scenes_from_the_named_shapes(capsys):
     assert ns.focus_shapes == ("star", "ring", "cross") and ns.focus_fraction == 0.3
     with pytest.raises(SystemExit):
         build_parser().parse_args(["lazy", "--focus-shapes", "star,blob"])
-    assert "--focus-shapes" in capsys.readouterr().err
+    assert "--focus-shapes" in capfd.readouterr().err
     with pytest.raises(ValueError, match="--focus-shapes"):
         train_stage(TrainArgs(stage="lazy", focus_fraction=0.5))
 
@@ -335,7 +378,7 @@ def test_focus_colours_draw_scenes_from_the_named_colours_alone_or_with_focus_sh
     assert ns.focus_colours == ("orange", "yellow") and ns.focus_shapes == ()
     with pytest.raises(SystemExit):
         build_parser().parse_args(["lazy", "--focus-colours", "orange,teal"])
-    assert "teal" in capsys.readouterr().err
+    assert "teal" in capfd.readouterr().err
     with pytest.raises(ValueError, match="--focus-colours"):
         train_stage(TrainArgs(stage="lazy", focus_fraction=0.5))
 
@@ -478,7 +521,7 @@ def test_batch_size_flag_takes_one_count_per_resolution(tmp_path, capsys):
     assert build_parser().parse_args(["lazy", "--batch-size", "4,4,1"]).batch_size == (4, 4, 1)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["lazy", "--batch-size", "4,0"])
-    assert "--batch-size" in capsys.readouterr().err
+    assert "--batch-size" in capfd.readouterr().err
     with pytest.raises(ValueError, match="2 counts for 3 --resolution sizes"):
         train_stage(_args(tmp_path / "run", "lazy", 2, resolution=(64, 96, 128), batch_size=(2, 1)))
 

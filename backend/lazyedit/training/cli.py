@@ -25,7 +25,7 @@ import sys
 from .data import batch_sizes, canvas_sizes
 from .masks import REMOVAL_FRACTION
 from .world import colour_names, shape_names
-from .trainer import CORE_STAGES, STAGE_DEFAULTS, STAGES, TrainArgs, export_pipeline, ship_pipeline
+from .trainer import BACKBONE_COMPONENTS, CORE_STAGES, STAGE_DEFAULTS, STAGES, TrainArgs, average_pipelines, export_pipeline, ship_pipeline
 
 
 def fraction(text: str) -> float:
@@ -78,10 +78,16 @@ def _world_names_type(parse):
 
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="lazyedit train", description="Train a lazyedit model stage by stage.")
-    p.add_argument("stage", choices=(*STAGES, "all", "export", "ship"),
+    p.add_argument("stage", choices=(*STAGES, "all", "export", "ship", "average"),
                    help="stage to train; 'all' runs vae, asym-decoder, lazy, sketch in order (distill is optional); 'export' only writes the pipeline "
-                        "index; 'ship' copies <output>/model as fp16 to --dest (default: the bundled demo model's folder)")
-    p.add_argument("--dest", help="with 'ship': destination folder")
+                        "index; 'ship' copies <output>/model as fp16 to --dest (default: the bundled demo model's folder); "
+                        "'average' writes to --dest the first of --average's two pipeline folders with its --average-components "
+                        "averaged with the second's (fp16)")
+    p.add_argument("--dest", help="with 'ship' and 'average': destination folder")
+    p.add_argument("--average", metavar="FIRST,SECOND", help="with 'average': two pipeline folders of one architecture")
+    p.add_argument("--average-weight", type=fraction, default=0.5, help="with 'average': the second folder's share (0..1)")
+    p.add_argument("--average-components", default=",".join(BACKBONE_COMPONENTS),
+                   help="with 'average': the components averaged (the others are the first folder's)")
     p.add_argument("--config", default="demo", help="model config: tiny, demo (default), demo-light (demo with a lighter decoder), base")
     p.add_argument("--output", default="runs/demo", help="run folder; the model goes to <output>/model")
     p.add_argument("--data", default="world", help="'world' (procedural, default) or a folder of images with .txt captions")
@@ -254,6 +260,19 @@ def run(ns: argparse.Namespace) -> int:
         ok = export_pipeline(ns.output, ns.config)
         print(f"{ns.output}/model: {'pipeline written' if ok else 'vae, text_encoder, context_encoder and transformer are not all trained yet'}")
         return 0 if ok else 1
+    if ns.stage == "average":
+        folders = [f for f in (ns.average or "").split(",") if f]
+        if len(folders) != 2 or not ns.dest:
+            print("lazyedit train average: give --average FIRST,SECOND (two pipeline folders) and --dest", file=sys.stderr)
+            return 2
+        components = tuple(c for c in ns.average_components.split(",") if c)
+        try:
+            dest = average_pipelines(*folders, ns.dest, ns.average_weight, components)
+        except (OSError, ValueError) as exc:
+            print(f"lazyedit train average: {exc}", file=sys.stderr)
+            return 2
+        print(f"{folders[0]} + {ns.average_weight} x ({folders[1]} - {folders[0]}) [{', '.join(components)}] -> {dest} (fp16)")
+        return 0
     if ns.stage == "ship":
         dest = ship_pipeline(ns.output, ns.dest)
         size = sum(f.stat().st_size for f in dest.rglob("*") if f.is_file())
