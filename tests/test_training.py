@@ -353,7 +353,7 @@ def test_focus_shapes_draw_scenes_from_the_named_shapes(capsys):
     assert ns.focus_shapes == ("star", "ring", "cross") and ns.focus_fraction == 0.3
     with pytest.raises(SystemExit):
         build_parser().parse_args(["lazy", "--focus-shapes", "star,blob"])
-    assert "--focus-shapes" in capfd.readouterr().err
+    assert "--focus-shapes" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--focus-shapes"):
         train_stage(TrainArgs(stage="lazy", focus_fraction=0.5))
 
@@ -378,7 +378,7 @@ def test_focus_colours_draw_scenes_from_the_named_colours_alone_or_with_focus_sh
     assert ns.focus_colours == ("orange", "yellow") and ns.focus_shapes == ()
     with pytest.raises(SystemExit):
         build_parser().parse_args(["lazy", "--focus-colours", "orange,teal"])
-    assert "teal" in capfd.readouterr().err
+    assert "teal" in capsys.readouterr().err
     with pytest.raises(ValueError, match="--focus-colours"):
         train_stage(TrainArgs(stage="lazy", focus_fraction=0.5))
 
@@ -521,7 +521,7 @@ def test_batch_size_flag_takes_one_count_per_resolution(tmp_path, capsys):
     assert build_parser().parse_args(["lazy", "--batch-size", "4,4,1"]).batch_size == (4, 4, 1)
     with pytest.raises(SystemExit):
         build_parser().parse_args(["lazy", "--batch-size", "4,0"])
-    assert "--batch-size" in capfd.readouterr().err
+    assert "--batch-size" in capsys.readouterr().err
     with pytest.raises(ValueError, match="2 counts for 3 --resolution sizes"):
         train_stage(_args(tmp_path / "run", "lazy", 2, resolution=(64, 96, 128), batch_size=(2, 1)))
 
