@@ -291,6 +291,8 @@ def test_average_writes_the_first_pipeline_with_its_backbone_averaged_with_the_s
     assert "--average FIRST,SECOND" in capfd.readouterr().err
     assert train_main(args[:-1] + [str(tmp_path / "y"), "--average-components", "transformer,nonesuch"]) == 2
     assert "'nonesuch' missing" in capfd.readouterr().err and not (tmp_path / "y").exists()
+    assert train_main(args[:-1] + [str(tmp_path / "y"), "--average-components", "scheduler"]) == 2
+    assert "not a model with weights" in capfd.readouterr().err
     with pytest.raises(SystemExit):
         train_main(args + ["--average-weight", "1.5"])
 
