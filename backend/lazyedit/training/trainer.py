@@ -276,9 +276,9 @@ def average_pipelines(first: str | Path, second: str | Path, dest: str | Path, w
         base, other = (LazyEditPipeline.from_pretrained(str(f)) for f in (first, second))
     for name in components:
         a, b = getattr(base, name, None), getattr(other, name, None)
-        if not isinstance(a, torch.nn.Module) or not isinstance(b, torch.nn.Module):  # absent, or a scheduler
-            raise ValueError(f"average: component {name!r} missing in {first if a is None else second}, "
-                             "or not a model with weights")
+        for model, folder in ((a, first), (b, second)):
+            if not isinstance(model, torch.nn.Module):  # absent, or a scheduler
+                raise ValueError(f"average: component {name!r} missing in {folder}, or not a model with weights")
         wa, wb = a.state_dict(), b.state_dict()
         if wa.keys() != wb.keys() or any(wa[k].shape != wb[k].shape for k in wa):
             raise ValueError(f"average: {name} of {first} and of {second} have different weights (another architecture)")
