@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from lazyedit.training.eval import (
-    PSNR_CAP, classify_shape, eval_cases, eval_main, object_fraction, preserved_error, psnr,
+    PSNR_CAP, classify_shape, compare_reports, eval_cases, eval_main, object_fraction, preserved_error, psnr,
     Totals, case_canvas, case_truth, run_eval, score_case, score_insert, seam_error,
 )
 from lazyedit.training.masks import object_mask
@@ -312,3 +312,38 @@ def test_outpaint_cases_band_a_side_of_the_removal_scenes_and_score_the_band(cap
     assert eval_main(["--ground-truth", "--cases", "9", "--size", "96", "--kinds", "outpaint"]) == 0
     report = json.loads(capsys.readouterr().out)["ground_truth"]
     assert report["n_outpaint_psnr"] == 3 and report["outpaint_psnr"] == 100 and "n_removal_psnr" not in report
+
+
+def _report(colour, shape, style, rc_style, se=0.02, preserved=0):
+    scores = {"colour_acc": colour, "se_colour_acc": se, "shape_acc": shape, "se_shape_acc": se,
+              "removal_psnr": 29.0, "se_removal_psnr": 0.5, "sketch_iou": 0.71, "style_acc": style,
+              "seam_error_asym": 4.0, "seam_error_plain": 16.0}
+    return {"lazy": scores, "regenerate_crop": {"style_acc": rc_style}, "preserved_error_max": preserved}
+
+
+def test_compare_reads_two_reports_against_the_targets(tmp_path, capsys):
+    old, new = _report(0.92, 0.71, 0.30, 0.31), _report(0.88, 0.75, 0.40, 0.31, preserved=3)
+    rows = {r["key"]: r for r in compare_reports(old, new)}
+    assert (rows["colour_acc"]["old_met"], rows["colour_acc"]["new_met"]) == (True, False)
+    assert rows["colour_acc"]["change_se"] == -2.0  # (0.88 - 0.92) / 0.02
+    assert (rows["shape_acc"]["old_met"], rows["shape_acc"]["new_met"], rows["shape_acc"]["change_se"]) == (True, True, 2.0)
+    assert (rows["style_acc"]["old_met"], rows["style_acc"]["new_met"]) == (False, True)  # against RegenerateCrop's 0.31
+    assert rows["seam_ratio"]["new"] == 0.25 and rows["seam_ratio"]["new_met"] is True
+    assert (rows["preserved_error_max"]["old_met"], rows["preserved_error_max"]["new_met"]) == (True, False)
+    assert "object_iou" not in rows  # in neither report
+
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    (tmp_path / "new.json").write_text(json.dumps(new))
+    (tmp_path / "same.json").write_text(json.dumps(old))
+    capsys.readouterr()
+    assert eval_main(["--compare", str(tmp_path / "old.json"), str(tmp_path / "new.json")]) == 1
+    out = capsys.readouterr().out
+    assert "| colour | 0.920 → 0.880 | -2.0 | >= 0.9 | yes → NO |" in out
+    assert "misses what" in out and "colour, preserved" in out
+    assert eval_main(["--compare", str(tmp_path / "old.json"), str(tmp_path / "same.json")]) == 0
+    # bad input names what is wrong
+    (tmp_path / "broken.json").write_text("{not json")
+    assert eval_main(["--compare", str(tmp_path / "old.json"), str(tmp_path / "broken.json")]) == 2
+    assert "broken.json: not a readable JSON report" in capsys.readouterr().err
+    assert eval_main(["--compare", str(tmp_path / "old.json"), str(tmp_path / "new.json"), "--strategies", "regenerate_image"]) == 2
+    assert "no 'regenerate_image' scores (it holds lazy, regenerate_crop)" in capsys.readouterr().err

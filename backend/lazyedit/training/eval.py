@@ -472,6 +472,91 @@ def autoencoder_report(pipe, cases: list[EvalCase], progress: bool = True, vae=N
     return {name: t.summary() for name, t in tot.items()}
 
 
+# The demo model's targets (issue 5): (label, report key, digits, comparison, bound). "seam_ratio" is the
+# asymmetric decoder's seam over the plain one's; style's bound is RegenerateCrop's score in the same report.
+TARGETS = (
+    ("colour", "colour_acc", 3, ">=", 0.9),
+    ("shape", "shape_acc", 3, ">=", 0.7),
+    ("removal (dB)", "removal_psnr", 2, ">=", 28.0),
+    ("sketch IoU", "sketch_iou", 3, ">=", 0.7),
+    ("style", "style_acc", 3, ">", "regenerate_crop"),
+    ("object IoU", "object_iou", 3, None, None),
+    ("seam asym / plain", "seam_ratio", 2, "<=", 0.5),
+    ("preserved", "preserved_error_max", 0, "==", 0),
+)
+
+
+def _scores(report: dict, strategy: str, name: str) -> dict:
+    if strategy not in report:
+        raise ValueError(f"{name}: no {strategy!r} scores (it holds {', '.join(k for k, v in report.items() if isinstance(v, dict)) or 'none'})")
+    scores = dict(report[strategy])
+    if scores.get("seam_error_plain"):
+        scores["seam_ratio"] = scores["seam_error_asym"] / scores["seam_error_plain"]
+    scores["preserved_error_max"] = report.get("preserved_error_max")
+    return scores
+
+
+def compare_reports(old: dict, new: dict, strategy: str = "lazy", names: tuple[str, str] = ("old", "new")) -> list[dict]:
+    """One row per target metric: both scores, the change in the new report's standard errors, and whether
+    each report meets the target (None where the report cannot say). A pure function; `format_comparison`
+    renders it."""
+    a, b = _scores(old, strategy, names[0]), _scores(new, strategy, names[1])
+    rows = []
+    for label, key, digits, op, bound in TARGETS:
+        if a.get(key) is None and b.get(key) is None:
+            continue
+        row = {"metric": label, "key": key, "digits": digits, "old": a.get(key), "new": b.get(key), "se": b.get(f"se_{key}")}
+        row["change_se"] = (None if None in (row["old"], row["new"]) or not row["se"]
+                            else round((row["new"] - row["old"]) / row["se"], 1))
+        for side, scores, report in (("old_met", a, old), ("new_met", b, new)):
+            value, limit = scores.get(key), bound
+            if isinstance(bound, str):  # another strategy's score in the same report
+                limit = report.get(bound, {}).get(key)
+            row[side] = None if op is None or value is None or limit is None else {
+                ">=": value >= limit, ">": value > limit, "<=": value <= limit, "==": value == limit}[op]
+        row["target"] = "" if op is None else f"{op} {bound}" if not isinstance(bound, str) else f"{op} {bound}'s"
+        rows.append(row)
+    return rows
+
+
+def format_comparison(rows: list[dict], names: tuple[str, str] = ("old", "new")) -> str:
+    """Markdown: metric | old → new | change in standard errors | target | met (old → new)."""
+    def cell(value, digits):
+        return "–" if value is None else f"{value:.{digits}f}"
+
+    def met(flag):
+        return "–" if flag is None else "yes" if flag else "NO"
+
+    lines = [f"| metric | {names[0]} → {names[1]} | change (se) | target | met |", "|---|---|---|---|---|"]
+    for r in rows:
+        change = "" if r["change_se"] is None else f"{r['change_se']:+.1f}"
+        lines.append(f"| {r['metric']} | {cell(r['old'], r['digits'])} → {cell(r['new'], r['digits'])} | {change} | "
+                     f"{r['target']} | {met(r['old_met'])} → {met(r['new_met'])} |")
+    return "\n".join(lines)
+
+
+def compare_main(paths: list[str], strategy: str) -> int:
+    """`lazyedit eval --compare OLD NEW`: the table, exit 1 where NEW misses a target OLD met, 2 on bad input."""
+    reports = []
+    for path in paths:
+        try:
+            reports.append(json.loads(Path(path).read_text()))
+        except (OSError, ValueError) as exc:
+            print(f"lazyedit eval: --compare {path}: not a readable JSON report ({exc})", file=sys.stderr)
+            return 2
+    names = (paths[0], paths[1])
+    try:
+        rows = compare_reports(reports[0], reports[1], strategy, names)
+    except ValueError as exc:
+        print(f"lazyedit eval: --compare {exc}", file=sys.stderr)
+        return 2
+    print(format_comparison(rows, names))
+    lost = [r["metric"] for r in rows if r["old_met"] and r["new_met"] is False]
+    if lost:
+        print(f"{paths[1]} misses what {paths[0]} met: {', '.join(lost)}")
+    return 1 if lost else 0
+
+
 def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.ArgumentParser:
     p = parser or argparse.ArgumentParser(prog="lazyedit eval", description="Evaluate a lazyedit model on held-out procedural edits.")
     p.add_argument("--model", default="demo", help="model folder (DiffusionPipeline layout), or tiny / demo")
@@ -484,7 +569,7 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
     p.add_argument("--kinds", default="insert,remove,sketch",
                    help="comma-separated case kinds to run (the others are skipped; the case list stays the same); "
                         "box (not run by default) adds, for each insert case, the same insert into a loose box")
-    p.add_argument("--strategies", default="lazy,regenerate_crop", help="comma-separated: lazy, regenerate_crop, regenerate_image")
+    p.add_argument("--strategies", help="comma-separated: lazy, regenerate_crop, regenerate_image (default: the first two)")
     p.add_argument("--decode-margin", type=int, metavar="PX",
                    help="pixels of canvas around the mask the asymmetric decoder sees (default: the pipeline's)")
     p.add_argument("--no-seam", action="store_true", help="skip the plain-decoder rerun of removal cases")
@@ -503,12 +588,17 @@ def build_parser(parser: argparse.ArgumentParser | None = None) -> argparse.Argu
                         "in place of the model's, through its own decoder: a candidate VAE judged before a generator "
                         "is trained on its latents")
     p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--compare", nargs=2, metavar=("OLD", "NEW"),
+                   help="compare two --json reports against the targets instead of evaluating (exit 1 if NEW misses "
+                        "a target OLD met); --strategies names the one compared (default lazy)")
     return p
 
 
 def eval_main(argv: list[str] | None = None) -> int:
     """Entry point of `lazyedit eval`."""
     ns = build_parser().parse_args(argv)
+    if ns.compare:
+        return compare_main(ns.compare, (ns.strategies or "lazy").split(",")[0].strip())
     kinds = {k.strip() for k in ns.kinds.split(",") if k.strip()}
     if not kinds or not kinds <= set(CASE_KINDS + EXTRA_KINDS):
         print(f"lazyedit eval: --kinds {ns.kinds!r}: choose from {', '.join(CASE_KINDS + EXTRA_KINDS)}", file=sys.stderr)
@@ -552,7 +642,7 @@ def eval_main(argv: list[str] | None = None) -> int:
                 return 2
         report = {"autoencoder": autoencoder_report(pipe, cases, progress=not ns.no_progress, vae=vae)}
     else:
-        strategies = tuple(s.strip() for s in ns.strategies.split(",") if s.strip())
+        strategies = tuple(s.strip() for s in (ns.strategies or "lazy,regenerate_crop").split(",") if s.strip())
         report = run_eval(pipe, cases, ns.steps, ns.guidance, strategies, seam=not ns.no_seam,
                           progress=not ns.no_progress, grid=ns.grid, sketch_strength=ns.sketch_strength)
     if pipe is not None:
