@@ -347,3 +347,6 @@ def test_compare_reads_two_reports_against_the_targets(tmp_path, capsys):
     assert "broken.json: not a readable JSON report" in capsys.readouterr().err
     assert eval_main(["--compare", str(tmp_path / "old.json"), str(tmp_path / "new.json"), "--strategies", "regenerate_image"]) == 2
     assert "no 'regenerate_image' scores (it holds lazy, regenerate_crop)" in capsys.readouterr().err
+    (tmp_path / "list.json").write_text("[1, 2]")
+    assert eval_main(["--compare", str(tmp_path / "list.json"), str(tmp_path / "new.json")]) == 2
+    assert "list.json: not an eval report" in capsys.readouterr().err

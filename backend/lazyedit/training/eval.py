@@ -487,8 +487,11 @@ TARGETS = (
 
 
 def _scores(report: dict, strategy: str, name: str) -> dict:
-    if strategy not in report:
-        raise ValueError(f"{name}: no {strategy!r} scores (it holds {', '.join(k for k, v in report.items() if isinstance(v, dict)) or 'none'})")
+    if not isinstance(report, dict):
+        raise ValueError(f"{name}: not an eval report (a JSON object of scores per strategy)")
+    if not isinstance(report.get(strategy), dict):
+        held = ", ".join(k for k, v in report.items() if isinstance(v, dict)) or "none"
+        raise ValueError(f"{name}: no {strategy!r} scores (it holds {held})")
     scores = dict(report[strategy])
     if scores.get("seam_error_plain"):
         scores["seam_ratio"] = scores["seam_error_asym"] / scores["seam_error_plain"]
