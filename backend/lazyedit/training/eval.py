@@ -39,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import operator
 import sys
 import time
 from dataclasses import dataclass, field
@@ -484,6 +485,7 @@ TARGETS = (
     ("seam asym / plain", "seam_ratio", 2, "<=", 0.5),
     ("preserved", "preserved_error_max", 0, "==", 0),
 )
+COMPARISONS = {">=": operator.ge, ">": operator.gt, "<=": operator.le, "==": operator.eq}
 
 
 def _scores(report: dict, strategy: str, name: str) -> dict:
@@ -495,7 +497,7 @@ def _scores(report: dict, strategy: str, name: str) -> dict:
     scores = dict(report[strategy])
     if scores.get("seam_error_plain"):
         scores["seam_ratio"] = scores["seam_error_asym"] / scores["seam_error_plain"]
-    scores["preserved_error_max"] = report.get("preserved_error_max")
+    scores.setdefault("preserved_error_max", report.get("preserved_error_max"))  # the strategy's own, else the report-wide worst
     return scores
 
 
@@ -515,9 +517,8 @@ def compare_reports(old: dict, new: dict, strategy: str = "lazy", names: tuple[s
             value, limit = scores.get(key), bound
             if isinstance(bound, str):  # another strategy's score in the same report
                 limit = report.get(bound, {}).get(key)
-            row[side] = None if op is None or value is None or limit is None else {
-                ">=": value >= limit, ">": value > limit, "<=": value <= limit, "==": value == limit}[op]
-        row["target"] = "" if op is None else f"{op} {bound}" if not isinstance(bound, str) else f"{op} {bound}'s"
+            row[side] = None if op is None or value is None or limit is None else COMPARISONS[op](value, limit)
+        row["target"] = "" if op is None else f"{op} {bound}" + ("'s" if isinstance(bound, str) else "")
         rows.append(row)
     return rows
 
@@ -547,7 +548,7 @@ def compare_main(paths: list[str], strategy: str) -> int:
         except (OSError, ValueError) as exc:
             print(f"lazyedit eval: --compare {path}: not a readable JSON report ({exc})", file=sys.stderr)
             return 2
-    names = (paths[0], paths[1])
+    names = tuple(paths)
     try:
         rows = compare_reports(reports[0], reports[1], strategy, names)
     except ValueError as exc:
